@@ -1,0 +1,10 @@
+"""Poisoning attacks (paper §3.2): each takes (dataset, budget, seed, context) and returns a Poison.
+
+Attacks register themselves in ``ATTACKS``; the CLI and the grid enumerate it. Importing this package
+imports every attack module so that registration has happened.
+"""
+
+from nasaudit.attacks import gaussian, rlf  # noqa: F401  (registration)
+from nasaudit.attacks.base import ATTACKS, Attack, AttackContext, choose_indices, run_attack
+
+__all__ = ["ATTACKS", "Attack", "AttackContext", "choose_indices", "run_attack"]

@@ -1,0 +1,1 @@
+"""Datasets, poisoned-dataset files and the device-resident batch stream."""

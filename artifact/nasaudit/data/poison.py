@@ -1,0 +1,197 @@
+"""Poisoned-dataset files: which training samples an attack replaced, and with what.
+
+A poison is stored as ``NAME.npz`` (``indices`` plus ``labels`` or ``images``; loaded with
+``allow_pickle=False``) and a JSON manifest ``NAME.json`` holding the attack, its parameters, the seed,
+the sha256 of the npz and of the clean training split it applies to. Applying it yields a training
+set of the same size with those samples replaced; every inconsistency is caught on load with one line
+naming the file, because a silently mis-applied poison would invalidate a whole experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasaudit.data.datasets import IMAGE_SHAPE, ImageDataset, Split
+from nasaudit.errors import NasauditError
+from nasaudit.io import environment_manifest, sha256_file, write_json, write_npz
+
+FORMAT = "nasaudit-poison/1"
+_MANIFEST_KEYS = {"attack", "params", "seed", "dataset", "n_train", "kind", "clean_sha256", "npz_sha256"}
+
+
+@dataclass(frozen=True)
+class Poison:
+    attack: str
+    dataset: str
+    clean_sha256: str  # of the clean training split (images + labels) the indices refer to
+    n_train: int
+    seed: int
+    indices: np.ndarray  # int64, distinct, sorted
+    labels: np.ndarray | None = None  # int64 replacement labels, or
+    images: np.ndarray | None = None  # uint8 K×32×32×3 replacement images
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def budget(self) -> float:
+        return len(self.indices) / self.n_train
+
+    @property
+    def kind(self) -> str:
+        return "labels" if self.labels is not None else "images"
+
+
+def make_poison(
+    attack: str,
+    dataset: ImageDataset,
+    seed: int,
+    indices: np.ndarray,
+    *,
+    labels: np.ndarray | None = None,
+    images: np.ndarray | None = None,
+    params: dict[str, Any] | None = None,
+) -> Poison:
+    """Build a poison for ``dataset``'s training split, sorted by index and validated."""
+    order = np.argsort(indices, kind="stable")
+    poison = Poison(
+        attack=attack,
+        dataset=dataset.name,
+        clean_sha256=dataset.train.sha256,
+        n_train=len(dataset.train),
+        seed=seed,
+        indices=np.asarray(indices, dtype=np.int64)[order],
+        labels=None if labels is None else np.asarray(labels, dtype=np.int64)[order],
+        images=None if images is None else np.asarray(images)[order],
+        params=dict(params or {}),
+    )
+    _validate(poison, dataset.num_classes, "poison")
+    return poison
+
+
+def _validate(p: Poison, num_classes: int, where: str) -> None:
+    def fail(problem: str) -> None:
+        raise NasauditError(f"{where}: {problem}; re-create it with `nasaudit poison`")
+
+    if (p.labels is None) == (p.images is None):
+        fail("it must replace either labels or images (exactly one)")
+    if p.indices.ndim != 1 or p.indices.dtype != np.int64:
+        fail(f"indices must be a 1-D int64 array, got {p.indices.dtype} {p.indices.shape}")
+    if len(p.indices) and (p.indices.min() < 0 or p.indices.max() >= p.n_train):
+        fail(f"an index is outside 0..{p.n_train - 1}")
+    if len(np.unique(p.indices)) != len(p.indices):
+        fail("an index appears twice")
+    if p.labels is not None:
+        if p.labels.shape != p.indices.shape:
+            fail(f"{len(p.labels)} labels for {len(p.indices)} indices")
+        if len(p.labels) and (p.labels.min() < 0 or p.labels.max() >= num_classes):
+            fail(f"a label is outside 0..{num_classes - 1}")
+    if p.images is not None:
+        expected = (len(p.indices), *IMAGE_SHAPE)
+        if p.images.dtype != np.uint8 or p.images.shape != expected:
+            fail(f"images must be uint8 {expected}, got {p.images.dtype} {p.images.shape}")
+
+
+def manifest_path(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def npz_path(path: Path) -> Path:
+    return Path(path).with_suffix(".npz")
+
+
+def save_poison(poison: Poison, path: Path) -> Path:
+    """Write NAME.npz then NAME.json (the manifest last, so a manifest means a complete poison)."""
+    npz = npz_path(path)
+    arrays = {"indices": poison.indices}
+    arrays[poison.kind] = poison.labels if poison.labels is not None else poison.images  # type: ignore[assignment]
+    write_npz(npz, arrays)
+    manifest = {
+        "format": FORMAT,
+        "attack": poison.attack,
+        "params": poison.params,
+        "seed": poison.seed,
+        "dataset": poison.dataset,
+        "n_train": poison.n_train,
+        "n_poisoned": len(poison.indices),
+        "budget": poison.budget,
+        "kind": poison.kind,
+        "clean_sha256": poison.clean_sha256,
+        "npz_sha256": sha256_file(npz),
+        "environment": environment_manifest(),
+    }
+    write_json(manifest_path(path), manifest)
+    return npz
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the poison at ``path`` (either NAME.npz or NAME.json), checked for completeness."""
+    npz, man = npz_path(path), manifest_path(path)
+    for f in (npz, man):
+        if not f.is_file():
+            raise NasauditError(f"{f}: no such poison file; create it with `nasaudit poison`")
+    try:
+        manifest = json.loads(man.read_text())
+    except (ValueError, UnicodeDecodeError):
+        manifest = None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or not set(manifest) >= _MANIFEST_KEYS
+    ):
+        raise NasauditError(f"{man}: not a complete nasaudit poison manifest; re-create the poison")
+    return manifest
+
+
+def load_poison(path: Path, dataset: ImageDataset) -> Poison:
+    """Read and check a poison against the clean dataset it is about to be applied to."""
+    npz = npz_path(path)
+    manifest = read_manifest(path)
+    if sha256_file(npz) != manifest["npz_sha256"]:
+        raise NasauditError(
+            f"{npz}: sha256 differs from its manifest {manifest_path(path).name}; "
+            "the file was changed or truncated, re-create it"
+        )
+    if manifest["dataset"] != dataset.name:
+        raise NasauditError(f"{npz}: poison made for dataset {manifest['dataset']!r}, not {dataset.name!r}")
+    if manifest["clean_sha256"] != dataset.train.sha256 or manifest["n_train"] != len(dataset.train):
+        raise NasauditError(
+            f"{npz}: made for another copy of {dataset.name!r} (clean training-set hash differs); "
+            f"re-create the poison against this copy"
+        )
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise NasauditError(f"{npz}: not a readable .npz poison file ({exc})") from None
+    if "indices" not in arrays or manifest["kind"] not in arrays:
+        raise NasauditError(f"{npz}: missing 'indices' or {manifest['kind']!r} array")
+    poison = Poison(
+        attack=manifest["attack"],
+        dataset=manifest["dataset"],
+        clean_sha256=manifest["clean_sha256"],
+        n_train=manifest["n_train"],
+        seed=manifest["seed"],
+        indices=arrays["indices"],
+        labels=arrays.get("labels"),
+        images=arrays.get("images"),
+        params=manifest["params"],
+    )
+    _validate(poison, dataset.num_classes, str(npz))
+    return poison
+
+
+def apply_poison(poison: Poison, dataset: ImageDataset) -> ImageDataset:
+    """The dataset whose training split has the poisoned samples replaced (same size, same order)."""
+    images, labels = dataset.train.images, dataset.train.labels
+    if poison.images is not None:
+        images = images.copy()
+        images[poison.indices] = poison.images
+    if poison.labels is not None:
+        labels = labels.copy()
+        labels[poison.indices] = poison.labels
+    return dataset.with_train(Split(images, labels))

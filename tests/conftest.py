@@ -1,0 +1,46 @@
+"""Shared fixtures: the embedded dataset and tiny dataset files written in the real on-disk formats."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nasaudit.data.datasets import ImageDataset, Split, load_dataset, make_dataset
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def digits() -> ImageDataset:
+    return load_dataset("digits")
+
+
+@pytest.fixture
+def tiny_dataset() -> ImageDataset:
+    """40 random 32×32×3 images in 4 classes: fast enough for anything."""
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Split:
+        images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+        return Split(images, np.arange(n, dtype=np.int64) % 4)
+
+    return make_dataset("tiny", split(40), split(12), ("a", "b", "c", "d"))
+
+
+def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray, label_key: str) -> None:
+    """The python-pickle batch format of the CIFAR archives (N×3072 uint8 rows, channel-major)."""
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump({"data": data, label_key: [int(v) for v in labels], "batch_label": "test"}, f)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """MNIST's IDX format: 0, 0, 0x08 (ubyte), ndim, big-endian dims, then the bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
