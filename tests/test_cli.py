@@ -62,3 +62,60 @@ def test_bad_input_gives_one_line(capsys, argv, message) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("nasaudit: error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.fixture
+def quick_profile(tmp_path):
+    """The smoke profile shrunk to one epoch of a 3-cell, 4-channel network: seconds on CPU."""
+    from nasaudit.config import PROFILE_DIR
+
+    text = (PROFILE_DIR / "smoke.toml").read_text()
+    text = text.replace("epochs = 2", "epochs = 1").replace("channels = 8", "channels = 4")
+    path = tmp_path / "quick.toml"
+    path.write_text(text.replace("layers = 5", "layers = 3").replace("n = 2", "n = 2"))
+    return str(path)
+
+
+def test_arch_info_matches_the_published_size(capsys) -> None:
+    assert main(["arch", "info", "--arch", "darts_v2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert abs(info["params"] - 3.3e6) < 0.05e6 and info["flops"] > 0
+
+
+def test_search_then_train_then_resume(tmp_path, capsys, quick_profile) -> None:
+    search = tmp_path / "search"
+    args = ["--dataset", "digits", "--profile", quick_profile, "--seed", "3", "--device", "cpu"]
+    assert main(["search", "--algo", "random", *args, "--out", str(search)]) == 0
+    record = json.loads((search / "architecture.json").read_text())
+    assert record["space"] == "darts" and record["search_data"]["poison"] is None
+    train = tmp_path / "train"
+    assert main(["train", "--arch", str(search / "architecture.json"), *args, "--out", str(train)]) == 0
+    result = json.loads((train / "result.json").read_text())
+    assert result["description"]["architecture"] == record["architecture"]
+    mtime = (train / "result.json").stat().st_mtime_ns
+    assert main(["train", "--arch", str(search / "architecture.json"), *args, "--out", str(train)]) == 0
+    assert (train / "result.json").stat().st_mtime_ns == mtime  # a finished job is not redone
+
+
+def test_search_reads_the_poisoned_samples(tmp_path, quick_profile) -> None:
+    poison = tmp_path / "rlf"
+    assert main(["poison", "--attack", "rlf", "--budget", "0.5", "--out", str(poison)]) == 0
+    out = tmp_path / "search"
+    assert main(["search", "--algo", "random", "--poison", f"{poison}.npz", "--profile", quick_profile,
+                 "--out", str(out)]) == 0  # fmt: skip
+    data = json.loads((out / "architecture.json").read_text())["search_data"]
+    from nasaudit.data.datasets import load_dataset
+
+    assert data["attack"] == "rlf" and data["train_sha256"] != load_dataset("digits").train.sha256
+
+
+def test_random_baseline_reports_mean_and_std(tmp_path, capsys, quick_profile) -> None:
+    out = tmp_path / "baseline"
+    assert main(["random-baseline", "--profile", quick_profile, "--device", "cpu", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 2 and len(summary["accuracies"]) == 2
+    assert summary["mean"] == pytest.approx(sum(summary["accuracies"]) / 2)
+    genotypes = [
+        json.loads((out / f"arch_{i:03d}" / "result.json").read_text())["description"] for i in (0, 1)
+    ]
+    assert genotypes[0]["architecture"] != genotypes[1]["architecture"]

@@ -129,6 +129,129 @@ def cmd_poison_apply(args: argparse.Namespace) -> None:
     print(f"poisoned training split of {dataset.name} ({len(poisoned)} samples) -> {out}")
 
 
+# --- architectures, search, training ------------------------------------------------------------------
+
+
+def cmd_arch_info(args: argparse.Namespace) -> None:
+    from nasaudit.config import load_profile
+    from nasaudit.data.datasets import DATASETS
+    from nasaudit.models import load_architecture
+    from nasaudit.spaces.darts import arch_info
+
+    DATASETS.get(args.dataset)
+    net = load_profile(args.profile).darts_net
+    _, genotype = load_architecture(args.arch)
+    num_classes = 100 if args.dataset == "cifar100" else 10  # every other registered dataset has 10
+    _print_json(arch_info(genotype, args.channels or net.channels, args.layers or net.layers, num_classes))
+
+
+def _search_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The dataset to search on: the clean one, or with the poison applied; plus its provenance."""
+    from nasaudit.data.datasets import load_dataset
+    from nasaudit.data.poison import apply_poison, load_poison
+    from nasaudit.io import sha256_file
+
+    dataset = load_dataset(args.dataset, args.root)
+    if args.poison is None:
+        return dataset, {"dataset": dataset.name, "poison": None, "train_sha256": dataset.train.sha256}
+    poison = load_poison(Path(args.poison), dataset)
+    poisoned = apply_poison(poison, dataset)
+    provenance = {
+        "dataset": dataset.name,
+        "poison": str(args.poison),
+        "poison_sha256": sha256_file(Path(args.poison).with_suffix(".npz")),
+        "attack": poison.attack,
+        "budget": poison.budget,
+        "train_sha256": poisoned.train.sha256,
+    }
+    return poisoned, provenance
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from nasaudit.config import load_profile
+    from nasaudit.nas import SearchContext, run_search
+
+    data, provenance = _search_data(args)
+    context = SearchContext(load_profile(args.profile), _device(args.device), Path(args.out))
+    record = run_search(args.algo, data, args.seed, context, provenance)
+    print(f"{args.algo}: architecture -> {Path(args.out) / 'architecture.json'}")
+    _print_json(record["architecture"])
+
+
+def _retrain(space: str, arch, dataset, profile, seed: int, device, out: Path, description: dict):  # type: ignore[no-untyped-def]
+    from nasaudit.models import MODELS
+    from nasaudit.train import train_model
+
+    build = MODELS.get(space)
+    return train_model(
+        lambda: build(arch, dataset.num_classes, profile),
+        dataset,
+        profile.train,
+        seed=seed,
+        device=device,
+        out_dir=out,
+        description=description,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from nasaudit.config import load_profile
+    from nasaudit.data.datasets import load_dataset
+    from nasaudit.models import load_architecture
+
+    profile = load_profile(args.profile)
+    space, arch = load_architecture(args.arch)
+    dataset = load_dataset(args.dataset, args.root)
+    description = {"space": space, "architecture": arch.to_json(), "source": str(args.arch)}
+    result = _retrain(
+        space, arch, dataset, profile, args.seed, _device(args.device), Path(args.out), description
+    )
+    accuracy, params = result["test_accuracy"], result["params"]
+    print(f"test accuracy {accuracy:.2f}% ({params} parameters) -> {args.out}/result.json")
+
+
+def cmd_random_baseline(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from nasaudit.config import load_profile
+    from nasaudit.data.datasets import load_dataset
+    from nasaudit.io import write_json
+    from nasaudit.nas import NAS, SearchContext
+
+    profile = load_profile(args.profile)
+    dataset = load_dataset(args.dataset, args.root)
+    device = _device(args.device)
+    n = args.n if args.n is not None else profile.random_baseline.n
+    sampler = NAS.get("random")
+    accuracies = []
+    for i in range(n):
+        job = Path(args.out) / f"arch_{i:03d}"
+        arch = sampler(dataset, args.seed + i, SearchContext(profile, device, job))
+        genotype = _genotype_from_json(arch)
+        description = {"space": args.space, "architecture": arch, "source": f"random sample {i}"}
+        result = _retrain(args.space, genotype, dataset, profile, args.seed + i, device, job, description)
+        accuracies.append(result["test_accuracy"])
+        print(f"arch {i}: {result['test_accuracy']:.2f}%")
+    summary = {
+        "space": args.space,
+        "dataset": dataset.name,
+        "n": n,
+        "accuracies": accuracies,
+        "mean": float(np.mean(accuracies)),
+        "std": float(np.std(accuracies, ddof=1)) if n > 1 else 0.0,
+        "profile": profile.name,
+        "seed": args.seed,
+    }
+    write_json(Path(args.out) / "summary.json", summary)
+    print(f"random baseline on {dataset.name}: {summary['mean']:.2f} ± {summary['std']:.2f} % (n={n})")
+
+
+def _genotype_from_json(arch: dict):  # type: ignore[no-untyped-def]
+    from nasaudit.spaces.darts import Genotype
+
+    return Genotype.from_json(arch)
+
+
 # --- parser -----------------------------------------------------------------------------------------
 
 
@@ -186,6 +309,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     root_arg(p)
     p.set_defaults(func=cmd_poison_apply)
+
+    def job_args(p: argparse.ArgumentParser, out_help: str) -> None:
+        p.add_argument("--dataset", default="digits")
+        p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+        p.add_argument("--out", required=True, help=out_help)
+        root_arg(p)
+
+    arch = sub.add_parser("arch", help="describe architectures")
+    arch_sub = arch.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = arch_sub.add_parser("info", help="genotype, parameter count (no auxiliary head) and FLOPs as JSON")
+    p.add_argument(
+        "--arch", required=True, help="reference name (darts_v1, darts_v2, pdarts, tenas) or JSON file"
+    )
+    p.add_argument("--dataset", default="cifar10", help="sets the class count")
+    p.add_argument("--channels", type=int, default=None, help="initial channels (default: the profile's)")
+    p.add_argument("--layers", type=int, default=None, help="cells (default: the profile's)")
+    p.add_argument("--profile", default="paper")
+    p.set_defaults(func=cmd_arch_info)
+
+    p = sub.add_parser("search", help="run a NAS algorithm on (poisoned) data; writes OUT/architecture.json")
+    p.add_argument("--algo", required=True, help="NAS algorithm (registry name)")
+    p.add_argument("--poison", default=None, help="poison file to apply to the training set before searching")
+    job_args(p, "job folder (resumable state, logs, architecture.json)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "train", help="retrain an architecture from scratch on clean data; writes OUT/result.json"
+    )
+    p.add_argument(
+        "--arch", required=True, help="reference name, genotype JSON or a search's architecture.json"
+    )
+    job_args(p, "job folder (checkpoint, result.json, model.pt)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "random-baseline", help="sample architectures uniformly and retrain each (ΔImp. reference)"
+    )
+    p.add_argument("--space", default="darts", choices=["darts"])
+    p.add_argument(
+        "--n", type=int, default=None, help="architectures (default: the profile's random_baseline.n)"
+    )
+    job_args(p, "folder with one job per architecture and summary.json")
+    p.set_defaults(func=cmd_random_baseline)
     return parser
 
 

@@ -134,6 +134,14 @@ def _build(cls: type, table: dict[str, Any], prefix: str, source: str) -> Any:
     return cls(**values)
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; a syntax error is one line naming the file."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise NasauditError(f"{Path(path).name}: not valid TOML ({exc})") from None
+
+
 def load_profile(name_or_path: str | Path) -> Profile:
     """A packaged profile by name (``smoke``, ``paper``) or a TOML file by path."""
     path = Path(name_or_path)
@@ -146,9 +154,5 @@ def load_profile(name_or_path: str | Path) -> Profile:
             )
     if not path.is_file():
         raise NasauditError(f"profile file {path} does not exist")
-    try:
-        table = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise NasauditError(f"{path.name}: not valid TOML ({exc})") from None
-    profile = _build(Profile, table, "", path.name)
+    profile = _build(Profile, read_toml(path), "", path.name)
     return dataclasses.replace(profile, name=path.stem)

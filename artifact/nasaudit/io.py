@@ -7,6 +7,7 @@ interrupted run leaves either the old file or the new one, never half of one; re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -63,6 +64,8 @@ def save_torch(path: Path, obj: Any) -> Path:
 
 
 def _json_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -70,6 +73,11 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types (dataclasses, numpy values and paths converted)."""
+    return json.loads(json.dumps(obj, default=_json_default))
 
 
 def sha256_file(path: Path) -> str:

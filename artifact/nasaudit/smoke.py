@@ -83,10 +83,41 @@ def step_stream(run: SmokeRun) -> dict[str, Any]:
     }
 
 
+def _retrain(run: SmokeRun, name: str, genotype: Any) -> dict[str, Any]:
+    from nasaudit.models import MODELS
+    from nasaudit.train import train_model
+
+    def build() -> torch.nn.Module:
+        return MODELS.get("darts")(genotype, run.dataset.num_classes, run.profile)
+
+    cfg = run.profile.train
+    result = train_model(
+        build, run.dataset, cfg, seed=SEED, device=run.device, out_dir=run.out / "train" / name
+    )
+    return {
+        f"{name}.params": result["params"],
+        f"{name}.epochs": len(result["log"]),
+        f"{name}.test_accuracy": {"value": round(result["test_accuracy"], 2), "tol": 10.0},
+    }
+
+
+def step_retrain(run: SmokeRun) -> dict[str, Any]:
+    """A random architecture (the baseline's sampler, through the search path) and the P-DARTS one."""
+    from nasaudit.nas import SearchContext, run_search
+    from nasaudit.spaces.darts import Genotype, load
+
+    context = SearchContext(run.profile, run.device, run.out / "search" / "random", progress=False)
+    record = run_search("random", run.dataset, SEED, context, {"dataset": run.dataset.name, "poison": None})
+    outputs = _retrain(run, "random", Genotype.from_json(record["architecture"]))
+    outputs.update(_retrain(run, "pdarts_reference", load("pdarts")))
+    return outputs
+
+
 STEPS: dict[str, Callable[[SmokeRun], dict[str, Any]]] = {
     "data": step_data,
     "poison": step_poison,
     "stream": step_stream,
+    "retrain": step_retrain,
 }
 
 

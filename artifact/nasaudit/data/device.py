@@ -77,9 +77,10 @@ class DeviceData:
         x = (x - self.mean) / self.std
         if augment is not None and augment.cutout > 0:
             x = cutout(x, augment.cutout, generator)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        # channels_last pays off on CUDA tensor cores; on CPU the standard layout is faster.
+        return x.contiguous(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
 
 
 def augment_batch(x: torch.Tensor, augment: AugmentConfig, generator: torch.Generator | None) -> torch.Tensor:

@@ -1,0 +1,9 @@
+"""NAS algorithms: each takes (search data, seed, context) and returns an architecture of its space.
+
+Algorithms register themselves in ``NAS``; importing this package imports every algorithm module.
+"""
+
+from nasaudit.nas import random_sampling  # noqa: F401  (registration)
+from nasaudit.nas.base import NAS, NasAlgorithm, SearchContext, run_search
+
+__all__ = ["NAS", "NasAlgorithm", "SearchContext", "run_search"]

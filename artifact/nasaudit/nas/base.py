@@ -1,0 +1,66 @@
+"""The search protocol and the one place that turns a search into its job-folder files."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from nasaudit.config import Profile
+from nasaudit.data.datasets import ImageDataset
+from nasaudit.io import environment_manifest, write_json
+from nasaudit.registry import Registry
+
+ARCHITECTURE = "architecture.json"
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """Where a search runs and keeps its resumable state and logs."""
+
+    profile: Profile
+    device: torch.device
+    out_dir: Path
+    progress: bool = True
+
+
+class NasAlgorithm(Protocol):
+    space: str  # the search space its architectures belong to (a key of nasaudit.models.MODELS)
+
+    def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
+        """Search on ``data.train`` and return the architecture in its space's JSON form."""
+        ...
+
+
+NAS: Registry[NasAlgorithm] = Registry("NAS algorithm")
+
+
+def run_search(
+    algorithm: str, data: ImageDataset, seed: int, context: SearchContext, provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """Run a search unless its job folder already holds the result; write ``architecture.json``.
+
+    ``provenance`` records what the search data was (dataset, poison file and its hash).
+    """
+    path = context.out_dir / ARCHITECTURE
+    if path.is_file():
+        return json.loads(path.read_text())
+    algo = NAS.get(algorithm)
+    start = time.perf_counter()
+    arch = algo(data, seed, context)
+    record = {
+        "algorithm": algorithm,
+        "space": algo.space,
+        "architecture": arch,
+        "seed": seed,
+        "search_time": time.perf_counter() - start,
+        "search_data": provenance,
+        "profile": context.profile.name,
+        "manifest": environment_manifest(str(context.device)),
+    }
+    write_json(path, record)
+    return record

@@ -1,0 +1,177 @@
+"""Training from scratch: the P-DARTS evaluation recipe, for any model of the registry.
+
+SGD with momentum and a per-epoch cosine schedule, gradient clipping, the auxiliary-head loss, a
+linear drop-path ramp, crop/flip/cutout on the device (SPEC §3). Everything a run depends on is a
+function of (seed, epoch), and a checkpoint is written atomically every few epochs, so a run that is
+killed and restarted ends with exactly the metrics of an uninterrupted one. On CUDA the forward runs
+in bfloat16 autocast with channels_last tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nasaudit.config import TrainConfig
+from nasaudit.data.datasets import ImageDataset
+from nasaudit.data.device import DeviceData
+from nasaudit.io import environment_manifest, jsonable, save_torch, write_json
+
+RESULT = "result.json"
+CHECKPOINT = "checkpoint.pt"
+
+
+def cosine_lr(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of ``epoch`` (0-based): cosine from ``lr`` to ``lr_min`` over the run."""
+    return cfg.lr_min + (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+
+
+def _split_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return output if isinstance(output, tuple) else (output, None)
+
+
+def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_epoch(
+    model: nn.Module,
+    data: DeviceData,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    epoch: int,
+) -> tuple[float, float]:
+    """One pass over ``data``; returns (mean loss, accuracy in %)."""
+    model.train()
+    total_loss = torch.zeros((), device=data.device)
+    correct = torch.zeros((), device=data.device, dtype=torch.long)
+    for x, y in data.batches(cfg.batch_size, seed=seed, epoch=epoch, augment=cfg.augment):
+        with _autocast(data.device):
+            logits, aux = _split_output(model(x))
+            loss = F.cross_entropy(logits, y)
+            if aux is not None and cfg.auxiliary_weight > 0:
+                loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        total_loss += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    return float(total_loss) / len(data), 100.0 * float(correct) / len(data)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 500) -> tuple[float, float]:
+    """(mean loss, accuracy in %) in eval mode, without augmentation."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for x, y in data.batches(batch_size, shuffle=False):
+        with _autocast(data.device):
+            logits, _ = _split_output(model(x))
+        total_loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return total_loss / len(data), 100.0 * correct / len(data)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def train_model(
+    build: Callable[[], nn.Module],
+    dataset: ImageDataset,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    out_dir: Path | None = None,
+    description: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``build()`` on ``dataset.train`` and test on ``dataset.test``; resumable through ``out_dir``.
+
+    Returns (and writes to ``out_dir/result.json``) the test accuracy, the per-epoch log, the parameter
+    count, wall time, device, seed and manifest. A finished run is never recomputed.
+    """
+    if out_dir is not None and (out_dir / RESULT).is_file():
+        return json.loads((out_dir / RESULT).read_text())
+    torch.manual_seed(seed)
+    model = build().to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    log: list[dict[str, Any]] = []
+    start_epoch, elapsed = 0, 0.0
+    checkpoint = None if out_dir is None else out_dir / CHECKPOINT
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, log, elapsed = state["epoch"] + 1, state["log"], state["elapsed"]
+
+    train_data = DeviceData(dataset.train, dataset, device)
+    test_data = DeviceData(dataset.test, dataset, device)
+    started = time.perf_counter() - elapsed
+    bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, disable=not progress,
+               desc="train", unit="epoch", leave=False)  # fmt: skip
+    for epoch in bar:
+        lr = cosine_lr(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if hasattr(model, "drop_path_prob"):
+            model.drop_path_prob = cfg.drop_path * epoch / cfg.epochs
+        torch.manual_seed(_epoch_seed(seed, epoch))  # drop-path masks depend on (seed, epoch) only
+        loss, acc = train_epoch(model, train_data, optimizer, cfg, seed=seed, epoch=epoch)
+        entry: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": loss, "train_acc": acc}
+        last = epoch == cfg.epochs - 1
+        if last or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0):
+            entry["test_loss"], entry["test_acc"] = evaluate(model, test_data)
+        entry["elapsed"] = time.perf_counter() - started
+        log.append(entry)
+        bar.set_postfix(
+            loss=f"{loss:.3f}", acc=f"{acc:.1f}", test=f"{entry.get('test_acc', float('nan')):.1f}"
+        )
+        if checkpoint is not None and (last or (epoch + 1) % cfg.checkpoint_every == 0):
+            save_torch(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "epoch": epoch, "log": log, "elapsed": entry["elapsed"]})  # fmt: skip
+    bar.close()
+
+    if not log:  # zero epochs configured
+        test_loss, test_acc = evaluate(model, test_data)
+    else:
+        test_loss, test_acc = log[-1]["test_loss"], log[-1]["test_acc"]
+    from nasaudit.spaces.darts.network import count_parameters
+
+    result = {
+        "test_accuracy": test_acc,
+        "test_loss": test_loss,
+        "params": count_parameters(model),
+        "epochs": cfg.epochs,
+        "log": log,
+        "wall_time": time.perf_counter() - started,
+        "seed": seed,
+        "dataset": dataset.name,
+        "train_sha256": dataset.train.sha256,
+        "config": cfg,
+        "description": description or {},
+        "manifest": environment_manifest(str(device)),
+    }
+    if out_dir is not None:
+        write_json(out_dir / RESULT, jsonable(result))
+        checkpoint.unlink(missing_ok=True)  # type: ignore[union-attr]
+        save_torch(out_dir / "model.pt", model.state_dict())
+    return jsonable(result)

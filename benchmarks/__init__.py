@@ -1,0 +1,1 @@
+"""`make bench`: speed against plain-PyTorch baselines measured in the same run (not tests)."""

@@ -1,0 +1,96 @@
+"""The trainer: recipe pieces, determinism, and resume-equals-uninterrupted on CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import nasaudit.train as train_module
+from nasaudit.config import load_profile
+from nasaudit.models import MODELS
+from nasaudit.spaces.darts import load
+from nasaudit.train import cosine_lr, train_model
+
+PROFILE = load_profile("smoke")
+CFG = dataclasses.replace(PROFILE.train, epochs=3, batch_size=16, eval_every=1, checkpoint_every=1)
+SMALL = dataclasses.replace(PROFILE, darts_net=dataclasses.replace(PROFILE.darts_net, channels=4, layers=3))
+CPU = torch.device("cpu")
+
+
+def _build():
+    return MODELS.get("darts")(load("pdarts"), 4, SMALL)
+
+
+def _train(tiny_dataset, out_dir=None, seed=0):
+    return train_model(_build, tiny_dataset, CFG, seed=seed, device=CPU, out_dir=out_dir, progress=False)
+
+
+def test_cosine_schedule_runs_from_lr_to_lr_min() -> None:
+    assert cosine_lr(CFG, 0) == CFG.lr
+    cfg = dataclasses.replace(CFG, epochs=4, lr=1.0, lr_min=0.2)
+    assert [round(cosine_lr(cfg, e), 4) for e in range(4)] == [1.0, 0.8828, 0.6, 0.3172]
+
+
+def test_same_seed_same_metrics_and_another_seed_differs(tiny_dataset) -> None:
+    a, b, c = _train(tiny_dataset), _train(tiny_dataset), _train(tiny_dataset, seed=1)
+    assert [e["train_loss"] for e in a["log"]] == [e["train_loss"] for e in b["log"]]
+    assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
+    assert [e["train_loss"] for e in a["log"]] != [e["train_loss"] for e in c["log"]]
+
+
+def test_result_records_the_run(tmp_path, tiny_dataset) -> None:
+    result = _train(tiny_dataset, tmp_path)
+    on_disk = json.loads((tmp_path / "result.json").read_text())
+    assert on_disk["test_accuracy"] == result["test_accuracy"] and on_disk["seed"] == 0
+    assert len(on_disk["log"]) == 3 and all("test_acc" in e for e in on_disk["log"])
+    assert on_disk["params"] == sum(
+        p.numel() for n, p in _build().named_parameters() if not n.startswith("auxiliary_head")
+    )
+    assert on_disk["config"]["lr"] == CFG.lr and on_disk["manifest"]["device"] == "cpu"
+    assert (tmp_path / "model.pt").is_file() and not (tmp_path / "checkpoint.pt").exists()
+    # drop-path ramps linearly from 0; the learning rate follows the cosine
+    assert [e["lr"] for e in on_disk["log"]] == [cosine_lr(CFG, e) for e in range(3)]
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_dataset, monkeypatch) -> None:
+    uninterrupted = _train(tiny_dataset)
+    real_epoch = train_module.train_epoch
+
+    def dies_in_epoch_2(*args, **kwargs):
+        if kwargs["epoch"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_dataset, tmp_path)
+    assert (tmp_path / "checkpoint.pt").is_file() and not (tmp_path / "result.json").exists()
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+    resumed = _train(tiny_dataset, tmp_path)
+    assert [e["train_loss"] for e in resumed["log"]] == [e["train_loss"] for e in uninterrupted["log"]]
+    assert resumed["test_accuracy"] == uninterrupted["test_accuracy"]
+    assert resumed["test_loss"] == uninterrupted["test_loss"]
+
+
+def test_finished_job_is_not_recomputed(tmp_path, tiny_dataset, monkeypatch) -> None:
+    first = _train(tiny_dataset, tmp_path)
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("retrained a finished job"))
+    assert _train(tiny_dataset, tmp_path)["test_accuracy"] == first["test_accuracy"]
+
+
+def test_auxiliary_loss_is_used_only_when_weighted(tiny_dataset) -> None:
+    no_aux = dataclasses.replace(CFG, epochs=1, auxiliary_weight=0.0)
+    with_aux = dataclasses.replace(CFG, epochs=1)
+    a = train_model(_build, tiny_dataset, no_aux, seed=0, device=CPU, progress=False)
+    b = train_model(_build, tiny_dataset, with_aux, seed=0, device=CPU, progress=False)
+    assert a["log"][0]["train_loss"] < b["log"][0]["train_loss"]  # the 0.4-weighted aux term adds to it
+
+
+def test_resnet18_cifar_keeps_32x32_resolution() -> None:
+    net = MODELS.get("resnet18_cifar")(None, 10, PROFILE)
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, torch.nn.Identity)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
