@@ -1,0 +1,118 @@
+"""κ_NTK: the batched implementation equals the per-sample reference, and both match closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from nasaudit.proxies.ntk import ntk_cond, ntk_weights
+
+
+def _sep_conv(channels: int, kernel: int, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, kernel, padding=dilation * (kernel // 2), dilation=dilation,
+                  groups=channels, bias=False),
+        nn.Conv2d(channels, channels, 1, bias=False),
+        nn.BatchNorm2d(channels),
+    )  # fmt: skip
+
+
+def _darts_like_net() -> nn.Module:
+    """Every op family of the DARTS space once: BN-coupled, depthwise, dilated, pooled."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        _sep_conv(4, 3),
+        _sep_conv(4, 5, dilation=2),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        _sep_conv(4, 3),
+        nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False),
+        nn.BatchNorm2d(4, affine=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 10),
+    )
+
+
+def _batch(n: int = 8, size: int = 12) -> Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def test_batched_equals_per_sample_reference() -> None:
+    net, inputs = _darts_like_net(), _batch()
+    reference = ntk_cond(net, inputs, None, batched=False)
+    batched = ntk_cond(net, inputs, None, batched=True)
+    assert 1.0 < reference < 1e5
+    assert abs(batched - reference) / reference <= 1e-4
+
+
+class _ScaledLinear(nn.Module):
+    """A linear layer times an architecture weight α, returning (logits, aux) like an eval network."""
+
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(features, classes)
+        self.unused = nn.Linear(features, classes)
+        self.arch_alpha = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.fc(x) * self.arch_alpha
+        return logits, logits.detach()
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_linear_network_closed_form(batched: bool) -> None:
+    # Σ_k z_nk = α·Σ_k (W x_n)_k + const, so ∂/∂W_kj = α·x_nj for every k and Θ = K·α²·X Xᵀ.
+    # Biases, α and the unused layer must not enter J.
+    torch.manual_seed(0)
+    features, classes = 6, 3
+    net = _ScaledLinear(features, classes)
+    inputs = torch.randn(4, features)
+    x = inputs.numpy().astype(np.float64)
+    eigenvalues = np.linalg.eigvalsh(classes * 1.5**2 * x @ x.T)
+    expected = eigenvalues[-1] / eigenvalues[0]
+    assert ntk_cond(net, inputs, None, batched=batched) == pytest.approx(expected, rel=1e-4)
+
+
+def test_weights_are_conv_bn_gamma_and_linear_only() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2))
+    net.register_parameter("alphas_weight", nn.Parameter(torch.zeros(3)))
+    assert sorted(ntk_weights(net)) == ["0.weight", "1.weight", "3.weight"]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_nan_becomes_1e5(batched: bool) -> None:
+    inputs = _batch(n=4)
+    inputs[0, 0, 0, 0] = float("nan")
+    assert ntk_cond(_darts_like_net(), inputs, None, batched=batched) == 1e5
+
+
+def test_dropout_mask_is_shared_like_the_reference() -> None:
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    inputs = torch.randn(5, 6)
+    torch.manual_seed(7)
+    reference = ntk_cond(net, inputs, None, batched=False)
+    torch.manual_seed(7)
+    assert ntk_cond(net, inputs, None, batched=True) == pytest.approx(reference, rel=1e-4)
+
+
+def test_batched_handles_cumulative_bn_momentum() -> None:
+    # momentum=None makes BN read num_batches_tracked as a Python number inside the forward.
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=None), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 10 * 10, 3))  # fmt: skip
+    inputs = _batch(n=5)
+    reference = ntk_cond(net, inputs, None, batched=False)
+    assert ntk_cond(net, inputs, None, batched=True) == pytest.approx(reference, rel=1e-4)
+    assert net[1].num_batches_tracked.item() == 0
+
+
+def test_reference_path_restores_running_stats() -> None:
+    net, inputs = _darts_like_net(), _batch(n=4)
+    before = {name: b.clone() for name, b in net.named_buffers()}
+    ntk_cond(net, inputs, None, batched=False)
+    assert all(torch.equal(before[name], b) for name, b in net.named_buffers())
