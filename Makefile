@@ -8,10 +8,11 @@ PROFILE ?= paper
 DATASETS ?= cifar10 cifar100 mnist fashionmnist svhn
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke-test smoke-bless test test-all lint data bench clean
+.PHONY: help venv smoke-test smoke-bless test test-all lint data bench clean table1 table5 table2 table4 figures
+include mk/docker.mk
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
 # The virtual environment is rebuilt only when a requirements file or pyproject.toml changes.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -28,7 +29,7 @@ smoke-test: $(STAMP)  ## the whole pipeline on embedded digits data, CPU, minute
 smoke-bless: $(STAMP)  ## (developers) accept this machine's smoke outputs as expected_results/smoke
 	$(PY) -m nasaudit.smoke --out results/smoke --bless
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP) docker-lint  ## ruff, and hadolint on the Dockerfile
 	$(VENV)/bin/ruff check artifact tests benchmarks
 	$(VENV)/bin/ruff format --check artifact tests benchmarks
 
@@ -40,6 +41,47 @@ test-all: lint  ## ruff + every test, the slow ones too
 
 data: $(STAMP)  ## download the real datasets into data/ (needs internet; checksums verified)
 	for d in $(DATASETS); do $(VENV)/bin/nasaudit data download $$d || exit 1; done
+
+# Tables 1 and 5: the experiment's grid (resumable: a rerun skips finished jobs), its table, then the
+# cell-by-cell comparison with the paper's (PROFILE=paper) or expected_results/PROFILE/ when present.
+RUNNER ?= local
+DOCKER ?=
+TABLES = results/$(PROFILE)/tables
+EXPECTED = $(if $(filter paper,$(PROFILE)),expected_results/published,expected_results/$(PROFILE))
+
+define table_recipe
+	$(if $(filter 1,$(DOCKER)),$(MAKE) docker-grid EXPERIMENT=$@ PROFILE=$(PROFILE),$(VENV)/bin/nasaudit grid run $@ --profile $(PROFILE) --runner $(RUNNER) $(GRID_ARGS))
+	$(VENV)/bin/nasaudit table $@ --profile $(PROFILE) --out $(TABLES)
+	@if [ -f $(EXPECTED)/$@.csv ]; then \
+		$(VENV)/bin/nasaudit compare $@ --ours $(TABLES)/$@.csv --expected $(EXPECTED)/$@.csv; \
+	else \
+		echo "$@: no $(EXPECTED)/$@.csv to compare with; the table above is complete (every job has a result)"; \
+	fi
+endef
+
+table1: $(STAMP)  ## grid, table, comparison: PROFILE=paper|smoke RUNNER=local|slurm DOCKER=1 GRID_ARGS=...
+	$(table_recipe)
+
+table5: $(STAMP)  ## the same for Table 5 (NSGANetV2)
+	$(table_recipe)
+
+# Table 2 (metric sensitivity; no training), Table 4's defended datasets, Figure 1 (from Table 1's grid).
+# PROFILE=paper needs `make data` and downloads pretrained weights on first use (each command refuses
+# with one line naming what is missing); PROFILE=smoke runs on digits. ANALYSIS_ARGS=--victim FILE gives
+# nas_gc its victim, or e.g. --device cuda:1 / --shard K/N (Table 2's parallel runs).
+ANALYSIS_ARGS ?=
+
+table2: $(STAMP)  ## Table 2: training-free metrics, clean vs poisoned (p = 50%), + comparison; ANALYSIS_ARGS=...
+	$(VENV)/bin/nasaudit sensitivity --profile $(PROFILE) --out results/$(PROFILE)/table2 $(ANALYSIS_ARGS)
+	@if [ -f $(EXPECTED)/$@.csv ] && [ -f results/$(PROFILE)/table2/table2.csv ]; then \
+		$(VENV)/bin/nasaudit compare $@ --ours results/$(PROFILE)/table2/table2.csv --expected $(EXPECTED)/$@.csv; \
+	fi
+
+table4: $(STAMP)  ## Table 4's defended datasets (a poison + defense per [defenses] condition) for the grid
+	$(VENV)/bin/nasaudit table4-data --profile $(PROFILE) --out results/$(PROFILE)/table4 $(ANALYSIS_ARGS)
+
+figures: $(STAMP)  ## Figure 1: cells of the best clean and worst RLF-50% P-DARTS architecture of `make table1`
+	$(VENV)/bin/nasaudit figure cells --grid results --profile $(PROFILE) --out results/$(PROFILE)/figures/figure1
 
 bench: $(STAMP)  ## speed against plain-PyTorch baselines measured in the same run (CPU, and GPU if present)
 	$(PY) -m benchmarks

@@ -13,6 +13,8 @@ from nasaudit.errors import NasauditError
 
 # Attacks that need nothing but the data; the others get their own tests with a victim or surrogate.
 DATA_ONLY = ["gaussian", "rlf"]
+SURROGATE = ["clf"]  # tests/test_attacks_clf.py
+VICTIM = ["gc", "nas_gc"]  # tests/test_attacks_gc.py, tests/test_victim.py
 
 
 @pytest.fixture
@@ -35,8 +37,8 @@ def test_same_seed_same_poison(digits, context, name) -> None:
     assert np.array_equal(getattr(a, payload), getattr(b, payload))
 
 
-def test_data_only_attacks_are_registered() -> None:
-    assert set(DATA_ONLY) <= set(ATTACKS.names())
+def test_every_registered_attack_is_covered_by_a_test_group() -> None:
+    assert sorted(DATA_ONLY + SURROGATE + VICTIM) == ATTACKS.names()
 
 
 @pytest.mark.parametrize("budget", [0.0, -0.1, 1.01])

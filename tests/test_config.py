@@ -72,3 +72,14 @@ def test_unknown_profile_lists_the_known_ones() -> None:
 
 def test_integers_are_accepted_for_floats(tmp_path) -> None:
     assert load_profile(_write(tmp_path, "lr = 0.025", "lr = 1")).train.lr == 1.0
+
+
+def test_tables_of_lists_load_and_bad_entries_are_named(tmp_path) -> None:
+    assert load_profile("paper").pdarts.skip_dropout_by_dataset == {"cifar100": [0.1, 0.2, 0.3]}
+    old = "skip_dropout_by_dataset = {cifar100 = [0.1, 0.2, 0.3]}"
+    custom = load_profile(_write(tmp_path, old, "skip_dropout_by_dataset = {svhn = [0, 0.5, 1]}"))
+    assert custom.pdarts.skip_dropout_by_dataset == {"svhn": [0.0, 0.5, 1.0]}
+    with pytest.raises(NasauditError, match=r"pdarts.skip_dropout_by_dataset.svhn\[1\] must be float"):
+        load_profile(_write(tmp_path, old, 'skip_dropout_by_dataset = {svhn = [0, "x", 1]}'))
+    with pytest.raises(NasauditError, match=r"pdarts.skip_dropout_by_dataset must be a table"):
+        load_profile(_write(tmp_path, old, "skip_dropout_by_dataset = [0.1]"))

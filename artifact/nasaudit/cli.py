@@ -146,7 +146,23 @@ def cmd_arch_info(args: argparse.Namespace) -> None:
 
 
 def _search_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The dataset to search on: the clean one, or with the poison applied; plus its provenance."""
+    """The data to search on: clean or poisoned (``--poison``), then defended (``--defense``); provenance."""
+    data, provenance = _poisoned_data(args)
+    if args.defense is None:
+        return data, provenance
+    from nasaudit.defenses import apply_defended, load_defended
+    from nasaudit.io import sha256_file
+
+    defended = load_defended(Path(args.defense), data)
+    data = apply_defended(defended, data)
+    provenance.update({"defense": defended.defense, "defended": str(args.defense),
+                       "defended_sha256": sha256_file(Path(args.defense).with_suffix(".npz")),
+                       "train_sha256": data.train.sha256, "n_train": len(data.train)})  # fmt: skip
+    return data, provenance
+
+
+def _poisoned_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The clean dataset, or with the poison applied; plus its provenance."""
     from nasaudit.data.datasets import load_dataset
     from nasaudit.data.poison import apply_poison, load_poison
     from nasaudit.io import sha256_file
@@ -179,14 +195,14 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def _retrain(space: str, arch, dataset, profile, seed: int, device, out: Path, description: dict):  # type: ignore[no-untyped-def]
-    from nasaudit.models import MODELS
+    from nasaudit.models import MODELS, train_config
     from nasaudit.train import train_model
 
     build = MODELS.get(space)
     return train_model(
         lambda: build(arch, dataset.num_classes, profile),
         dataset,
-        profile.train,
+        train_config(space, profile),
         seed=seed,
         device=device,
         out_dir=out,
@@ -210,24 +226,29 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"test accuracy {accuracy:.2f}% ({params} parameters) -> {args.out}/result.json")
 
 
+#: The uniform sampler (a NAS registry name) of each space the random baseline supports.
+RANDOM_SAMPLERS = {"darts": "random", "mbv3": "random_mbv3"}
+
+
 def cmd_random_baseline(args: argparse.Namespace) -> None:
     import numpy as np
 
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
     from nasaudit.io import write_json
+    from nasaudit.models import ARCHITECTURES
     from nasaudit.nas import NAS, SearchContext
 
     profile = load_profile(args.profile)
     dataset = load_dataset(args.dataset, args.root)
     device = _device(args.device)
     n = args.n if args.n is not None else profile.random_baseline.n
-    sampler = NAS.get("random")
+    sampler = NAS.get(RANDOM_SAMPLERS[args.space])
     accuracies = []
     for i in range(n):
         job = Path(args.out) / f"arch_{i:03d}"
         arch = sampler(dataset, args.seed + i, SearchContext(profile, device, job))
-        genotype = _genotype_from_json(arch)
+        genotype = ARCHITECTURES.get(args.space)(arch, job)
         description = {"space": args.space, "architecture": arch, "source": f"random sample {i}"}
         result = _retrain(args.space, genotype, dataset, profile, args.seed + i, device, job, description)
         accuracies.append(result["test_accuracy"])
@@ -246,10 +267,15 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
     print(f"random baseline on {dataset.name}: {summary['mean']:.2f} ± {summary['std']:.2f} % (n={n})")
 
 
-def _genotype_from_json(arch: dict):  # type: ignore[no-untyped-def]
-    from nasaudit.spaces.darts import Genotype
+def cmd_victim(args: argparse.Namespace) -> None:
+    from nasaudit.config import load_profile
+    from nasaudit.victim import best_train_job, victim_from_train_job
 
-    return Genotype.from_json(arch)
+    net = load_profile(args.profile).darts_net
+    job = best_train_job(args.train)
+    channels, layers = args.channels or net.channels, args.layers or net.layers
+    path = victim_from_train_job(job, channels, layers, Path(args.out))
+    print(f"victim: the most accurate of {len(args.train)} job(s), {job} -> {path}")
 
 
 # --- parser -----------------------------------------------------------------------------------------
@@ -333,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="run a NAS algorithm on (poisoned) data; writes OUT/architecture.json")
     p.add_argument("--algo", required=True, help="NAS algorithm (registry name)")
     p.add_argument("--poison", default=None, help="poison file to apply to the training set before searching")
+    p.add_argument("--defense", default=None, help="defended dataset (`nasaudit defend`) to apply after it")
     job_args(p, "job folder (resumable state, logs, architecture.json)")
     p.set_defaults(func=cmd_search)
 
@@ -348,26 +375,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "random-baseline", help="sample architectures uniformly and retrain each (ΔImp. reference)"
     )
-    p.add_argument("--space", default="darts", choices=["darts"])
+    p.add_argument("--space", default="darts", choices=sorted(RANDOM_SAMPLERS))
     p.add_argument(
         "--n", type=int, default=None, help="architectures (default: the profile's random_baseline.n)"
     )
     job_args(p, "folder with one job per architecture and summary.json")
     p.set_defaults(func=cmd_random_baseline)
+
+    from nasaudit.grid.commands import add_commands as add_grid_commands
+    from nasaudit.report.commands import add_commands as add_report_commands
+
+    add_grid_commands(sub)
+    add_report_commands(sub)
+
+    from nasaudit.analysis.commands import add_commands as add_analysis_commands
+    from nasaudit.analysis.commands import add_figure_cells
+
+    add_analysis_commands(sub)
+    figure = sub.add_parser("figure", help="the paper's figures as PNG and PDF")
+    figure_sub = figure.add_subparsers(dest="action", required=True, metavar="FIGURE")
+    add_figure_cells(figure_sub)
+    from nasaudit.report.poison_figure import add_figure_poisons
+
+    add_figure_poisons(figure_sub)
+
+    p = sub.add_parser("victim", help="make a GC victim file from the most accurate of some training jobs")
+    p.add_argument("--train", nargs="+", required=True, help="`nasaudit train` job folders")
+    p.add_argument("--channels", type=int, default=None, help="initial channels (default: the profile's)")
+    p.add_argument("--layers", type=int, default=None, help="their cells (default: the profile's)")
+    p.add_argument("--profile", default="smoke", help="profile the jobs were trained with")
+    p.add_argument("--out", required=True, help="victim file (for `nasaudit poison --victim`)")
+    p.set_defaults(func=cmd_victim)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)  # a handler may return a non-zero exit status (a failed comparison)
     except NasauditError as exc:
         print(f"nasaudit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nasaudit: interrupted; finished results are kept and a rerun resumes", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

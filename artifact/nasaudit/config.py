@@ -28,11 +28,12 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random crop (zero padding), horizontal flip, cutout (0 disables)."""
+    """Random crop (zero padding), horizontal flip, cutout (0 disables), optional AutoAugment."""
 
     crop_padding: int
     flip: bool
     cutout: int
+    autoaugment: bool = False  # torchvision's CIFAR-10 AutoAugment policy per image, after crop and flip
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,267 @@ class RandomBaselineConfig:
 
 
 @dataclass(frozen=True)
+class RobotConfig:
+    """RoBoT (SPEC §6): a proxy-scored random pool, BO over the proxy weights, then a greedy phase."""
+
+    pool_size: int  # random genotypes drawn; duplicates collapse
+    pool_ops: str  # "as_run" (column 0 read as 'none': dil_conv_5x5 never drawn) or "full"
+    pool_chunk: int  # architectures scored per saved chunk (resumability only)
+    proxies: list[str]  # names in nasaudit.proxies.PROXIES
+    proxy_batch: int  # un-augmented training images in the one batch that scores the whole pool
+    channels: int  # initial channels of the proxy and query network
+    layers: int  # cells of the proxy and query network
+    queries: int  # distinct architectures trained in total (BO, then the greedy phase)
+    bo_init: int  # random weight vectors evaluated before the GP proposes
+    bo_steps: int  # GP-UCB proposals after those
+    kappa: float  # UCB exploration weight
+    acquisition_samples: int  # random points the acquisition is evaluated on
+    acquisition_starts: int  # best of those refined with L-BFGS-B
+    gp_restarts: int  # restarts of the GP's kernel-hyperparameter optimiser
+    query: TrainConfig  # a query: short training on one half, accuracy on the other
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    """Table 2: training-free metrics of random architectures on clean vs poisoned samples (SPEC §6, §8)."""
+
+    architectures: int  # random architectures scored (one job each)
+    metrics: list[str]  # names in nasaudit.proxies.PROXIES
+    attacks: list[str]  # poisons compared with the clean data when the command is given none
+    budget: float  # their poisoning budget
+    samples: int  # fixed random training indices scoring RoBoT's metrics
+    batch_size: int  # RoBoT's metrics: batch size; each metric is averaged over the batches
+    channels: int  # RoBoT's proxy network (DARTS evaluation network): initial channels
+    layers: int  # ... and cells
+    tenas_samples: int  # κ_NTK and R: the first images of the fixed indices
+    tenas_batch_size: int  # their batch size (κ averaged over batches; R counts over all samples)
+
+
+@dataclass(frozen=True)
+class DenoiseConfig:
+    """Diffusion denoising (Hong et al. 2024): one-shot DDPM denoising at smoothing noise σ (SPEC §8)."""
+
+    model: str  # diffusers UNet2DModel + DDPMScheduler: a hub id or a local folder
+    sigma: float  # smoothing noise in [0, 1] pixel units (2σ in the DDPM's [-1, 1] units)
+    add_noise: bool  # add N(0, (2σ)²) before denoising (denoised smoothing); false: the image is x_t
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class SanitizeConfig:
+    """Loss-based sanitisation (Koh et al. 2021): the surrogate is the profile's [surrogate] recipe."""
+
+    drop_fraction: float  # of each class, the highest-training-loss samples dropped
+
+
+@dataclass(frozen=True)
+class RelabelConfig:
+    """Cluster-based relabelling: pretrained features, KMeans with one cluster per class."""
+
+    model: str  # torchvision model name whose penultimate features are clustered
+    weights: str  # torchvision weights name (downloaded on first use); "" = random init (smoke only)
+    image_size: int  # images are resized to this before the feature extractor
+    batch_size: int
+    n_init: int  # KMeans restarts (the lowest-inertia one is kept)
+
+
+@dataclass(frozen=True)
+class DefensesConfig:
+    """Table 4: which (defense, attack) cells get a defended dataset, and each defense's settings."""
+
+    conditions: list[str]  # "defense:attack" pairs
+    budget: float  # poisoning budget of the defended poisons
+    denoise: DenoiseConfig
+    sanitize: SanitizeConfig
+    relabel: RelabelConfig
+
+
+@dataclass(frozen=True)
+class MBV3Config:
+    """The OFA MobileNetV3 space NSGANetV2 searches (SPEC §7) and how its networks are built."""
+
+    width_mult: float  # OFA width multiplier of the base channel plan
+    resolutions: list[int]  # searched input resolutions; 32×32 images are upscaled to them
+    dropout: float  # classifier dropout of fine-tuned and retrained networks
+    drop_connect: float  # residual drop-path at retraining, scaled linearly with the block index
+    init: str  # retraining starts from "search" (inherited weights), "scratch", or a supernet file
+
+
+@dataclass(frozen=True)
+class ShrinkPhase:
+    """One phase of progressive shrinking: the choices it samples, its length and learning rate."""
+
+    kernels: list[int]
+    depths: list[int]
+    expands: list[int]
+    epochs: int
+    lr: float  # cosine to 0 over the phase
+    subnets_per_step: int  # subnets sampled per step, gradients summed (OFA's dynamic batch size)
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """The weight-sharing supernet: trained by progressive shrinking, or loaded from ``weights``."""
+
+    weights: str  # "" trains our own; else a supernet file (ours or OFA's ofa_mbv3_*), used as-is
+    batch_size: int
+    momentum: float
+    nesterov: bool
+    weight_decay: float  # on conv/linear weights and kernel transforms; none on BN and biases
+    label_smoothing: float
+    kd_ratio: float  # distillation from the full network trained in the first phase; 0 disables
+    dropout: float
+    augment: AugmentConfig
+    phases: list[ShrinkPhase]
+
+
+@dataclass(frozen=True)
+class NSGANetV2Config:
+    """NSGANetV2 (SPEC §7): archive, surrogate switching, NSGA-II, candidate evaluation."""
+
+    val_size: int  # held-out training images the candidates are scored on
+    initial: int  # architectures evaluated before the first surrogate
+    iterations: int
+    per_iteration: int  # new candidates evaluated per iteration
+    surrogates: list[str]  # accuracy predictors competing by cross-validated Kendall tau
+    cv_folds: int
+    cart_trees: int  # trees of the CART ensemble
+    mlp_max_iter: int  # epochs of the MLP predictor
+    pop_size: int  # NSGA-II
+    generations: int
+    crossover_prob: float  # two-point crossover
+    mutation_eta: float  # polynomial mutation (rounded to integers)
+    subset_pop_size: int  # the GA that picks candidates spread along FLOPs
+    subset_generations: int
+    tradeoff_points: int  # final front: this many highest trade-off points, plus the most accurate
+    pick_rank: int  # the architecture returned: this rank by FLOPs (1 = highest) among those
+    bn_calibration: int  # training images re-estimating BN statistics of an extracted subnet; 0 off
+    finetune: TrainConfig  # candidate evaluation: fine-tuning of the inherited weights
+    supernet: SupernetConfig
+
+
+@dataclass(frozen=True)
+class RobustnessTableConfig:
+    """A robustness table's grid (Tables 1, 5): datasets × algorithms × attacks × budgets × trials.
+
+    An empty ``algorithms`` or ``attacks`` list means every registered one, so a grid that names none
+    grows with the registries (the smoke grid does).
+    """
+
+    datasets: list[str]
+    algorithms: list[str]  # NAS registry names (the baseline samplers are never table columns)
+    attacks: list[str]  # attack registry names; the clean "None" row is always run
+    exclude: list[str]  # "algorithm/attack" pairs left out of the grid
+    budgets: list[float]
+    trials: int
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """How the slurm runner asks for resources; each value can be overridden on the command line."""
+
+    partition: str  # "" leaves the cluster's default partition
+    time_min: int  # wall-clock limit of one task; a task past it is reported failed and retried
+    gpus_per_task: int
+    cpus_per_task: int
+    mem_gb: int
+    array_limit: int  # the cluster's MaxArraySize: ready tasks are submitted in arrays of at most this
+    array_parallelism: int  # tasks of one array running at once
+    poll_seconds: int  # how often the driver asks the cluster which tasks finished
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Running an experiment's jobs: baselines, GC victims, retries and the runners' resources."""
+
+    samplers: list[str]  # NAS algorithms sampling their space uniformly: each is its space's baseline
+    victim_attacks: list[str]  # attacks crafted against the algorithm's clean victim (one poison each)
+    trial_shared_attacks: list[str]  # deterministic attacks: one poison per (dataset, budget) for all trials
+    train_subset: int  # 0: the whole training set; N: its first N images, for every stage (smoke runs)
+    retries: int  # extra attempts of a failed task within one run
+    cpu_workers: int  # local runner's worker processes when no GPU is visible
+    require_gpu: bool  # refuse to run locally on a machine without a GPU
+    reference_gpu_images_per_second: float  # DARTS eval-network retraining rate: CPU timings -> GPU-hours
+    slurm: SlurmConfig
+
+
+@dataclass(frozen=True)
+class PDartsConfig:
+    """P-DARTS (SPEC §4): stages of growing depth, each ending by dropping every edge's weakest ops."""
+
+    channels: int  # initial channels C of every stage's supernet
+    layers: list[int]  # cells of the supernet, per stage
+    keep_ops: list[int]  # candidates kept per edge after each stage (the last must be 1)
+    epochs: int  # per stage
+    warmup_epochs: int  # first epochs of a stage that train weights only (α frozen)
+    train_portion: float  # share of the training split that trains weights; the rest trains α
+    batch_size: int
+    lr: float  # weights: SGD, cosine from lr to lr_min within each stage
+    lr_min: float
+    momentum: float
+    weight_decay: float
+    grad_clip: float  # max gradient norm, of the weights and (separately) of α
+    arch_lr: float  # α: Adam
+    arch_betas: list[float]
+    arch_weight_decay: float
+    skip_dropout: list[float]  # initial skip-connect dropout per stage
+    skip_dropout_by_dataset: dict[str, list[float]]  # per-dataset overrides of skip_dropout
+    skip_dropout_decay: float  # after warm-up p·exp(−(epoch − warmup)·decay); during warm-up linear
+    max_skips: int  # skip-connects allowed in the final normal cell
+    eval_epochs: int  # last epochs of a stage that also report arch-val accuracy (reporting only)
+    augment: AugmentConfig  # of both halves (Table 6 switches it off)
+
+
+@dataclass(frozen=True)
+class TenasConfig:
+    """TE-NAS as run (SPEC §5): a tiny supernet pruned by κ_NTK and linear-region ranks, no training."""
+
+    ops: list[str]  # candidate ops on every edge at the start (DARTS op names; 'none' never)
+    channels: int  # C of the scoring supernets
+    batch_size: int  # augmented training images in each κ_NTK batch
+    augment: AugmentConfig  # of those images
+    repeats: int  # Δκ and ΔR are each averaged over this many batches
+    prune_number: int  # ops removed from each multi-op edge per round (never its last one)
+    precision: int  # Δκ, ΔR rounded to this many decimals; ranks compare this many significant figures
+    init: str  # "default" (PyTorch's init, as run) or "kaiming" (re-drawn before every repeat)
+    lr_input_size: int  # linear regions: side of the one-channel crops fed to the stem-less net
+    lr_batch_size: int  # crops per train-mode forward
+    lr_batches: int  # forwards; R counts the distinct ReLU patterns over all of them
+
+
+@dataclass(frozen=True)
+class GCConfig:
+    """Gradient canceling (paper Algorithm 2) and GradPC, which perturbs the victim into its target θ."""
+
+    steps: int  # S: Adam steps on the perturbations
+    lr: float  # Adam learning rate
+    epsilon_255: int  # ℓ∞ bound of a perturbation, in 1/255 pixel units
+    batch_size: int  # samples per gradient chunk: memory only, the result does not depend on it
+    gradpc_lr: float  # length of each L2-normalised gradient-ascent step
+    gradpc_radius: float  # L2 ball around the trained θ0 (all targeted parameters as one vector)
+    gradpc_epochs: int
+    gradpc_batch_size: int
+
+
+@dataclass(frozen=True)
 class Profile:
     experiment: ExperimentConfig
     darts_net: DartsNetConfig
     train: TrainConfig  # retraining of found architectures (the P-DARTS evaluation recipe)
     surrogate: TrainConfig  # the CIFAR ResNet-18 used by CLF and loss-based sanitisation
     random_baseline: RandomBaselineConfig
+    robot: RobotConfig
+    sensitivity: SensitivityConfig  # Table 2
+    defenses: DefensesConfig  # Table 4
+    mbv3: MBV3Config  # NSGANetV2's search space and its networks
+    mbv3_train: TrainConfig  # retraining of mbv3 architectures (NSGANetV2's CIFAR recipe)
+    nsganetv2: NSGANetV2Config
+    grid: GridConfig
+    table1: RobustnessTableConfig
+    table5: RobustnessTableConfig
+    pdarts: PDartsConfig
+    tenas: TenasConfig
+    gc: GCConfig
     name: str = ""
 
 
@@ -99,6 +355,11 @@ def _check(value: Any, hint: Any, key: str, source: str) -> Any:
             raise NasauditError(f"{source}: {key} must be a list")
         (item,) = typing.get_args(hint)
         return [_check(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise NasauditError(f"{source}: {key} must be a table")
+        _, item = typing.get_args(hint)
+        return {k: _check(v, item, f"{key}.{k}", source) for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -126,11 +387,13 @@ def _build(cls: type, table: dict[str, Any], prefix: str, source: str) -> Any:
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise NasauditError(f"{source}: unknown key {key!r}; allowed here: {', '.join(fields)}")
-    missing = [f for f in fields if f not in table]
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    missing = [f for f in fields if f not in table and f not in optional]
     if missing:
         key = f"{prefix}.{missing[0]}" if prefix else missing[0]
         raise NasauditError(f"{source}: missing key {key!r}")
-    values = {f: _check(table[f], hints[f], f"{prefix}.{f}" if prefix else f, source) for f in fields}
+    present = [f for f in fields if f in table]
+    values = {f: _check(table[f], hints[f], f"{prefix}.{f}" if prefix else f, source) for f in present}
     return cls(**values)
 
 

@@ -47,11 +47,24 @@ def step_data(run: SmokeRun) -> dict[str, Any]:
     }
 
 
+# Poisons crafted through a trained network move with the machine's floating point, so they are
+# summarised with tolerances instead of hashes.
+LEARNED_ATTACKS = ("clf", "gc", "nas_gc")
+
+
 def step_poison(run: SmokeRun) -> dict[str, Any]:
+    """Every attack at the first budget; GC's victim is the smoke-trained P-DARTS network (shared with
+    the retrain step, which then finds the job finished), CLF trains its surrogate into the cache."""
     from nasaudit.attacks import ATTACKS, AttackContext, run_attack
     from nasaudit.data.poison import apply_poison, load_poison, save_poison
+    from nasaudit.spaces.darts import load
+    from nasaudit.victim import victim_from_train_job
 
-    context = AttackContext(profile=run.profile, device=run.device, cache_dir=run.out / "cache")
+    _retrain(run, "pdarts_reference", load("pdarts"))
+    net = run.profile.darts_net
+    victim = victim_from_train_job(run.out / "train" / "pdarts_reference", net.channels, net.layers,
+                                   run.out / "victim.pt")  # fmt: skip
+    context = AttackContext(run.profile, run.device, run.out / "cache", victim)
     budget = run.profile.experiment.budgets[0]
     outputs: dict[str, Any] = {}
     for name in ATTACKS:
@@ -62,9 +75,20 @@ def step_poison(run: SmokeRun) -> dict[str, Any]:
             poisoned.images != run.dataset.train.images
         ).any(axis=(1, 2, 3))
         outputs[f"{name}.n_poisoned"] = len(poison.indices)
-        outputs[f"{name}.n_changed"] = int(changed.sum())
-        outputs[f"{name}.sha256"] = sha256_arrays(poisoned.images, poisoned.labels)
         run.state[f"poison.{name}"] = path
+        if name not in LEARNED_ATTACKS:
+            outputs[f"{name}.n_changed"] = int(changed.sum())
+            outputs[f"{name}.sha256"] = sha256_arrays(poisoned.images, poisoned.labels)
+            continue
+        outputs[f"{name}.n_changed"] = {"value": int(changed.sum()), "tol": round(0.2 * len(poison.indices))}
+        if poison.images is not None:
+            diff = poison.images.astype(int) - run.dataset.train.images[poison.indices].astype(int)
+            outputs[f"{name}.linf_255"] = int(np.abs(diff).max())
+            ratio = poison.params["best_loss"] / poison.params["initial_loss"]
+            outputs[f"{name}.loss_ratio"] = {"value": round(ratio, 4), "tol": 0.5}
+        else:
+            accuracy = poison.params["surrogate_test_accuracy"]
+            outputs[f"{name}.surrogate_test_accuracy"] = {"value": round(accuracy, 2), "tol": 15.0}
     return outputs
 
 
@@ -91,9 +115,11 @@ def _retrain(run: SmokeRun, name: str, genotype: Any) -> dict[str, Any]:
         return MODELS.get("darts")(genotype, run.dataset.num_classes, run.profile)
 
     cfg = run.profile.train
+    description = {"space": "darts", "architecture": genotype.to_json()}  # lets the job become a GC victim
     result = train_model(
-        build, run.dataset, cfg, seed=SEED, device=run.device, out_dir=run.out / "train" / name
-    )
+        build, run.dataset, cfg, seed=SEED, device=run.device, out_dir=run.out / "train" / name,
+        description=description,
+    )  # fmt: skip
     return {
         f"{name}.params": result["params"],
         f"{name}.epochs": len(result["log"]),
@@ -113,11 +139,180 @@ def step_retrain(run: SmokeRun) -> dict[str, Any]:
     return outputs
 
 
+def step_robot(run: SmokeRun) -> dict[str, Any]:
+    """A tiny RoBoT search (small pool, few 1-epoch queries) through the search path; its pick retrained."""
+    from nasaudit.nas import SearchContext, run_search
+    from nasaudit.spaces.darts import Genotype
+
+    context = SearchContext(run.profile, run.device, run.out / "search" / "robot", progress=False)
+    record = run_search("robot", run.dataset, SEED, context, {"dataset": run.dataset.name, "poison": None})
+    log = json.loads((context.out_dir / "robot_result.json").read_text())
+    with np.load(Path(log["pool"]["folder"]) / "scores.npz", allow_pickle=False) as z:
+        means = np.nanmean(z["scores"], axis=0)
+    outputs: dict[str, Any] = {
+        "pool_unique": log["pool"]["n_unique"],
+        "queried": log["queried"],
+        "best_query_accuracy": {"value": round(log["accuracy"], 2), "tol": 10.0},
+    }
+    for name, mean in zip(run.profile.robot.proxies, means.tolist(), strict=True):
+        outputs[f"pool_mean.{name}"] = {"value": round(mean, 6), "tol": 1e-3 * max(1.0, abs(mean))}
+    outputs.update(_retrain(run, "pick", Genotype.from_json(record["architecture"])))
+    return outputs
+
+
+def step_tenas(run: SmokeRun) -> dict[str, Any]:
+    """A tiny TE-NAS search (2 ops per edge: one op round, then the edge stage); its genotype retrained."""
+    import hashlib
+
+    from nasaudit.nas import SearchContext, run_search
+    from nasaudit.spaces.darts import Genotype
+
+    context = SearchContext(run.profile, run.device, run.out / "search" / "tenas", progress=False)
+    record = run_search("tenas", run.dataset, SEED, context, {"dataset": run.dataset.name, "poison": None})
+    logs = [json.loads(p.read_text()) for p in sorted(context.out_dir.glob("tenas_round_*.json"))]
+    genotype = json.dumps(record["architecture"], sort_keys=True).encode()
+    first = [entry["mean_delta_kappa"] for entry in logs[0]["scores"]]
+    regions = [entry["mean_delta_regions"] for entry in logs[0]["scores"]]
+    outputs: dict[str, Any] = {
+        "rounds": len(logs),
+        "candidates_scored": sum(len(log["scores"]) for log in logs),
+        "genotype_sha256": hashlib.sha256(genotype).hexdigest(),
+        "round0_mean_delta_kappa": {"value": round(float(np.mean(first)), 6), "tol": 1e-3},
+        "round0_mean_delta_regions": {"value": round(float(np.mean(regions)), 6), "tol": 1e-3},
+    }
+    outputs.update(_retrain(run, "tenas", Genotype.from_json(record["architecture"])))
+    return outputs
+
+
+def step_pdarts(run: SmokeRun) -> dict[str, Any]:
+    """A tiny P-DARTS search (3 stages, 8 → 5 → 3 → 1 ops) on the first 256 digits; its genotype retrained."""
+    import hashlib
+
+    from nasaudit.data.datasets import Split
+    from nasaudit.nas import SearchContext, run_search
+    from nasaudit.spaces.darts import Genotype
+
+    train = run.dataset.train
+    data = run.dataset.with_train(Split(train.images[:256], train.labels[:256]))  # keeps the step ~1 min
+    context = SearchContext(run.profile, run.device, run.out / "search" / "pdarts", progress=False)
+    provenance = {"dataset": run.dataset.name, "poison": None, "train_sha256": data.train.sha256}
+    record = run_search("pdarts", data, SEED, context, provenance)
+    log = json.loads((context.out_dir / "pdarts_log.json").read_text())
+    last = log["epochs"][-1]
+    genotype = Genotype.from_json(record["architecture"])
+    encoded = json.dumps(genotype.to_json(), sort_keys=True).encode()
+    outputs: dict[str, Any] = {
+        "epochs": len(log["epochs"]),
+        "ops_per_edge": [len(s["candidates"]["normal"][0]) for s in log["stages"]],
+        "skips_normal": [op for op, _ in genotype.normal].count("skip_connect"),
+        "genotype_sha256": hashlib.sha256(encoded).hexdigest(),
+        "last_arch_loss": {"value": round(last["arch_loss"], 4), "tol": 0.05},
+        "last_val_acc": {"value": round(last["val_acc"], 2), "tol": 10.0},
+        "victim": (context.out_dir / "supernet_victim.pt").is_file(),
+    }
+    outputs.update(_retrain(run, "pdarts", genotype))
+    return outputs
+
+
+def step_analyses(run: SmokeRun) -> dict[str, Any]:
+    """Table 2 (metric sensitivity, the profile's architectures and attacks) and relabelling of RLF data."""
+    import math
+
+    from sklearn.metrics import adjusted_rand_score
+
+    from nasaudit.analysis.poisons import ensure_poison
+    from nasaudit.analysis.sensitivity import run_sensitivity
+    from nasaudit.attacks import AttackContext
+    from nasaudit.data.poison import apply_poison, load_poison
+    from nasaudit.defenses import DefenseContext, run_defense
+
+    cfg, folder = run.profile.sensitivity, run.out / "table2"
+    attack_context = AttackContext(profile=run.profile, device=run.device, cache_dir=run.out / "cache")
+    poisons = {a: ensure_poison(a, run.dataset, cfg.budget, SEED, attack_context, folder / "poisons" / a)
+               for a in {*cfg.attacks, "rlf"}}  # fmt: skip
+    table = run_sensitivity(run.dataset, {a: poisons[a] for a in cfg.attacks}, cfg, seed=SEED,
+                            pool_ops=run.profile.robot.pool_ops, device=run.device, out_dir=folder,
+                            progress=False)  # fmt: skip
+    outputs: dict[str, Any] = {"table2.cells": len(table), "table2.architectures": int(table["n"].max())}
+    for row in table.itertuples():  # exactly 0 where a metric cannot see the difference (e.g. labels)
+        mean = round(float(row.mean), 2) if math.isfinite(row.mean) else None
+        exact = mean is None or row.mean == 0.0
+        outputs[f"table2.{row.metric}.{row.attack}"] = (
+            mean if exact else {"value": mean, "tol": round(1.0 + 0.25 * abs(mean), 2)}
+        )
+    poisoned = apply_poison(load_poison(poisons["rlf"], run.dataset), run.dataset)
+    context = DefenseContext(run.profile, run.device, run.out / "cache", progress=False)
+    defended = run_defense("relabel", poisoned, SEED, context)
+    outputs["relabel.n_kept"] = len(defended.keep)
+    outputs["relabel.clusters"] = len(np.unique(defended.labels))
+    agreement = adjusted_rand_score(run.dataset.train.labels, defended.labels)
+    outputs["relabel.rand_index_vs_clean"] = {"value": round(float(agreement), 3), "tol": 0.1}
+    return outputs
+
+
+def step_grid(run: SmokeRun) -> dict[str, Any]:
+    """The profile's Table 1 grid on the local runner (CPU workers), its table and its cells' means.
+
+    The cells' means land in the summary, so expected_results/smoke/summary.json is also the expected
+    table; the significance count may move by one mark across machines (2 trials per cell).
+    """
+    from nasaudit.grid import Layout, RunSpec, build_grid, load_experiment, run_grid
+    from nasaudit.report.experiment import experiment_table
+    from nasaudit.report.tables import to_markdown, write_table
+
+    results = run.out / "grid"
+    experiment = load_experiment("table1", run.profile)
+    grid = build_grid(experiment, Layout.of(results, run.profile))
+    report = run_grid(grid, RunSpec(run.profile, results, None, "cpu"), log=lambda _: None)
+    unfinished = len(report.failed) + len(report.blocked)
+    outputs: dict[str, Any] = {"tasks": len(grid.deps), "tasks_unfinished": unfinished}
+    for task, error in report.failed.items():
+        print(f"[smoke] grid task {task.id} failed: {error}")
+    if not report.ok:
+        return outputs
+    table = experiment_table(experiment, grid.layout).table
+    write_table("table1", table, results / "tables")
+    print(to_markdown(table), end="")
+    outputs["cells"] = len(table)
+    outputs["cells_significant"] = {"value": int(table["significant"].sum()), "tol": 1}
+    for row in table.itertuples():
+        outputs[f"{row.algorithm}.{row.attack}.p{row.budget:g}"] = {"value": round(row.mean, 2), "tol": 10.0}
+    return outputs
+
+
+def step_nsganetv2(run: SmokeRun) -> dict[str, Any]:
+    """A tiny NSGANetV2 search: its own small supernet (2 shrinking phases), a few evaluated archs."""
+    from nasaudit.nas import SearchContext, run_search
+    from nasaudit.spaces.mbv3 import FlopsCounter, channel_plan, count_params, extreme_arch
+
+    out = run.out / "search" / "nsganetv2"
+    context = SearchContext(run.profile, run.device, out, progress=False)
+    run_search("nsganetv2", run.dataset, SEED, context, {"dataset": run.dataset.name, "poison": None})
+    archive = json.loads((out / "archive.json").read_text())
+    pick = json.loads((out / "pareto.json").read_text())["pick"]
+    plan, space = channel_plan(run.profile.mbv3.width_mult), run.profile.mbv3
+    largest = extreme_arch(space.resolutions, largest=True)
+    return {
+        "largest_flops": FlopsCounter(plan, run.dataset.num_classes)(largest),
+        "largest_params": count_params(largest, plan, run.dataset.num_classes),
+        "supernet_epochs": len(json.loads((out / "supernet" / "log.json").read_text())),
+        "evaluated": len(archive),
+        "best_val_accuracy": {"value": round(max(e["val_accuracy"] for e in archive), 2), "tol": 15.0},
+        "pick_mflops": {"value": round(pick["mflops"], 3), "tol": 5.0},
+    }
+
+
 STEPS: dict[str, Callable[[SmokeRun], dict[str, Any]]] = {
     "data": step_data,
     "poison": step_poison,
     "stream": step_stream,
     "retrain": step_retrain,
+    "robot": step_robot,
+    "tenas": step_tenas,
+    "pdarts": step_pdarts,
+    "analyses": step_analyses,
+    "grid": step_grid,
+    "nsganetv2": step_nsganetv2,
 }
 
 

@@ -4,7 +4,7 @@ Attacks register themselves in ``ATTACKS``; the CLI and the grid enumerate it. I
 imports every attack module so that registration has happened.
 """
 
-from nasaudit.attacks import gaussian, rlf  # noqa: F401  (registration)
+from nasaudit.attacks import clf, gaussian, gc, nas_gc, rlf  # noqa: F401  (registration)
 from nasaudit.attacks.base import ATTACKS, Attack, AttackContext, choose_indices, run_attack
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "choose_indices", "run_attack"]

@@ -98,7 +98,26 @@ def augment_batch(x: torch.Tensor, augment: AugmentConfig, generator: torch.Gene
     if augment.flip:
         flip = torch.rand(n, device=x.device, generator=generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if augment.autoaugment:
+        x = autoaugment(x, generator)
     return x
+
+
+def autoaugment(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """torchvision's AutoAugment (CIFAR-10 policy) on a batch of [0, 1] images, one draw per image.
+
+    torchvision draws one sub-policy per call, so it is called image by image to keep per-sample
+    randomness (on a GPU this is launch-bound, a few ms per batch). Its draws come from the global CPU
+    generator, which is forked and seeded from ``generator``: the result depends only on (seed, epoch)
+    and the global random stream is left as it was.
+    """
+    from torchvision.transforms import v2
+
+    policy = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    seed = int(torch.randint(0, 2**62, (1,), device=x.device, generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([policy(image) for image in x])
 
 
 def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Algorithms register themselves in ``NAS``; importing this package imports every algorithm module.
 """
 
-from nasaudit.nas import random_sampling  # noqa: F401  (registration)
+from nasaudit.nas import nsganetv2, pdarts, random_sampling, robot, tenas  # noqa: F401  (registration)
 from nasaudit.nas.base import NAS, NasAlgorithm, SearchContext, run_search
 
 __all__ = ["NAS", "NasAlgorithm", "SearchContext", "run_search"]

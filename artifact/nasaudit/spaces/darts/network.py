@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from nasaudit.errors import NasauditError
 from nasaudit.spaces.darts.genotype import NODES, Genotype
@@ -141,6 +140,9 @@ def count_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)
     Counted by PyTorch's FlopCounterMode (2 FLOPs per multiply-add, convolutions and matmuls), so the
     count follows the actual graph rather than a hand formula.
     """
+    # Imported here, not at the top: torch 2.0 has no flop_counter, and the rest of the space works there.
+    from torch.utils.flop_counter import FlopCounterMode
+
     param = next(model.parameters())
     x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
     was_training = model.training

@@ -209,7 +209,9 @@ class SuperNet(nn.Module):
         self.classifier = nn.Linear(c_prev, num_classes)
 
     def alpha(self, cell_type: str) -> nn.Parameter:
-        return self.get_parameter(f"alpha_{_check(cell_type)}")
+        # getattr, not get_parameter: under torch.func.functional_call (the batched κ_NTK) α is a plain
+        # tensor, which get_parameter rejects.
+        return getattr(self, f"alpha_{_check(cell_type)}")
 
     def active(self, cell_type: str) -> Tensor:
         return self.get_buffer(f"active_{_check(cell_type)}")

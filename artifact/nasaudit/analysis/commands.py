@@ -1,0 +1,226 @@
+"""`nasaudit sensitivity`, `defend`, `table4-data` and `figure cells`: thin wrappers over analysis/report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from nasaudit.errors import NasauditError
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit()):
+        raise NasauditError(f"--shard {text!r} must be K/N, e.g. 0/4")
+    return int(k), int(n)
+
+
+def _named_poison(text: str) -> tuple[str, Path]:
+    """``NAME=FILE`` (the table row's name), or ``FILE`` named after the attack in its manifest."""
+    from nasaudit.data.poison import read_manifest
+
+    name, sep, file = text.partition("=")
+    if sep:
+        return name, Path(file)
+    return read_manifest(Path(text))["attack"], Path(text)
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nasaudit.analysis.poisons import ensure_poison
+    from nasaudit.analysis.sensitivity import run_sensitivity
+    from nasaudit.attacks import AttackContext
+    from nasaudit.cli import _device
+    from nasaudit.config import load_profile
+    from nasaudit.data.datasets import load_dataset
+    from nasaudit.report.sensitivity import to_markdown
+
+    profile = load_profile(args.profile)
+    cfg, out, device = profile.sensitivity, Path(args.out), _device(args.device)
+    dataset = load_dataset(args.dataset or profile.experiment.datasets[0], args.root)
+    if args.poison:
+        poisons = dict(_named_poison(item) for item in args.poison)
+    else:
+        victim = None if args.victim is None else Path(args.victim)
+        context = AttackContext(profile=profile, device=device, cache_dir=Path(args.cache), victim=victim)
+        poisons = {
+            attack: ensure_poison(attack, dataset, cfg.budget, args.seed, context, out / "poisons" / attack)
+            for attack in cfg.attacks
+        }
+    shard = _shard(args.shard)
+    table = run_sensitivity(
+        dataset,
+        poisons,
+        cfg,
+        seed=args.seed,
+        pool_ops=profile.robot.pool_ops,
+        device=device,
+        out_dir=out,
+        shard=shard,
+    )
+    if table is None:
+        done = len(list((out / "architectures").glob("arch_*.json")))
+        print(
+            f"shard {shard[0]}/{shard[1]} done ({done} of {cfg.architectures} architectures have a file); "
+            "Table 2 is written by the run that finds all of them complete"
+        )
+        return 0
+    print(to_markdown(table))
+    comparison = pd.read_csv(out / "table2_vs_paper.csv")
+    ours = comparison["ours"].notna()
+    print(
+        f"{len(table)} cells -> {out / 'table2.csv'}; against the paper: "
+        f"{int(comparison.loc[ours, 'within'].sum())} of {int(ours.sum())} comparable cells within tolerance "
+        f"({len(comparison)} published; {out / 'table2_vs_paper.csv'})"
+    )
+    return 0
+
+
+def cmd_defend(args: argparse.Namespace) -> int:
+    from nasaudit.cli import _device, _search_data
+    from nasaudit.config import load_profile
+    from nasaudit.defenses import DefenseContext, run_defense, save_defended
+
+    data, provenance = _search_data(args)
+    context = DefenseContext(
+        load_profile(args.profile), _device(args.device), Path(args.cache), source=provenance
+    )
+    defended = run_defense(args.method, data, args.seed, context)
+    path = save_defended(defended, Path(args.out))
+    print(
+        f"{args.method}: {len(defended.keep)} of {defended.n_input} samples kept ({defended.kind}) -> {path}"
+    )
+    return 0
+
+
+def cmd_table4_data(args: argparse.Namespace) -> int:
+    from nasaudit.analysis.defended import INDEX, make_defended_datasets
+    from nasaudit.cli import _device
+    from nasaudit.config import load_profile
+    from nasaudit.data.datasets import load_dataset
+
+    profile = load_profile(args.profile)
+    dataset = load_dataset(args.dataset or profile.experiment.datasets[0], args.root)
+    cells = make_defended_datasets(
+        profile,
+        dataset,
+        seed=args.seed,
+        device=_device(args.device),
+        out_dir=Path(args.out),
+        cache_dir=Path(args.cache),
+        victim=None if args.victim is None else Path(args.victim),
+    )
+    for cell in cells:
+        print(
+            f"{cell['defense']} on {cell['attack']} (p = {cell['budget']:g}): {cell['n_train']} samples, "
+            f"{cell['kind']} -> {cell['defended']}"
+        )
+    print(
+        f"index -> {Path(args.out) / INDEX}; "
+        "search each with `nasaudit search --poison POISON --defense DEFENDED`"
+    )
+    return 0
+
+
+def cmd_figure_cells(args: argparse.Namespace) -> int:
+    from nasaudit.config import load_profile
+    from nasaudit.models import load_architecture
+    from nasaudit.report.cells_figure import figure1_architectures, save_cells_figure
+    from nasaudit.spaces.darts import Genotype
+
+    if bool(args.arch) == (args.grid is not None):
+        raise NasauditError("`figure cells` needs either --arch (one or more) or --grid RESULTS, not both")
+    labels = args.label or []
+    if labels and len(labels) != len(args.arch or []):
+        raise NasauditError(f"give one --label per --arch ({len(args.arch or [])}), or none")
+    architectures = []
+    if args.grid is not None:
+        architectures = figure1_architectures(Path(args.grid), load_profile(args.profile))
+    for i, name in enumerate(args.arch or []):
+        space, arch = load_architecture(name)
+        if not isinstance(arch, Genotype):
+            raise NasauditError(f"{name} is a {space} architecture; `figure cells` draws DARTS-space cells")
+        architectures.append((labels[i] if labels else _label(name), arch))
+    paths = save_cells_figure(architectures, Path(args.out))
+    print(f"Figure 1 ({len(architectures)} architecture(s)) -> {', '.join(map(str, paths))}")
+    return 0
+
+
+def _label(name: str) -> str:
+    """A column title: a reference name as is, a search's architecture.json by its job folder."""
+    path = Path(name)
+    if not path.is_file():
+        return name
+    return path.parent.name if path.stem == "architecture" else path.stem
+
+
+def add_commands(sub: Any) -> None:
+    """Register `sensitivity`, `defend` and `table4-data` on the main parser's subcommands."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+        p.add_argument(
+            "--cache", default="results/cache", help="folder for surrogates and features shared by runs"
+        )
+        p.add_argument(
+            "--root", type=Path, default=None, help="data folder (default: $NASAUDIT_DATA or ./data)"
+        )
+
+    p = sub.add_parser("sensitivity", help="Table 2: change of training-free metrics under poisoning")
+    p.add_argument("--dataset", default=None, help="default: the profile's first experiment dataset")
+    p.add_argument(
+        "--poison",
+        action="append",
+        metavar="NAME=FILE",
+        help="a poison to compare with the clean data (repeatable; default: the profile's "
+        "[sensitivity] attacks, made into OUT/poisons)",
+    )
+    p.add_argument("--victim", default=None, help="victim model for attacks that need one (nas_gc)")
+    p.add_argument("--shard", default="0/1", help="K/N: score architectures K, K+N, ... (parallel runs)")
+    p.add_argument("--out", required=True, help="folder: architectures/, table2.csv/.md, table2_vs_paper.csv")
+    common(p)
+    p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser(
+        "defend", help="apply a defense to a (poisoned) training set; writes OUT.npz + OUT.json"
+    )
+    p.add_argument("method", help="defense name: denoise, relabel, sanitize")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument(
+        "--poison", default=None, help="poison file the defense sees applied (default: clean data)"
+    )
+    p.add_argument("--out", required=True, help="output path; writes OUT.npz and its manifest OUT.json")
+    common(p)
+    p.set_defaults(func=cmd_defend, defense=None)
+
+    p = sub.add_parser("table4-data", help="Table 4's defended datasets: one per [defenses] condition")
+    p.add_argument("--dataset", default=None, help="default: the profile's first experiment dataset")
+    p.add_argument("--victim", default=None, help="victim model for attacks that need one (nas_gc)")
+    p.add_argument("--out", required=True, help="folder: poisons/, defended/, defended.json")
+    common(p)
+    p.set_defaults(func=cmd_table4_data)
+
+
+def add_figure_cells(figure_sub: Any) -> None:
+    """Register `figure cells` on the `figure` group's subcommands."""
+    p = figure_sub.add_parser("cells", help="Figure 1: normal and reduction cells of DARTS architectures")
+    p.add_argument(
+        "--arch",
+        action="append",
+        help="reference name, genotype JSON or a search's architecture.json (repeatable: one column each)",
+    )
+    p.add_argument(
+        "--grid",
+        default=None,
+        metavar="RESULTS",
+        help="instead: the paper's pair from a grid's results folder (best clean and worst RLF 50%% "
+        "P-DARTS architecture on the profile's first dataset)",
+    )
+    p.add_argument("--profile", default="smoke", help="profile of the grid run (with --grid)")
+    p.add_argument("--label", action="append", help="column title per --arch (default: name or job folder)")
+    p.add_argument("--out", required=True, help="output path without suffix; writes OUT.png and OUT.pdf")
+    p.set_defaults(func=cmd_figure_cells)

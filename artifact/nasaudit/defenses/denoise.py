@@ -1,0 +1,132 @@
+"""Diffusion denoising (Hong et al. 2024; paper §6.1; SPEC §8): one-shot DDPM denoising of every image.
+
+Denoised smoothing as Carlini et al. (2023) and Hong et al. (2024) do it: scale the image to
+[−1, 1], add Gaussian noise of std 2σ (σ in [0, 1] pixel units, so 2σ in the DDPM's units), and read
+the result as the DDPM state x_t = √ᾱ_t·(x + 2σ·δ) = √ᾱ_t·x + √(1−ᾱ_t)·δ at the timestep t whose
+√(1−ᾱ_t)/√ᾱ_t is closest to 2σ (t = 57 in diffusers' 0-based indexing for σ = 0.1 and the linear
+1000-step schedule; SPEC's "t ≈ 58" counts from 1). One call of the noise predictor gives ε̂ and the
+estimate x̂_0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t, clamped to [−1, 1] and stored as uint8. With
+``add_noise = false`` the image itself is scaled into x_t = √ᾱ_t·x (SPEC's literal reading).
+
+The defender does not know which samples are poisoned, so every training image is denoised. The
+noise δ is drawn per sample in dataset order from one seeded generator, so the result does not depend
+on the batch size. The DDPM (diffusers' ``UNet2DModel`` + ``DDPMScheduler``, ``google/ddpm-cifar10-32``
+in the paper profile) is downloaded by diffusers on first use, or read from a local folder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from nasaudit.config import DenoiseConfig
+from nasaudit.data.datasets import ImageDataset
+from nasaudit.defenses.base import DEFENSES, DefenseContext
+from nasaudit.defenses.files import DefendedData, make_defended
+from nasaudit.errors import NasauditError
+
+NoisePredictor = Callable[[Tensor, Tensor], Tensor]
+"""``(x_t, timesteps) -> ε̂``: a DDPM's noise prediction for a batch (N×3×H×W in [−1, 1] units)."""
+
+
+def unet_predictor(unet: nn.Module) -> NoisePredictor:
+    """A diffusers ``UNet2DModel`` as a noise predictor."""
+
+    def predict(x_t: Tensor, timesteps: Tensor) -> Tensor:
+        return unet(x_t, timesteps).sample
+
+    return predict
+
+
+def load_ddpm(source: str, device: torch.device) -> tuple[NoisePredictor, Tensor]:
+    """The UNet (on ``device``, eval mode) and ᾱ of a diffusers DDPM given by hub id or folder."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    try:
+        unet = UNet2DModel.from_pretrained(source)
+        scheduler = DDPMScheduler.from_pretrained(source)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise NasauditError(
+            f"cannot load the DDPM {source!r} ({first}); diffusers downloads a hub id on first use (internet "
+            "needed), or set [defenses.denoise] model to a local folder holding it"
+        ) from None
+    if scheduler.config.prediction_type != "epsilon":
+        raise NasauditError(f"DDPM {source!r} predicts {scheduler.config.prediction_type!r}, not the noise ε")
+    return unet_predictor(unet.to(device).eval()), scheduler.alphas_cumprod.double()
+
+
+def denoising_timestep(alphas_cumprod: Tensor, sigma: float) -> int:
+    """The timestep whose noise-to-signal ratio √(1−ᾱ_t)/√ᾱ_t is closest to 2σ."""
+    ratio = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+    return int(torch.argmin((ratio - 2 * sigma).abs()))
+
+
+def denoise_images(
+    images: np.ndarray,
+    predict: NoisePredictor,
+    alphas_cumprod: Tensor,
+    cfg: DenoiseConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    progress: bool = False,
+) -> np.ndarray:
+    """One-shot denoised copies of uint8 N×H×W×3 ``images`` (see the module docstring)."""
+    t = denoising_timestep(alphas_cumprod, cfg.sigma)
+    signal = math.sqrt(float(alphas_cumprod[t]))
+    noise_scale = math.sqrt(1.0 - float(alphas_cumprod[t]))
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(images)
+    starts = range(0, len(images), cfg.batch_size)
+    with torch.no_grad():
+        for start in tqdm(starts, desc="denoise", disable=not progress, leave=False):
+            batch = torch.from_numpy(images[start : start + cfg.batch_size]).to(device)
+            x = batch.permute(0, 3, 1, 2).double() / 127.5 - 1.0
+            if cfg.add_noise:
+                delta = torch.from_numpy(rng.standard_normal(x.shape)).to(device)
+                x = x + 2 * cfg.sigma * delta
+            x_t = (signal * x).float()
+            timesteps = torch.full((len(x_t),), t, device=device, dtype=torch.long)
+            eps = predict(x_t, timesteps).double()
+            x0 = ((x_t.double() - noise_scale * eps) / signal).clamp(-1.0, 1.0)
+            pixels = torch.round((x0 + 1.0) * 127.5).to(torch.uint8).permute(0, 2, 3, 1)
+            out[start : start + len(pixels)] = pixels.cpu().numpy()
+    return out
+
+
+@DEFENSES.register("denoise")
+def denoise(
+    data: ImageDataset,
+    seed: int,
+    context: DefenseContext,
+    *,
+    ddpm: tuple[NoisePredictor, Tensor] | None = None,
+) -> DefendedData:
+    """Every training image replaced by its one-shot denoised version (``ddpm`` is injectable)."""
+    cfg = context.profile.defenses.denoise
+    predict, alphas_cumprod = ddpm if ddpm is not None else load_ddpm(cfg.model, context.device)
+    images = denoise_images(
+        data.train.images,
+        predict,
+        alphas_cumprod,
+        cfg,
+        seed=seed,
+        device=context.device,
+        progress=context.progress,
+    )
+    t = denoising_timestep(alphas_cumprod, cfg.sigma)
+    params = {
+        "model": cfg.model if ddpm is None else "injected",
+        "sigma": cfg.sigma,
+        "add_noise": cfg.add_noise,
+        "timestep": t,
+        "alpha_bar": float(alphas_cumprod[t]),
+    }
+    keep = np.arange(len(data.train), dtype=np.int64)
+    return make_defended("denoise", data, seed, keep, images=images, params=params, source=context.source)

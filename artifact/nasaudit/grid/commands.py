@@ -1,0 +1,111 @@
+"""`nasaudit grid run|status` and `nasaudit plan`: thin wrappers over the grid (parsed here, run there)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+
+def _grid(args: argparse.Namespace) -> tuple[Any, Any]:
+    from nasaudit.config import load_profile
+    from nasaudit.grid import Layout, build_grid, load_experiment
+
+    profile = load_profile(args.profile)
+    experiment = load_experiment(args.experiment, profile).select(args.algo or (), args.dataset or ())
+    return build_grid(experiment, Layout.of(args.results, profile)), profile
+
+
+def cmd_grid_run(args: argparse.Namespace) -> int:
+    from nasaudit.errors import NasauditError
+    from nasaudit.grid import RunnerOptions, RunSpec, run_grid
+
+    if args.workers is not None and args.workers < 0:
+        raise NasauditError(f"--workers must be ≥ 0 (0 runs tasks in this process), got {args.workers}")
+    grid, profile = _grid(args)
+    overrides = {
+        "partition": args.partition,
+        "time_min": args.time_min,
+        "gpus_per_task": args.gpus,
+        "array_limit": args.array_limit,
+    }
+    slurm = replace(profile.grid.slurm, **{k: v for k, v in overrides.items() if v is not None})
+    options = RunnerOptions(workers=args.workers, cluster=args.cluster, slurm=slurm)
+    spec = RunSpec(profile, Path(args.results), args.root)
+    print(f"[grid] {args.experiment}: {len(grid.deps)} tasks in {grid.layout.root} ({args.runner} runner)")
+    report = run_grid(grid, spec, args.runner, options)
+    print(f"[grid] {report.summary()}")
+    for task, error in report.failed.items():
+        print(f"[grid] FAILED {task.id}: {error}")
+    if not report.ok:
+        print("[grid] nothing failed is recorded as a result; rerun the same command to retry")
+        return 1
+    return 0
+
+
+def cmd_grid_status(args: argparse.Namespace) -> int:
+    from nasaudit.grid import grid_status, render_status
+
+    grid, _ = _grid(args)
+    print(render_status(grid, grid_status(grid)))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import torch
+
+    from nasaudit.grid.plan import estimate
+
+    grid, profile = _grid(args)
+    device = None if args.device == "auto" else torch.device(args.device)
+    print(estimate(grid, profile, args.root, device).render(args.experiment, profile.name))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register `grid run`, `grid status` and `plan` on the main parser's subcommands."""
+
+    def selection(p: argparse.ArgumentParser) -> None:
+        p.add_argument("experiment", help="experiment name (table1, table5)")
+        p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
+        p.add_argument("--results", default="results", help="results folder; jobs go to RESULTS/PROFILE/")
+        p.add_argument(
+            "--algo", nargs="+", action="extend", help="only these NAS algorithms (and their baseline)"
+        )
+        p.add_argument("--dataset", nargs="+", action="extend", help="only these datasets")
+        p.add_argument(
+            "--root", type=Path, default=None, help="data folder (default: $NASAUDIT_DATA or ./data)"
+        )
+
+    grid = sub.add_parser("grid", help="run an experiment's jobs (resumable), or show where they stand")
+    grid_sub = grid.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = grid_sub.add_parser("run", help="run every job whose result is missing; a rerun resumes")
+    selection(p)
+    p.add_argument("--runner", default="local", help="local (worker processes) or slurm (job arrays)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local: worker processes (default: one per visible GPU, else the profile's cpu_workers; "
+        "0 runs tasks in this process)",
+    )
+    p.add_argument(
+        "--cluster",
+        default="slurm",
+        choices=["slurm", "local", "debug"],
+        help="slurm runner: submitit's executor (local/debug run the array path on this machine)",
+    )
+    p.add_argument("--partition", default=None, help="slurm partition (default: the profile's)")
+    p.add_argument("--time-min", type=int, default=None, help="slurm time limit per task in minutes")
+    p.add_argument("--gpus", type=int, default=None, help="slurm GPUs per task")
+    p.add_argument("--array-limit", type=int, default=None, help="slurm: largest job array submitted")
+    p.set_defaults(func=cmd_grid_run)
+    p = grid_sub.add_parser("status", help="done/running/failed/pending tasks per stage, and failures")
+    selection(p)
+    p.set_defaults(func=cmd_grid_status)
+
+    p = sub.add_parser("plan", help="task counts per stage and an estimate of the GPU-hours left")
+    selection(p)
+    p.add_argument("--device", default="auto", help="device to time the training steps on (auto, cpu, cuda)")
+    p.set_defaults(func=cmd_plan)

@@ -1,0 +1,323 @@
+"""Runners: one dependency-aware scheduler, and backends that run tasks on local workers or on Slurm.
+
+The scheduler submits a task when every task it waits for is done, keeps each backend busy, retries
+a failed task ``grid.retries`` times within the run, and leaves the tasks that depend on a task that
+kept failing for the next run. It never trusts its own memory over the files: done means the output
+exists, so two runners on the same results folder, or a rerun after a crash, skip finished work.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from nasaudit.config import SlurmConfig
+from nasaudit.errors import NasauditError
+from nasaudit.grid.jobs import CLEAN, STAGE_ORDER, Grid, Task
+from nasaudit.grid.stages import Outcome, RunSpec, execute, is_done
+from nasaudit.grid.state import TaskState, error_line
+from nasaudit.registry import Registry
+
+POLL_SECONDS = 30  # how often a local run looks at tasks another runner holds; does not change results
+
+
+class Backend(Protocol):
+    """Where tasks run: ``capacity`` tasks at once at most; ``wait`` returns the finished ones."""
+
+    capacity: int
+
+    def submit(self, tasks: list[Task]) -> None: ...
+
+    def wait(self) -> list[Outcome]:
+        """Block until a submitted task finishes (or a poll interval passes) and return what finished."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Report:
+    """What a run did: counts by outcome and the tasks still failing, with their one-line errors."""
+
+    total: int = 0
+    already_done: int = 0
+    done: int = 0
+    failed: dict[Task, str] = field(default_factory=dict)
+    blocked: list[Task] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.blocked
+
+    def summary(self) -> str:
+        text = f"{self.total} tasks: {self.done} run now, {self.already_done} done before"
+        text += f", {len(self.failed)} failed"
+        if self.blocked:
+            text += f", {len(self.blocked)} waiting on failed tasks"
+        return text
+
+
+def _priority(task: Task) -> tuple:
+    """Clean jobs first (GC victims wait for them), and later stages first (finish what was started)."""
+    return (task.attack != CLEAN, -STAGE_ORDER.index(task.stage), task)
+
+
+def schedule(grid: Grid, backend: Backend, retries: int, log: Callable[[str], None] = print) -> Report:
+    """Run every task of ``grid`` whose inputs exist, until nothing more can run."""
+    state = TaskState(grid.layout.state_dir)
+    report = Report(total=len(grid.deps))
+    done = {t for t in grid.deps if is_done(t, grid.layout)}
+    report.already_done = len(done)
+    attempts: dict[Task, int] = {}
+    in_flight: set[Task] = set()
+    given_up: set[Task] = set()
+    try:
+        while True:
+            blocked = _blocked(grid, given_up)
+            waiting = [
+                t
+                for t in grid.deps
+                if t not in done and t not in in_flight and t not in given_up and t not in blocked
+            ]
+            ready = sorted((t for t in waiting if all(d in done for d in grid.deps[t])), key=_priority)
+            elsewhere = [t for t in ready if state.is_locked(t)]
+            ready = [t for t in ready if t not in elsewhere][: max(0, backend.capacity - len(in_flight))]
+            if ready:
+                backend.submit(ready)
+                in_flight.update(ready)
+            if not in_flight and not elsewhere:
+                break
+            for outcome in backend.wait():
+                task = outcome.task
+                in_flight.discard(task)
+                if outcome.status in ("done", "skipped") or is_done(task, grid.layout):
+                    done.add(task)
+                    report.done += outcome.status == "done"
+                    log(f"[grid] {outcome.status:<7} {task.id}")
+                elif outcome.status == "failed":
+                    state.mark_failed(task, outcome.error)  # a worker killed by the cluster could not
+                    attempts[task] = attempts.get(task, 0) + 1
+                    log(f"[grid] failed  {task.id}: {outcome.error}")
+                    if attempts[task] > retries:
+                        given_up.add(task)
+                        report.failed[task] = outcome.error
+            for task in list(elsewhere):  # finished by another runner meanwhile
+                if is_done(task, grid.layout):
+                    done.add(task)
+    finally:
+        backend.close()
+    report.blocked = sorted(_blocked(grid, given_up))
+    return report
+
+
+def _blocked(grid: Grid, failed: set[Task]) -> set[Task]:
+    """Tasks that wait, directly or not, on a task that failed for good in this run."""
+    blocked: set[Task] = set()
+    for task, deps in grid.deps.items():  # listed in dependency order
+        if any(d in failed or d in blocked for d in deps):
+            blocked.add(task)
+    return blocked
+
+
+# --- local: worker processes ------------------------------------------------------------------------
+
+
+def _init_worker(devices: multiprocessing.Queue, threads: int) -> None:
+    """Pin a worker to its GPU before torch touches CUDA, or size its CPU thread pool."""
+    device = devices.get()
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_local(task: Task, spec: RunSpec) -> Outcome:
+    return execute(task, spec, f"local pid {os.getpid()}")
+
+
+class _InlineExecutor(cf.Executor):
+    """Runs each task in the calling process when submitted: ``--workers 0``, for debugging."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # execute() never raises; this keeps KeyboardInterrupt visible
+            future.set_exception(exc)
+            raise
+        return future
+
+
+class LocalBackend:
+    """One worker process per visible GPU (or ``workers`` on the CPU), each running one task at a time."""
+
+    def __init__(self, spec: RunSpec, workers: int | None, gpus: list[str], cpu_workers: int) -> None:
+        self.spec = spec
+        self.futures: dict[cf.Future, Task] = {}
+        if workers == 0:
+            self.capacity, self.pool = 1, _InlineExecutor()
+            return
+        self.capacity = workers or (len(gpus) if gpus else cpu_workers)
+        context = multiprocessing.get_context("spawn")
+        devices = context.Queue()
+        for i in range(self.capacity):
+            devices.put(gpus[i % len(gpus)] if gpus else None)
+        threads = 1 if gpus else max(1, (os.cpu_count() or 1) // self.capacity)
+        if not gpus:
+            self.spec = replace(spec, device="cpu")
+        self.pool = cf.ProcessPoolExecutor(
+            self.capacity, mp_context=context, initializer=_init_worker, initargs=(devices, threads)
+        )
+
+    def submit(self, tasks: list[Task]) -> None:
+        for task in tasks:
+            self.futures[self.pool.submit(_run_local, task, self.spec)] = task
+
+    def wait(self) -> list[Outcome]:
+        if not self.futures:  # only tasks that another runner holds: look again in a while
+            time.sleep(POLL_SECONDS)
+            return []
+        finished, _ = cf.wait(list(self.futures), timeout=POLL_SECONDS, return_when=cf.FIRST_COMPLETED)
+        outcomes = []
+        for future in finished:
+            task = self.futures.pop(future)
+            try:
+                outcomes.append(future.result())
+            except Exception as exc:  # a worker that died (killed, out of memory)
+                outcomes.append(Outcome(task, "failed", f"worker died: {error_line(exc)}"))
+        return outcomes
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids workers are pinned to: ``CUDA_VISIBLE_DEVICES`` when set, else every CUDA device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        return [d.strip() for d in listed.split(",") if d.strip()][: torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+# --- slurm: job arrays through submitit ---------------------------------------------------------------
+
+
+def _run_slurm(task: Task, spec: RunSpec) -> Outcome:
+    return execute(task, spec, f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}")
+
+
+class SlurmBackend:
+    """Ready tasks go out as Slurm job arrays (chunked to the array limit); this process polls them.
+
+    ``cluster`` is submitit's: "slurm" on a cluster, "local" or "debug" to exercise the same path on
+    one machine. Killing this driver leaves submitted tasks running; a rerun skips what they finish.
+    """
+
+    def __init__(self, spec: RunSpec, cfg: SlurmConfig, folder: Path, cluster: str) -> None:
+        import submitit
+
+        self.spec, self.cfg = spec, cfg
+        self.capacity = 10**9  # everything ready is submitted; Slurm queues it
+        self.jobs: dict[object, Task] = {}
+        self.executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        params = {
+            "timeout_min": cfg.time_min,
+            "gpus_per_node": cfg.gpus_per_task,
+            "cpus_per_task": cfg.cpus_per_task,
+            "mem_gb": cfg.mem_gb,
+            "name": f"nasaudit-{spec.profile.name}",
+            "slurm_array_parallelism": cfg.array_parallelism,
+        }
+        if cfg.partition:
+            params["slurm_partition"] = cfg.partition
+        self.executor.update_parameters(**params)
+
+    def submit(self, tasks: list[Task]) -> None:
+        size = max(1, self.cfg.array_limit)
+        for start in range(0, len(tasks), size):
+            chunk = tasks[start : start + size]
+            jobs = self.executor.map_array(_run_slurm, chunk, [self.spec] * len(chunk))
+            self.jobs.update(zip(jobs, chunk, strict=True))
+
+    def wait(self) -> list[Outcome]:
+        while True:
+            finished = [job for job in self.jobs if job.done()]  # type: ignore[attr-defined]
+            if finished:
+                break
+            time.sleep(self.cfg.poll_seconds)
+            if not self.jobs:  # only tasks that another runner holds
+                return []
+        outcomes = []
+        for job in finished:
+            task = self.jobs.pop(job)
+            try:
+                outcomes.append(job.result())  # type: ignore[attr-defined]
+            except Exception as exc:  # timed out, preempted, out of memory
+                outcomes.append(Outcome(task, "failed", f"slurm: {error_line(exc)}"))
+        return outcomes
+
+    def close(self) -> None:
+        self.jobs.clear()
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Command-line choices of a run; None keeps the profile's value."""
+
+    workers: int | None = None
+    cluster: str = "slurm"
+    slurm: SlurmConfig | None = None
+
+
+RUNNERS: Registry[Callable[[Grid, RunSpec, RunnerOptions], Backend]] = Registry("runner")
+
+
+@RUNNERS.register("local")
+def local_runner(grid: Grid, spec: RunSpec, options: RunnerOptions) -> Backend:
+    gpus = visible_gpus()
+    profile = spec.profile
+    if not gpus and profile.grid.require_gpu:
+        from nasaudit.grid.plan import estimate
+
+        hours, name = estimate(grid, profile, spec.data_root).gpu_hours, grid.experiment.name
+        raise NasauditError(
+            f"{name} with profile {profile.name!r} needs about {hours:,.0f} GPU-hours (estimate) and this "
+            f"machine has no GPU; run the CPU-sized grid with `make {name} PROFILE=smoke`, or submit to "
+            f"Slurm with `make {name} RUNNER=slurm`"
+        )
+    return LocalBackend(spec, options.workers, gpus, profile.grid.cpu_workers)
+
+
+@RUNNERS.register("slurm")
+def slurm_runner(grid: Grid, spec: RunSpec, options: RunnerOptions) -> Backend:
+    cfg = options.slurm or spec.profile.grid.slurm
+    if options.cluster == "slurm" and shutil.which("sbatch") is None:
+        raise NasauditError(
+            "no `sbatch` here: run the slurm runner on the cluster's login node (or --cluster local to "
+            "try the job-array path on this machine)"
+        )
+    return SlurmBackend(spec, cfg, grid.layout.state_dir / "submitit", options.cluster)
+
+
+def run_grid(
+    grid: Grid,
+    spec: RunSpec,
+    runner: str = "local",
+    options: RunnerOptions | None = None,
+    log: Callable[[str], None] = print,
+) -> Report:
+    """Run an experiment's grid with the named runner and report what happened."""
+    backend = RUNNERS.get(runner)(grid, spec, options or RunnerOptions())
+    return schedule(grid, backend, spec.profile.grid.retries, log)

@@ -1,0 +1,590 @@
+"""NSGANetV2 (Lu et al., ECCV 2020) on the OFA MobileNetV3 space: surrogate-assisted NSGA-II (SPEC §7).
+
+The search keeps an archive of architectures whose accuracy was measured: each one inherits its
+weights from the supernet, is fine-tuned on the search data and scored on a held-out split of it.
+The archive starts with ``initial`` architectures (the smallest, the largest, random ones); each
+iteration then fits every accuracy predictor in ``surrogates``, keeps the one with the best
+cross-validated Kendall τ (mean − std over the folds, as the released code decides), runs NSGA-II
+on (predicted top-1 error, FLOPs) over the integer encoding, starting from the archive's
+non-dominated architectures, and evaluates ``per_iteration`` new architectures of its final
+population, chosen by a small GA to spread evenly along FLOPs next to the archive's front. At the
+end the archive's measured front gives the most accurate architecture plus the highest trade-off
+points; the one returned has the ``pick_rank``-th highest FLOPs among them.
+
+The supernet is our own, trained by progressive shrinking on the search data (a deviation: the
+original uses OFA's ImageNet weights, which ``[nsganetv2.supernet] weights`` can point to).
+
+Job folder (resumable: the archive is the state; an iteration's chosen candidates are written before
+they are evaluated)::
+
+    supernet.pt            the trained supernet (supernet/ holds its training checkpoint meanwhile)
+    archive.json           every evaluated architecture: encoding, accuracy, FLOPs, parameters
+    iterations/NNN.json    per iteration: surrogate scores and winner, candidates, predicted errors
+    pareto.json            the final front, the selected architectures and the pick
+    subnet.pt              the pick's inherited weights (what retraining starts from)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.algorithms.soo.nonconvex.ga import GA
+from pymoo.core.crossover import Crossover
+from pymoo.core.decision_making import NeighborFinder
+from pymoo.core.mutation import Mutation
+from pymoo.core.problem import Problem
+from pymoo.core.sampling import Sampling
+from pymoo.operators.crossover.pntx import TwoPointCrossover
+from pymoo.operators.mutation.pm import PM
+from pymoo.operators.repair.rounding import RoundingRepair
+from pymoo.optimize import minimize
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+from scipy.interpolate import RBFInterpolator
+from scipy.stats import kendalltau
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel
+from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.tree import DecisionTreeRegressor
+from threadpoolctl import threadpool_limits
+from torch import nn
+from tqdm import tqdm
+
+from nasaudit.config import NSGANetV2Config, Profile
+from nasaudit.data.datasets import ImageDataset, Split
+from nasaudit.data.device import DeviceData
+from nasaudit.errors import NasauditError
+from nasaudit.io import save_torch, write_json
+from nasaudit.nas.base import NAS, SearchContext
+from nasaudit.registry import Registry
+from nasaudit.spaces.mbv3 import (
+    N_VARS,
+    FlopsCounter,
+    MBV3Arch,
+    MBV3SuperNet,
+    channel_plan,
+    count_params,
+    decode,
+    encode,
+    initial_archs,
+    load_supernet,
+    save_supernet,
+    train_supernet,
+    upper_bounds,
+)
+from nasaudit.train import train_model
+
+ARCHIVE = "archive.json"
+SUPERNET = "supernet.pt"
+SUBNET = "subnet.pt"
+FRONT = "pareto.json"
+
+# --- accuracy predictors --------------------------------------------------------------------------
+
+
+class Surrogate(Protocol):
+    def fit(self, X: np.ndarray, y: np.ndarray) -> Any: ...
+
+    def predict(self, X: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class SurrogateKind:
+    """How to build one predictor, and the fewest training points it can be fitted on."""
+
+    make: Callable[[NSGANetV2Config, int], Surrogate]  # (config, seed) → an unfitted model
+    min_samples: Callable[[int], int]  # feature count → fewest training points
+
+
+SURROGATES: Registry[SurrogateKind] = Registry("surrogate")
+
+
+class CubicRBF:
+    """Cubic radial basis functions with a linear tail (pySOT's RBFInterpolant, as NSGANetV2 uses it)."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> CubicRBF:
+        self.model = RBFInterpolator(X.astype(float), y, kernel="cubic", degree=1)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model(X.astype(float))
+
+
+class CartEnsemble:
+    """NSGANetV2's CART predictor: full-depth regression trees, each on a random subset of the features."""
+
+    def __init__(self, n_trees: int, seed: int):
+        self.n_trees, self.seed = n_trees, seed
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> CartEnsemble:
+        rng = np.random.default_rng(self.seed)
+        self.trees: list[tuple[np.ndarray, DecisionTreeRegressor]] = []
+        for _ in range(self.n_trees):
+            features = rng.permutation(X.shape[1])[: rng.integers(1, X.shape[1] + 1)]
+            tree = DecisionTreeRegressor(random_state=int(rng.integers(2**31)))
+            self.trees.append((features, tree.fit(X[:, features], y)))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.mean([tree.predict(X[:, features]) for features, tree in self.trees], axis=0)
+
+
+SURROGATES.register("rbf")(SurrogateKind(lambda cfg, seed: CubicRBF(), lambda d: d + 2))
+SURROGATES.register("gp")(
+    # Kriging with a constant trend and a Gaussian correlation (NSGANetV2's DACE model); the length
+    # scale starts at the typical distance between encodings, where the likelihood is not flat
+    SurrogateKind(
+        lambda cfg, seed: GaussianProcessRegressor(
+            ConstantKernel() * RBF(length_scale=float(np.sqrt(N_VARS)), length_scale_bounds=(1e-2, 1e3)),
+            alpha=1e-6,
+            normalize_y=True,
+            random_state=seed,
+        ),
+        lambda d: 2,
+    )
+)
+SURROGATES.register("cart")(SurrogateKind(lambda cfg, seed: CartEnsemble(cfg.cart_trees, seed), lambda d: 2))
+SURROGATES.register("mlp")(
+    SurrogateKind(
+        lambda cfg, seed: make_pipeline(
+            StandardScaler(),
+            MLPRegressor(
+                hidden_layer_sizes=(400, 400),
+                learning_rate_init=8e-4,
+                max_iter=cfg.mlp_max_iter,
+                random_state=seed,
+            ),
+        ),
+        lambda d: 2,
+    )
+)
+
+
+def select_surrogate(
+    X: np.ndarray,
+    y: np.ndarray,
+    names: Sequence[str],
+    cfg: NSGANetV2Config,
+    seed: int,
+    kinds: Callable[[str], SurrogateKind] = SURROGATES.get,
+) -> dict[str, Any]:
+    """NSGANetV2's adaptive switching: k-fold Kendall τ of every predictor; the winner maximises mean − std.
+
+    A predictor that cannot be fitted on a fold's training part (an RBF with a linear tail needs more
+    points than variables) sits the round out and is listed under ``skipped``.
+    """
+    folds = np.array_split(
+        np.random.default_rng(seed).permutation(len(X)), max(2, min(cfg.cv_folds, len(X) // 2))
+    )
+    n_train = len(X) - max(len(f) for f in folds)
+    usable = [n for n in names if kinds(n).min_samples(X.shape[1]) <= n_train]
+    if not usable:
+        raise NasauditError(
+            f"no surrogate in {list(names)} can be fitted on {n_train} architectures; evaluate more initially"
+        )
+    taus = {name: [] for name in usable}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for fold, test in enumerate(folds):
+            train = np.setdiff1d(np.arange(len(X)), test)
+            for name in usable:
+                model = kinds(name).make(cfg, seed * 1000 + fold)
+                model.fit(X[train], y[train])
+                tau = kendalltau(model.predict(X[test]), y[test]).statistic
+                taus[name].append(0.0 if np.isnan(tau) else float(tau))  # constant predictions: no ranking
+    scores = {n: {"tau_mean": float(np.mean(t)), "tau_std": float(np.std(t))} for n, t in taus.items()}
+    winner = max(usable, key=lambda n: scores[n]["tau_mean"] - scores[n]["tau_std"])
+    return {"winner": winner, "scores": scores, "skipped": [n for n in names if n not in usable]}
+
+
+def fit_surrogate(name: str, X: np.ndarray, y: np.ndarray, cfg: NSGANetV2Config, seed: int) -> Surrogate:
+    model = SURROGATES.get(name).make(cfg, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y)
+    return model
+
+
+# --- NSGA-II and the choice of candidates --------------------------------------------------------
+
+
+def non_dominated(F: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point dominates (all objectives minimised)."""
+    return np.asarray(NonDominatedSorting().do(F, only_non_dominated_front=True), dtype=np.int64)
+
+
+class _ArchitectureProblem(Problem):
+    """(predicted top-1 error, MFLOPs) of integer encodings; skipped layers are zeroed before predicting."""
+
+    def __init__(
+        self, predict: Callable[[np.ndarray], np.ndarray], flops: FlopsCounter, resolutions: list[int]
+    ):
+        super().__init__(n_var=N_VARS, n_obj=2, xl=0, xu=upper_bounds(resolutions), vtype=int)
+        self.predict, self.flops, self.resolutions = predict, flops, resolutions
+
+    def _evaluate(self, X: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        archs = [decode(np.rint(x).astype(np.int64), self.resolutions) for x in X]
+        codes = np.stack([encode(a, self.resolutions) for a in archs])
+        out["F"] = np.column_stack([self.predict(codes), [self.flops(a) / 1e6 for a in archs]])
+
+
+def run_nsga2(
+    predict: Callable[[np.ndarray], np.ndarray],
+    flops: FlopsCounter,
+    resolutions: list[int],
+    initial: np.ndarray,
+    cfg: NSGANetV2Config,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """NSGA-II from ``initial`` encodings (msunas.py's operators); returns the final population (X, F)."""
+    algorithm = NSGA2(
+        pop_size=cfg.pop_size,
+        sampling=initial,
+        crossover=TwoPointCrossover(prob=cfg.crossover_prob),
+        mutation=PM(prob=1.0, eta=cfg.mutation_eta, vtype=float, repair=RoundingRepair()),
+        eliminate_duplicates=True,
+    )
+    problem = _ArchitectureProblem(predict, flops, resolutions)
+    result = minimize(problem, algorithm, ("n_gen", cfg.generations), seed=seed, verbose=False)
+    return np.rint(result.pop.get("X")).astype(np.int64), result.pop.get("F")
+
+
+class _SubsetProblem(Problem):
+    """Choose K candidates so that, with the front, their FLOPs are spread as evenly as possible."""
+
+    def __init__(self, candidates: np.ndarray, front: np.ndarray, k: int):
+        super().__init__(n_var=len(candidates), n_obj=1, n_ieq_constr=1, xl=0, xu=1, vtype=bool)
+        self.candidates, self.front, self.k = candidates, front, k
+
+    def _evaluate(self, X: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        X = X.astype(bool)
+        spread = [np.std(np.diff(np.sort(np.concatenate([self.front, self.candidates[x]])))) for x in X]
+        out["F"] = np.asarray(spread)[:, None]
+        out["G"] = ((self.k - X.sum(1)) ** 2)[:, None].astype(float)
+
+
+class _ExactlyK(Sampling):
+    def _do(
+        self, problem: Problem, n_samples: int, *args: Any, random_state: Any = None, **kwargs: Any
+    ) -> np.ndarray:
+        X = np.zeros((n_samples, problem.n_var), dtype=bool)
+        for row in X:
+            row[random_state.permutation(problem.n_var)[: problem.k]] = True
+        return X
+
+
+class _KeepShared(Crossover):
+    """One child: the parents' shared picks, topped up at random from the picks they disagree on."""
+
+    def __init__(self) -> None:
+        super().__init__(2, 1)
+
+    def _do(
+        self, problem: Problem, X: np.ndarray, *args: Any, random_state: Any = None, **kwargs: Any
+    ) -> np.ndarray:
+        children = np.zeros((1, *X.shape[1:]), dtype=bool)
+        for m in range(X.shape[1]):
+            a, b = X[0, m].astype(bool), X[1, m].astype(bool)
+            children[0, m, a & b] = True
+            either = np.flatnonzero(a ^ b)
+            children[0, m, random_state.permutation(either)[: problem.k - int((a & b).sum())]] = True
+        return children
+
+
+class _SwapOne(Mutation):
+    """Swap one picked candidate for one not picked."""
+
+    def _do(
+        self, problem: Problem, X: np.ndarray, *args: Any, random_state: Any = None, **kwargs: Any
+    ) -> np.ndarray:
+        X = X.astype(bool)
+        for row in X:
+            on, off = np.flatnonzero(row), np.flatnonzero(~row)
+            if len(on) and len(off):
+                row[random_state.choice(off)], row[random_state.choice(on)] = True, False
+        return X
+
+
+def spread_subset(
+    candidates: np.ndarray, front: np.ndarray, k: int, cfg: NSGANetV2Config, seed: int
+) -> np.ndarray:
+    """Indices of ``k`` of the candidates' FLOPs that best fill the gaps of the front's (msunas.py's GA)."""
+    if len(candidates) <= k:
+        return np.arange(len(candidates))
+    algorithm = GA(
+        pop_size=cfg.subset_pop_size,
+        sampling=_ExactlyK(),
+        crossover=_KeepShared(),
+        mutation=_SwapOne(),
+        eliminate_duplicates=True,
+    )
+    problem = _SubsetProblem(np.asarray(candidates, float), np.asarray(front, float), k)
+    result = minimize(problem, algorithm, ("n_gen", cfg.subset_generations), seed=seed, verbose=False)
+    return np.flatnonzero(result.X.astype(bool))
+
+
+def tradeoff(F: np.ndarray) -> np.ndarray:
+    """Each point's trade-off: the least gain per unit sacrifice towards its neighbours (normalised F).
+
+    NSGANetV2's post-search measure (pymoo's high-trade-off points); -inf where it is undefined.
+    """
+    span = F.max(0) - F.min(0)
+    N = (F - F.min(0)) / np.where(span > 0, span, 1.0)
+    finder = NeighborFinder(N, epsilon=0.125, n_min_neigbors="auto", consider_2d=False)
+    mu = np.full(len(N), -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i in range(len(N)):
+            diff = N[finder.find(i)] - N[i]
+            ratio = np.maximum(0, diff).sum(1) / np.maximum(0, -diff).sum(1)
+            ratio = ratio[np.isfinite(ratio)]
+            if len(ratio):
+                mu[i] = ratio.min()
+    return mu
+
+
+def select_final(errors: np.ndarray, flops: np.ndarray, n_tradeoff: int, pick_rank: int) -> dict[str, Any]:
+    """Indices of the front, the selected architectures (FLOPs descending) and the pick among them.
+
+    Selected = the most accurate architecture of the front plus the ``n_tradeoff`` others with the
+    highest trade-off (fewer if the front is smaller); the pick has the ``pick_rank``-th highest FLOPs.
+    """
+    F = np.column_stack([errors, flops])
+    front = non_dominated(F)
+    front = front[np.lexsort((flops[front], errors[front]))]  # most accurate first
+    mu = tradeoff(F[front]) if len(front) > 2 else np.zeros(len(front))
+    order = [i for i in np.argsort(-mu, kind="stable") if i != 0]
+    chosen = [front[0], *(front[i] for i in order[:n_tradeoff])]
+    chosen.sort(key=lambda i: -flops[i])
+    return {"front": front.tolist(), "selected": chosen, "pick": chosen[min(pick_rank, len(chosen)) - 1]}
+
+
+# --- candidate evaluation ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, data: DeviceData, batch_size: int = 100) -> None:
+    """Re-estimate every BN layer's statistics as the average over ``data`` (OFA's reset before scoring)."""
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches
+    net.train()
+    for x, _ in data.batches(batch_size, shuffle=False):
+        net(x)
+    for bn, momentum in zip(bns, momenta, strict=True):
+        bn.momentum = momentum
+
+
+def split_validation(data: ImageDataset, val_size: int, seed: int) -> ImageDataset:
+    """The search data as (train = what remains, test = ``val_size`` held-out training images)."""
+    n = len(data.train)
+    if not 0 < val_size < n:
+        raise NasauditError(
+            f"[nsganetv2] val_size = {val_size} must be between 1 and {n - 1} for {data.name}"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    val, rest = np.sort(order[:val_size]), np.sort(order[val_size:])
+    train = data.train
+    return dataclasses.replace(
+        data,
+        train=Split(train.images[rest], train.labels[rest]),
+        test=Split(train.images[val], train.labels[val]),
+    )
+
+
+class Evaluator:
+    """Inherit → recalibrate BN → fine-tune on the search data → accuracy on the held-out split."""
+
+    def __init__(
+        self, supernet: MBV3SuperNet, data: ImageDataset, profile: Profile, device: torch.device, seed: int
+    ):
+        self.supernet, self.data, self.profile, self.device = supernet, data, profile, device
+        subset = np.random.default_rng(seed).permutation(len(data.train))[: profile.nsganetv2.bn_calibration]
+        self.calibration = DeviceData(
+            Split(data.train.images[subset], data.train.labels[subset]), data, device
+        )
+
+    def __call__(self, arch: MBV3Arch, seed: int) -> dict[str, Any]:
+        cfg = self.profile.nsganetv2
+
+        def build() -> nn.Module:
+            net = self.supernet.extract(arch, dropout=self.profile.mbv3.dropout)
+            if cfg.bn_calibration > 0:
+                recalibrate_bn(net, self.calibration)
+            return net
+
+        result = train_model(build, self.data, cfg.finetune, seed=seed, device=self.device, progress=False)
+        return {
+            "val_accuracy": result["test_accuracy"],
+            "top1_error": 100.0 - result["test_accuracy"],
+            "params": count_params(arch, self.supernet.plan, self.data.num_classes),
+            "seconds": result["wall_time"],
+        }
+
+
+# --- the search ---------------------------------------------------------------------------------
+
+
+class Archive:
+    """Every evaluated architecture, in evaluation order; rewritten atomically after each one."""
+
+    def __init__(self, path: Path, resolutions: list[int]):
+        self.path, self.resolutions = path, resolutions
+        self.entries: list[dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else []
+        self.keys = {tuple(e["encoding"]) for e in self.entries}
+
+    def __contains__(self, arch: MBV3Arch) -> bool:
+        return tuple(encode(arch, self.resolutions).tolist()) in self.keys
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+        self.keys.add(tuple(entry["encoding"]))
+        write_json(self.path, self.entries)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(encodings, top-1 errors, MFLOPs)."""
+        X = np.array([e["encoding"] for e in self.entries], dtype=np.int64)
+        return (
+            X,
+            np.array([e["top1_error"] for e in self.entries]),
+            np.array([e["mflops"] for e in self.entries]),
+        )
+
+
+def check_config(profile: Profile) -> None:
+    cfg, space = profile.nsganetv2, profile.mbv3
+    for name in cfg.surrogates:
+        SURROGATES.get(name)
+    if (
+        not space.resolutions
+        or min(space.resolutions) < 32
+        or len(set(space.resolutions)) != len(space.resolutions)
+    ):
+        raise NasauditError(f"[mbv3] resolutions = {space.resolutions} must be distinct integers ≥ 32")
+    for key in ("initial", "per_iteration", "pop_size", "pick_rank", "cv_folds"):
+        if getattr(cfg, key) < 1:
+            raise NasauditError(f"[nsganetv2] {key} must be at least 1")
+    if cfg.initial < 2 and cfg.iterations > 0:
+        raise NasauditError("[nsganetv2] initial must be at least 2 to fit a surrogate")
+
+
+class NSGANetV2:
+    space = "mbv3"
+
+    def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
+        profile, out = context.profile, context.out_dir
+        cfg, resolutions = profile.nsganetv2, list(profile.mbv3.resolutions)
+        check_config(profile)
+        split = split_validation(data, cfg.val_size, seed)
+        supernet = self.supernet(split, seed, context)
+        flops = FlopsCounter(supernet.plan, data.num_classes)
+        evaluate = Evaluator(supernet, split, profile, context.device, seed)
+        archive = Archive(out / ARCHIVE, resolutions)
+
+        def run(archs: list[MBV3Arch], iteration: int) -> None:
+            todo = [a for a in archs if a not in archive]
+            for arch in tqdm(
+                todo, disable=not context.progress, desc=f"nsganetv2 iteration {iteration}", leave=False
+            ):
+                measured = evaluate(arch, seed * 100_003 + len(archive.entries))
+                archive.add(
+                    {"index": len(archive.entries), "iteration": iteration, "architecture": arch.to_json(),
+                     "encoding": encode(arch, resolutions).tolist(), "mflops": flops(arch) / 1e6, **measured}
+                )  # fmt: skip
+
+        run(initial_archs(cfg.initial, np.random.default_rng(seed), resolutions), 0)
+        for iteration in range(1, cfg.iterations + 1):
+            path = out / "iterations" / f"{iteration:03d}.json"
+            if not path.is_file():
+                write_json(path, self.propose(archive, flops, profile, seed * 1000 + iteration, iteration))
+            plan = json.loads(path.read_text())
+            run([MBV3Arch.from_json(a) for a in plan["candidates"]], iteration)
+        return self.finish(archive, supernet, profile, out)
+
+    def supernet(self, split: ImageDataset, seed: int, context: SearchContext) -> MBV3SuperNet:
+        """Our trained supernet (resumed or reused), or the file ``[nsganetv2.supernet] weights`` names."""
+        profile, out = context.profile, context.out_dir
+        cfg = profile.nsganetv2.supernet
+        torch.manual_seed(seed)
+        net = MBV3SuperNet(channel_plan(profile.mbv3.width_mult), split.num_classes, cfg.dropout).to(
+            context.device
+        )
+        if cfg.weights:
+            load_supernet(net, Path(cfg.weights))
+        elif (out / SUPERNET).is_file():
+            load_supernet(net, out / SUPERNET)
+        else:
+            train_data = DeviceData(split.train, split, context.device)
+            log = train_supernet(
+                net, train_data, cfg, profile.mbv3.resolutions, seed=seed, out_dir=out / "supernet",
+                progress=context.progress,
+            )  # fmt: skip
+            save_supernet(out / SUPERNET, net)
+            write_json(out / "supernet" / "log.json", log)
+            (out / "supernet" / "checkpoint.pt").unlink(missing_ok=True)
+        return net.eval()
+
+    def propose(
+        self, archive: Archive, flops: FlopsCounter, profile: Profile, seed: int, iteration: int
+    ) -> dict[str, Any]:
+        """One iteration's plan: surrogate selection, NSGA-II, the spread-out choice of new candidates.
+
+        The predictors' matrices are small: one BLAS thread is fastest and leaves the cores alone.
+        """
+        cfg, resolutions = profile.nsganetv2, list(profile.mbv3.resolutions)
+        start = time.perf_counter()
+        X, errors, mflops = archive.arrays()
+        with threadpool_limits(1):
+            selection = select_surrogate(X, errors, cfg.surrogates, cfg, seed)
+            model = fit_surrogate(selection["winner"], X, errors, cfg, seed)
+            front = non_dominated(np.column_stack([errors, mflops]))
+            pop_X, pop_F = run_nsga2(model.predict, flops, resolutions, X[front], cfg, seed)
+        new, seen = [], set()
+        for i, x in enumerate(pop_X):
+            arch = decode(x, resolutions)
+            key = tuple(encode(arch, resolutions).tolist())
+            if arch not in archive and key not in seen:
+                seen.add(key)
+                new.append(i)
+        chosen = [new[j] for j in spread_subset(pop_F[new, 1], mflops[front], cfg.per_iteration, cfg, seed)]
+        return {
+            "iteration": iteration,
+            "archive_size": len(X),
+            "surrogate": selection,
+            "candidates": [decode(pop_X[i], resolutions).to_json() for i in chosen],
+            "predicted_top1_error": [float(pop_F[i, 0]) for i in chosen],
+            "mflops": [float(pop_F[i, 1]) for i in chosen],
+            "seconds": time.perf_counter() - start,
+        }
+
+    def finish(self, archive: Archive, supernet: MBV3SuperNet, profile: Profile, out: Path) -> dict[str, Any]:
+        """Write the front, the selected architectures and the pick's inherited weights; return the pick."""
+        cfg = profile.nsganetv2
+        _, errors, mflops = archive.arrays()
+        final = select_final(errors, mflops, cfg.tradeoff_points, cfg.pick_rank)
+        entries = archive.entries
+        write_json(
+            out / FRONT,
+            {"front": [entries[i] for i in final["front"]],
+             "selected": [entries[i] for i in final["selected"]],
+             "pick": entries[final["pick"]], "pick_rank": cfg.pick_rank},
+        )  # fmt: skip
+        pick = MBV3Arch.from_json(entries[final["pick"]]["architecture"])
+        save_torch(out / SUBNET, {"state_dict": supernet.extract(pick).state_dict()})
+        return dataclasses.replace(pick, weights=SUBNET).to_json()
+
+
+NAS.register("nsganetv2")(NSGANetV2())

@@ -1,0 +1,311 @@
+"""RoBoT's candidate pool: random DARTS genotypes scored once by zero-cost proxies (SPEC §6).
+
+The pool is a function of (seed, size, op columns) and its scores of the search data's one proxy
+batch, so every trial with the same data and seed shares one pool on disk. Scoring is the costly part
+(paper: 60,000 architectures), so it runs in chunks, each saved atomically as it finishes; a killed
+run recomputes only the missing chunks. Each architecture's network is initialised from a seed
+derived from (seed, pool index), which makes a chunk's scores independent of the order and chunking
+in which they were computed.
+
+The loss-based proxies (grad_norm, snip, grasp, fisher) and jacob_cov all read the same train-mode
+forward of the same batch, so :func:`score_network` runs that forward once and differentiates it once
+for all of them; it equals calling the registered proxies one by one (tested).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from nasaudit.config import RobotConfig
+from nasaudit.data.datasets import ImageDataset, Split
+from nasaudit.data.device import DeviceData
+from nasaudit.io import environment_manifest, write_json, write_npz
+from nasaudit.proxies import PROXIES
+from nasaudit.proxies.base import logits_of
+from nasaudit.registry import Registry
+from nasaudit.spaces.darts import EDGE_OPS, EDGES, PRIMITIVES, EvalNetwork, Genotype, derive_genotype
+
+POOL_FORMAT = "nasaudit-robot-pool/1"
+
+#: What the 7 columns of a random weight row mean. As run, RoBoT drew 7 columns but derived them
+#: against the first 7 DARTS primitives, so column 0 is 'none' and dil_conv_5x5 is never sampled.
+POOL_OPS: Registry[tuple[str, ...]] = Registry("RoBoT pool_ops setting")
+POOL_OPS.register("as_run")(PRIMITIVES[:7])
+POOL_OPS.register("full")(EDGE_OPS)
+
+_DRAW_BLOCK = 1000  # weight rows drawn per generator call (does not change the stream)
+
+
+def sample_pool(size: int, seed: int, pool_ops: str) -> list[Genotype]:
+    """``size`` genotypes drawn as RoBoT draws them, duplicates collapsed (first draw kept, in order).
+
+    Each draw: uniform [0, 1) weights of shape (2 cells × 14 edges × 7 columns), softmaxed per edge
+    and derived the DARTS way (per node the 2 inputs with the strongest non-'none' weight, op = argmax).
+    """
+    columns = POOL_OPS.get(pool_ops)
+    candidates = [columns] * len(EDGES)
+    rng = np.random.default_rng([seed, 0])
+    seen: dict[Genotype, None] = {}
+    for start in range(0, size, _DRAW_BLOCK):
+        block = rng.random((min(_DRAW_BLOCK, size - start), 2, len(EDGES), len(columns)))
+        for weights in block:
+            seen.setdefault(derive_genotype(weights[0], weights[1], candidates, candidates))
+    return list(seen)
+
+
+def proxy_batch(data: ImageDataset, seed: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The one fixed batch that scores the whole pool: seeded indices, un-augmented, normalised."""
+    rng = np.random.default_rng([seed, 1])
+    idx = rng.choice(len(data.train), size=size, replace=False)
+    chosen = DeviceData(Split(data.train.images[idx], data.train.labels[idx]), data, device)
+    return chosen.transform(chosen.images), chosen.labels
+
+
+def proxy_network(
+    genotype: Genotype, channels: int, layers: int, num_classes: int, init_seed: int
+) -> nn.Module:
+    """The DARTS eval network, default init from ``init_seed``, no auxiliary head, drop-path 0, train mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        net = EvalNetwork(genotype, channels, layers, num_classes, auxiliary=False)
+    net.drop_path_prob = 0.0
+    return net.train()
+
+
+def architecture_seed(seed: int, index: int) -> int:
+    """The init seed of pool member ``index``: independent of chunking and scoring order."""
+    return int(np.random.SeedSequence([seed, 2, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+# --- scoring one network ---------------------------------------------------------------------------
+
+
+def _scored_layers(net: nn.Module) -> list[nn.Conv2d | nn.Linear]:
+    return [module for module in net.modules() if isinstance(module, nn.Conv2d | nn.Linear)]
+
+
+def _grads(output: Tensor, inputs: Sequence[Tensor], **kwargs: Any) -> list[Tensor]:
+    grads = torch.autograd.grad(output, list(inputs), allow_unused=True, **kwargs)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
+
+
+def _total(terms: list[Tensor]) -> float:
+    return torch.stack([t.sum() for t in terms]).sum().item() if terms else 0.0
+
+
+def _jacob_cov(jacobian: Tensor) -> float:
+    """RoBoT's jacob_cov from the per-sample input gradients (formula of proxies.zero_cost.jacob_cov)."""
+    rows = jacobian.reshape(len(jacobian), -1).double().cpu().numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        correlation = np.corrcoef(rows)
+        if not np.isfinite(correlation).all():
+            return float("nan")
+        v = np.linalg.eigvalsh(correlation)
+        return float(-np.sum(np.log(v + 1e-5) + 1.0 / (v + 1e-5)))
+
+
+def _shared_pass(net: nn.Module, inputs: Tensor, targets: Tensor, wanted: set[str]) -> dict[str, float]:
+    """grad_norm, snip, grasp, fisher and jacob_cov from one train-mode forward of a fresh network.
+
+    One backward gives ∂L/∂W (grad_norm, snip, grasp's g) and ∂L/∂a for every conv/linear output
+    (fisher); grasp's Hessian-gradient product differentiates that backward once more; jacob_cov
+    differentiates the summed logits of the same forward with respect to the input.
+    """
+    layers = _scored_layers(net)
+    weights = [layer.weight for layer in layers]
+    activations: list[tuple[nn.Module, Tensor]] = []
+
+    def record(layer: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        activations.append((layer, output))
+
+    handles = [layer.register_forward_hook(record) for layer in layers] if "fisher" in wanted else []
+    probe = inputs.detach().clone().requires_grad_("jacob_cov" in wanted)
+    try:
+        with torch.enable_grad():
+            logits = logits_of(net(probe))
+    finally:
+        for handle in handles:
+            handle.remove()
+    out: dict[str, float] = {}
+    with torch.enable_grad():
+        loss = F.cross_entropy(logits, targets)
+        acts = [act for _, act in activations]
+        grads = _grads(loss, [*weights, *acts], create_graph="grasp" in wanted, retain_graph=True)
+        weight_grads, act_grads = grads[: len(weights)], grads[len(weights) :]
+        if "grasp" in wanted:
+            projection = sum((g.detach() * g).sum() for g in weight_grads)
+            hessian_grad = _grads(projection, weights, retain_graph=True)  # type: ignore[arg-type]
+            out["grasp"] = _total([-w.detach() * h for w, h in zip(weights, hessian_grad, strict=True)])
+        if "jacob_cov" in wanted:
+            (jacobian,) = torch.autograd.grad(logits.sum(), probe)
+            out["jacob_cov"] = _jacob_cov(jacobian)
+    weight_grads = [g.detach() for g in weight_grads]
+    out["grad_norm"] = _total([g.norm() for g in weight_grads])
+    out["snip"] = _total([(w.detach() * g).abs() for w, g in zip(weights, weight_grads, strict=True)])
+    fisher_terms = []
+    for (layer, act), grad in zip(activations, act_grads, strict=True):
+        product = act.detach() * grad.detach()
+        per_channel = product.reshape(product.shape[0], product.shape[1], -1).sum(dim=2)
+        fisher_terms.append(0.5 * per_channel.pow(2).mean(dim=0) * layer.weight[0].numel())
+    out["fisher"] = _total(fisher_terms)
+    return out
+
+
+#: Proxies computed together from one forward by :func:`_shared_pass`; any other goes to PROXIES.
+SHARED_PROXIES = frozenset({"grad_norm", "snip", "grasp", "fisher", "jacob_cov"})
+
+
+def score_network(net: nn.Module, inputs: Tensor, targets: Tensor, proxies: Sequence[str]) -> np.ndarray:
+    """The proxies of a freshly built train-mode network, in ``proxies`` order (float64; may be NaN)."""
+    wanted = set(proxies) & SHARED_PROXIES
+    shared = _shared_pass(net, inputs, targets, wanted) if wanted else {}
+    return np.array(
+        [shared[name] if name in wanted else PROXIES.get(name)(net, inputs, targets) for name in proxies],
+        dtype=np.float64,
+    )
+
+
+# --- the pool on disk ------------------------------------------------------------------------------
+
+
+def pool_key(data: ImageDataset, seed: int, cfg: RobotConfig) -> dict[str, Any]:
+    """Everything a pool's scores depend on; its hash names the pool folder."""
+    return {
+        "format": POOL_FORMAT,
+        "dataset": data.name,
+        "train_sha256": data.train.sha256,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "num_classes": data.num_classes,
+        "seed": seed,
+        "pool_size": cfg.pool_size,
+        "pool_ops": cfg.pool_ops,
+        "proxies": list(cfg.proxies),
+        "proxy_batch": cfg.proxy_batch,
+        "channels": cfg.channels,
+        "layers": cfg.layers,
+    }
+
+
+def pool_folder(cache_dir: Path, key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return Path(cache_dir) / "robot_pool" / digest[:20]
+
+
+def _chunk_path(folder: Path, start: int, stop: int) -> Path:
+    return folder / f"chunk_{start:07d}_{stop:07d}.npz"
+
+
+def _read_chunk(path: Path, rows: int, columns: int) -> np.ndarray | None:
+    """A finished chunk's scores, or None when it is missing or unreadable (then it is recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            scores = z["scores"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return None
+    return scores if scores.shape == (rows, columns) else None
+
+
+Scorer = Callable[[nn.Module, Tensor, Tensor, Sequence[str]], np.ndarray]
+
+
+def score_pool(
+    pool: Sequence[Genotype],
+    data: ImageDataset,
+    seed: int,
+    cfg: RobotConfig,
+    device: torch.device,
+    folder: Path,
+    *,
+    progress: bool = False,
+    scorer: Scorer = score_network,
+) -> np.ndarray:
+    """The pool × proxies score matrix, computed chunk by chunk into ``folder`` (resumable).
+
+    ``folder`` must be keyed by :func:`pool_key` (see :func:`pool_folder`): its chunks are trusted.
+    """
+    folder = Path(folder)
+    final = folder / "scores.npz"
+    columns = len(cfg.proxies)
+    done = _read_chunk(final, len(pool), columns)
+    if done is not None:
+        return done
+    if not (folder / "pool.json").is_file():
+        key = pool_key(data, seed, cfg)
+        write_json(
+            folder / "pool.json",
+            {"key": key, "n_unique": len(pool), "created_on": environment_manifest(str(device))},
+        )
+    inputs, targets = proxy_batch(data, seed, cfg.proxy_batch, device)
+    chunks = []
+    bar = tqdm(total=len(pool), disable=not progress, desc="RoBoT pool", unit="arch", leave=False)
+    for start in range(0, len(pool), cfg.pool_chunk):
+        stop = min(start + cfg.pool_chunk, len(pool))
+        path = _chunk_path(folder, start, stop)
+        scores = _read_chunk(path, stop - start, columns)
+        if scores is None:
+            rows = []
+            for index in range(start, stop):
+                net = proxy_network(
+                    pool[index], cfg.channels, cfg.layers, data.num_classes, architecture_seed(seed, index)
+                ).to(device)
+                rows.append(scorer(net, inputs, targets, cfg.proxies))
+                bar.update(1)
+            scores = np.stack(rows) if rows else np.zeros((0, columns))
+            write_npz(path, {"scores": scores})
+        else:
+            bar.update(stop - start)
+        chunks.append(scores)
+    bar.close()
+    scores = np.concatenate(chunks) if chunks else np.zeros((0, columns))
+    write_npz(final, {"scores": scores, "genotypes": _encode(pool)})
+    for start in range(0, len(pool), cfg.pool_chunk):
+        _chunk_path(folder, start, min(start + cfg.pool_chunk, len(pool))).unlink(missing_ok=True)
+    return scores
+
+
+def _encode(pool: Sequence[Genotype]) -> np.ndarray:
+    """The pool as int8 (N, 2 cells, 8 edges, [op index in PRIMITIVES, input]) for the record."""
+    out = np.zeros((len(pool), 2, 8, 2), dtype=np.int8)
+    for i, genotype in enumerate(pool):
+        for c, pairs in enumerate((genotype.normal, genotype.reduce)):
+            for k, (op, inp) in enumerate(pairs):
+                out[i, c, k] = (PRIMITIVES.index(op), inp)
+    return out
+
+
+# --- combining the proxies -------------------------------------------------------------------------
+
+
+def normalise(scores: np.ndarray) -> np.ndarray:
+    """Min-max normalise each proxy (column) over the pool; non-finite values become NaN.
+
+    A column whose finite values are all equal normalises to 0 (it cannot rank anything).
+    """
+    s = np.where(np.isfinite(scores), scores, np.nan).astype(np.float64)
+    out = np.full_like(s, np.nan)
+    for m in range(s.shape[1]):
+        finite = ~np.isnan(s[:, m])
+        if not finite.any():
+            continue
+        lo, hi = s[finite, m].min(), s[finite, m].max()
+        out[finite, m] = (s[finite, m] - lo) / (hi - lo) if hi > lo else 0.0
+    return out
+
+
+def weighted_scores(normalised: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """score(a) = Σ_m w_m · norm_m(a), NaN terms skipped."""
+    return np.where(np.isnan(normalised), 0.0, normalised) @ np.asarray(weights, dtype=np.float64)

@@ -1,0 +1,525 @@
+"""TE-NAS (Chen et al., 2021) as the paper ran the official code (SPEC §5): pruning without training.
+
+A tiny DARTS supernet starts with every candidate op on every edge. Two training-free scores judge
+removing a piece of it: trainability, the condition number κ of the empirical NTK on one augmented
+batch, and expressivity, the number R of linear regions over 3×3 one-channel crops. An op round scores
+removing each remaining op of each multi-op edge (both cell types together), ranks Δκ descending and
+ΔR ascending, and drops the ``prune_number`` ops of each edge with the lowest rank sum; once every edge
+holds one op, each node keeps the 2 incoming edges whose removal would cost most. Labels are never
+read, so label-flipping poisons cannot change the result.
+
+How randomness is planned (our choice; the as-run code drew from shared loaders): every draw is seeded
+by (seed, round, candidate, repeat, purpose), so a round depends only on the candidate sets it starts
+from. The state saved after each round (those sets) is therefore all a killed search needs to resume
+and end exactly as an uninterrupted one. Within a round, as run:
+
+- the κ_NTK net is built once; the linear-region net (no stem, 1-channel input) once per candidate;
+- each repeat draws a new batch; the candidate is the original net itself with the op (or edge) taken
+  out and put back afterwards, so both see the same batch with identical weights;
+- weights: ``init = "default"`` keeps PyTorch's construction-time init for all repeats (the released
+  code's re-init never fires); ``"kaiming"`` re-draws them before every repeat (fan_out for the NTK
+  net, fan_in for the linear-region net).
+
+The edge stage is one round per node (normal cell then reduction, node 0 has only 2 edges), each with
+freshly built scoring nets, applied greedily so later nodes are scored on the already pruned cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from nasaudit.config import TenasConfig
+from nasaudit.data.datasets import ImageDataset
+from nasaudit.data.device import DeviceData
+from nasaudit.errors import NasauditError
+from nasaudit.io import jsonable, write_json
+from nasaudit.nas.base import NAS, SearchContext
+from nasaudit.proxies.linear_regions import linear_regions
+from nasaudit.proxies.ntk import ntk_cond
+from nasaudit.registry import Registry
+from nasaudit.spaces.darts import CELL_TYPES, CONCAT, EDGE_OPS, EDGES, NODES, Genotype, SuperNet
+
+STATE = "tenas_state.json"
+FORMAT = "nasaudit-tenas/1"
+
+Candidates = dict[str, list[list[str]]]
+"""Per cell type, the op names still present on each of the 14 edges (an empty list: edge removed)."""
+
+
+# --- initialisation -----------------------------------------------------------------------------------
+
+Initialiser = Callable[[nn.Module, str], None]
+"""``(net, fan_mode)``: re-draws a scoring net's weights before each repeat (from the torch RNG)."""
+
+INITS: Registry[Initialiser] = Registry("TE-NAS initialisation")
+
+
+@INITS.register("default")
+def keep_default_init(net: nn.Module, mode: str) -> None:
+    """As run: the released code's Kaiming re-init never fires, so PyTorch's construction init stays."""
+
+
+@INITS.register("kaiming")
+def kaiming_init(net: nn.Module, mode: str) -> None:
+    """Kaiming-normal conv and linear weights (ReLU gain), zero biases, BN γ = 1 and β = 0."""
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d) and module.affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+# --- seeds and scoring networks ---------------------------------------------------------------------
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A 31-bit seed depending only on ``seed`` and ``keys``: one independent stream per draw."""
+    digest = hashlib.sha256(repr(("tenas", seed, *keys)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the body on the torch RNG of ``device`` seeded with ``seed``; the caller's RNG is untouched."""
+    cuda = device.type == "cuda"
+    index = device.index if device.index is not None or not cuda else torch.cuda.current_device()
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def scoring_net(candidates: Candidates, cfg: TenasConfig, num_classes: int, stem: bool) -> SuperNet:
+    """SPEC §5's scoring supernet: C channels, a normal then a reduction cell, mean of the surviving
+    ops per edge, pools without BN, affine BN with running statistics, final BN + ReLU, linear head.
+    Without a stem (the linear-region net) its input has one channel.
+    """
+    return SuperNet(
+        cfg.channels,
+        2,
+        num_classes,
+        primitives=EDGE_OPS,
+        candidates_normal=candidates["normal"],
+        candidates_reduce=candidates["reduce"],
+        reduction_cells=(1,),
+        mixing="mean",
+        affine=True,
+        pool_bn=False,
+        stem=stem,
+        stem_multiplier=1,
+        final_bn_relu=True,
+    )
+
+
+@dataclass(frozen=True)
+class Removal:
+    """Taking ``ops`` off one edge of every cell of a type (all of its ops: the edge itself)."""
+
+    cell: str
+    edge: int
+    ops: tuple[str, ...]
+
+
+@contextmanager
+def without(net: SuperNet, removal: Removal) -> Iterator[None]:
+    """``net`` minus ``removal`` inside the body, whole again afterwards.
+
+    The candidate network is the original one with some modules taken out, so the two share every
+    other weight and buffer exactly, with no copy (a deep copy of the 7-op supernet's ~700 modules
+    takes ~0.1 s of CPU, per candidate and repeat).
+    """
+    active = net.active(removal.cell)
+    mask = active[removal.edge].clone()
+    edges = [cell.edges[removal.edge] for cell in net.cells if cell.reduction == (removal.cell == "reduce")]
+    saved = [dict(edge.ops) for edge in edges]
+    keep = [name for name in net.candidates(removal.cell)[removal.edge] if name not in removal.ops]
+    net.keep_ops(removal.cell, removal.edge, keep)
+    try:
+        yield
+    finally:
+        active[removal.edge] = mask
+        for edge, ops in zip(edges, saved, strict=True):
+            edge.ops = nn.ModuleDict(ops)
+
+
+# --- scoring -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Score:
+    """One candidate removal's measurements: per repeat (original, without) κ and R, and the deltas."""
+
+    removal: Removal
+    kappa: list[tuple[float, float]]
+    regions: list[tuple[float, float]]
+    delta_kappa: list[float]
+    delta_regions: list[float]
+
+    @property
+    def mean_delta_kappa(self) -> float:
+        return float(np.mean(self.delta_kappa))
+
+    @property
+    def mean_delta_regions(self) -> float:
+        return float(np.mean(self.delta_regions))
+
+
+class Scorer:
+    """Δκ and ΔR of candidate removals, with every draw seeded by its place in the search."""
+
+    def __init__(self, data: ImageDataset, cfg: TenasConfig, seed: int, device: torch.device) -> None:
+        self.cfg, self.seed, self.device = cfg, seed, device
+        self.num_classes = data.num_classes
+        self.train = DeviceData(data.train, data, device)
+        self.mean = torch.tensor(data.mean, device=device)
+        self.std = torch.tensor(data.std, device=device)
+        self.init = INITS.get(cfg.init)
+
+    def ntk_batch(self, seed: int) -> Tensor:
+        """One augmented, normalised batch of training images (labels unused)."""
+        images, _ = next(iter(self.train.batches(self.cfg.batch_size, seed=seed, augment=self.cfg.augment)))
+        return images
+
+    def region_inputs(self, seed: int) -> Tensor:
+        """Random size×size crops of training images, one random channel each, normalised (n×1×s×s).
+
+        Images are drawn without replacement, reshuffled whenever the split runs out, like a loader.
+        """
+        g = torch.Generator().manual_seed(seed)
+        n, size = self.cfg.lr_batch_size * self.cfg.lr_batches, self.cfg.lr_input_size
+        total, height, width, _ = self.train.images.shape
+        index = torch.cat([torch.randperm(total, generator=g) for _ in range(-(-n // total))])[:n]
+        top = torch.randint(0, height - size + 1, (n,), generator=g)
+        left = torch.randint(0, width - size + 1, (n,), generator=g)
+        channel = torch.randint(0, 3, (n,), generator=g)
+        offsets = torch.arange(size)
+        rows = (top[:, None] + offsets)[:, :, None]
+        cols = (left[:, None] + offsets)[:, None, :]
+        index, rows, cols, channel = (t.to(self.device) for t in (index, rows, cols, channel))
+        crops = self.train.images[index[:, None, None], rows, cols, channel[:, None, None]].float() / 255.0
+        x = (crops - self.mean[channel, None, None]) / self.std[channel, None, None]
+        return x[:, None]
+
+    def build(self, candidates: Candidates, stem: bool, seed: int) -> SuperNet:
+        """A scoring net drawn on the CPU (the same weights on every device), then moved to the device."""
+        with seeded(seed, torch.device("cpu")):
+            net = scoring_net(candidates, self.cfg, self.num_classes, stem)
+        return net.to(self.device)
+
+    def score(
+        self, round_index: int, candidates: Candidates, removals: Sequence[Removal], progress: tqdm
+    ) -> list[Score]:
+        """Δκ = (κ − κ_without)/κ and ΔR = (R − R_without)/R of each removal, per repeat."""
+        cfg, seed = self.cfg, self.seed
+        ntk_net = self.build(candidates, True, derive_seed(seed, round_index, "ntk_net"))
+        scores = []
+        for i, removal in enumerate(removals):
+            region_net = self.build(candidates, False, derive_seed(seed, round_index, i, "region_net"))
+            score = Score(removal, [], [], [], [])
+            for repeat in range(cfg.repeats):
+                key = (seed, round_index, i, repeat)
+                with seeded(derive_seed(*key, "ntk_init"), self.device):
+                    self.init(ntk_net, "fan_out")
+                batch = self.ntk_batch(derive_seed(*key, "ntk_batch"))
+                kappa = ntk_cond(ntk_net, batch)
+                with without(ntk_net, removal):
+                    kappa_without = ntk_cond(ntk_net, batch)
+                with seeded(derive_seed(*key, "region_init"), self.device):
+                    self.init(region_net, "fan_in")
+                crops = self.region_inputs(derive_seed(*key, "region_inputs"))
+                regions = linear_regions(region_net, crops, batch_size=cfg.lr_batch_size)
+                with without(region_net, removal):
+                    regions_without = linear_regions(region_net, crops, batch_size=cfg.lr_batch_size)
+                score.kappa.append((kappa, kappa_without))
+                score.regions.append((regions, regions_without))
+                score.delta_kappa.append(round((kappa - kappa_without) / kappa, cfg.precision))
+                score.delta_regions.append(round((regions - regions_without) / regions, cfg.precision))
+            scores.append(score)
+            progress.update(1)
+        return scores
+
+
+# --- ranking and rounds --------------------------------------------------------------------------------
+
+
+def significant(value: float, figures: int) -> float:
+    """``value`` rounded to ``figures`` significant figures (0 and non-finite values unchanged)."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, figures - 1 - math.floor(math.log10(abs(value))))
+
+
+def dense_ranks(values: Sequence[float], descending: bool, figures: int) -> list[int]:
+    """Dense ranks from 0 (equal values share a rank, the next value gets the next rank), comparing
+    values rounded to ``figures`` significant figures."""
+    keys = [significant(v, figures) for v in values]
+    position = {key: rank for rank, key in enumerate(sorted(set(keys), reverse=descending))}
+    return [position[key] for key in keys]
+
+
+@dataclass
+class Ranked:
+    """A scored removal with its two ranks (0 = first to prune) and its place in the scoring order."""
+
+    score: Score
+    rank_kappa: int
+    rank_regions: int
+    order: int
+
+    @property
+    def rank_sum(self) -> int:
+        return self.rank_kappa + self.rank_regions
+
+    def sort_key(self) -> tuple[int, int, int]:
+        """Ascending = first to prune. Equal sums go by the Δκ rank, then the scoring order: the order
+        of the as-run code's stable sorts."""
+        return (self.rank_sum, self.rank_kappa, self.order)
+
+
+def rank(scores: Sequence[Score], precision: int) -> list[Ranked]:
+    """Rank Δκ descending (a removal that lowers κ most ranks first, i.e. is pruned first) and ΔR
+    ascending (a removal that costs the fewest regions ranks first)."""
+    by_kappa = dense_ranks([s.mean_delta_kappa for s in scores], True, precision)
+    by_regions = dense_ranks([s.mean_delta_regions for s in scores], False, precision)
+    return [Ranked(*entry, i) for i, entry in enumerate(zip(scores, by_kappa, by_regions, strict=True))]
+
+
+class Round(Protocol):
+    @property
+    def size(self) -> int:
+        """How many candidate removals the round scores."""
+        ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def removals(self, candidates: Candidates) -> list[Removal]: ...
+
+    def prune(self, candidates: Candidates, ranked: list[Ranked]) -> set[Removal]:
+        """Which of the scored removals to carry out."""
+        ...
+
+
+@dataclass(frozen=True)
+class OpRound:
+    """Remove ``prune_number`` ops from every edge that has more than one (never its last op)."""
+
+    prune_number: int
+    ops: int  # per edge before the round
+
+    @property
+    def size(self) -> int:
+        return len(CELL_TYPES) * len(EDGES) * self.ops
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "ops", "prune_number": self.prune_number}
+
+    def removals(self, candidates: Candidates) -> list[Removal]:
+        return [
+            Removal(cell, edge, (op,))
+            for cell in CELL_TYPES
+            for edge, ops in enumerate(candidates[cell])
+            if len(ops) > 1
+            for op in ops
+        ]
+
+    def prune(self, candidates: Candidates, ranked: list[Ranked]) -> set[Removal]:
+        chosen: set[Removal] = set()
+        per_edge: Counter[tuple[str, int]] = Counter()
+        for item in sorted(ranked, key=Ranked.sort_key):
+            removal = item.score.removal
+            edge = (removal.cell, removal.edge)
+            if per_edge[edge] < min(self.prune_number, len(candidates[removal.cell][removal.edge]) - 1):
+                chosen.add(removal)
+                per_edge[edge] += 1
+        return chosen
+
+
+@dataclass(frozen=True)
+class EdgeRound:
+    """Keep the 2 incoming edges of one node whose removal ranks last (largest rank sum)."""
+
+    cell: str
+    node: int
+
+    @property
+    def size(self) -> int:
+        return self.node + 2
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "edges", "cell": self.cell, "node": self.node}
+
+    def removals(self, candidates: Candidates) -> list[Removal]:
+        return [
+            Removal(self.cell, edge, tuple(candidates[self.cell][edge]))
+            for edge, (node, _) in enumerate(EDGES)
+            if node == self.node and candidates[self.cell][edge]
+        ]
+
+    def prune(self, candidates: Candidates, ranked: list[Ranked]) -> set[Removal]:
+        return {item.score.removal for item in sorted(ranked, key=Ranked.sort_key)[:-2]}
+
+
+def plan(cfg: TenasConfig) -> list[Round]:
+    """Op rounds until one op per edge (7 → 4 → 1 with prune_number 3), then one round per node."""
+    rounds: list[Round] = []
+    ops = len(cfg.ops)
+    while ops > 1:
+        rounds.append(OpRound(cfg.prune_number, ops))
+        ops -= min(cfg.prune_number, ops - 1)
+    rounds += [EdgeRound(cell, node) for cell in CELL_TYPES for node in range(1, NODES)]
+    return rounds
+
+
+def apply(candidates: Candidates, removals: set[Removal]) -> Candidates:
+    out = {cell: [list(ops) for ops in edges] for cell, edges in candidates.items()}
+    for removal in removals:
+        ops = out[removal.cell][removal.edge]
+        out[removal.cell][removal.edge] = [op for op in ops if op not in removal.ops]
+    return out
+
+
+def genotype_of(candidates: Candidates) -> Genotype:
+    """Per node its 2 surviving edges (inputs ascending), each with its single op."""
+    cells = {}
+    for cell in CELL_TYPES:
+        pairs = [(ops[0], inp) for (_, inp), ops in zip(EDGES, candidates[cell], strict=True) if ops]
+        assert len(pairs) == 2 * NODES and all(len(ops) <= 1 for ops in candidates[cell]), candidates[cell]
+        cells[cell] = pairs
+    return Genotype(cells["normal"], CONCAT, cells["reduce"], CONCAT)
+
+
+# --- the search ------------------------------------------------------------------------------------------
+
+
+def check_config(cfg: TenasConfig, data: ImageDataset) -> None:
+    """One-line errors for a [tenas] section that cannot run on ``data``."""
+    INITS.get(cfg.init)
+    unknown = [op for op in cfg.ops if op not in EDGE_OPS]
+    if not cfg.ops or unknown or len(set(cfg.ops)) != len(cfg.ops):
+        raise NasauditError(
+            f"profile [tenas] ops must list distinct names from {', '.join(EDGE_OPS)}; got {cfg.ops}"
+        )
+    minimum = {"channels": 1, "batch_size": 2, "repeats": 1, "prune_number": 1, "precision": 1,
+               "lr_input_size": 1, "lr_batch_size": 1, "lr_batches": 1}  # fmt: skip
+    for key, low in minimum.items():
+        if getattr(cfg, key) < low:
+            raise NasauditError(f"profile [tenas] {key} must be ≥ {low}, got {getattr(cfg, key)}")
+    if cfg.lr_input_size > data.train.images.shape[1]:
+        raise NasauditError(f"profile [tenas] lr_input_size {cfg.lr_input_size} exceeds the image size")
+    if cfg.batch_size > len(data.train):
+        raise NasauditError(f"{data.name}: {len(data.train)} training images, fewer than one κ_NTK batch")
+
+
+def initial_candidates(cfg: TenasConfig) -> Candidates:
+    ops = [op for op in EDGE_OPS if op in cfg.ops]
+    return {cell: [list(ops) for _ in EDGES] for cell in CELL_TYPES}
+
+
+def _identity(cfg: TenasConfig, data: ImageDataset, seed: int) -> dict[str, Any]:
+    """What a job folder's state must match to be resumed."""
+    return {"format": FORMAT, "seed": seed, "config": jsonable(cfg), "train_sha256": data.train.sha256}
+
+
+def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise NasauditError(f"{path} is not a TE-NAS state file; delete it or use another --out") from None
+    if {key: state.get(key) for key in identity} != identity:
+        raise NasauditError(
+            f"{path.parent} holds a TE-NAS search with another seed, [tenas] config or search data; "
+            f"use another --out"
+        )
+    return state
+
+
+def run_round(
+    scorer: Scorer, index: int, round_: Round, candidates: Candidates, progress: tqdm
+) -> tuple[Candidates, dict[str, Any]]:
+    """Score, rank and prune one round; return the new candidate sets and the round's log."""
+    start = time.perf_counter()
+    removals = round_.removals(candidates)
+    ranked = rank(scorer.score(index, candidates, removals, progress), scorer.cfg.precision)
+    pruned = round_.prune(candidates, ranked)
+    after = apply(candidates, pruned)
+    entries = [
+        {
+            "cell": item.score.removal.cell,
+            "edge": item.score.removal.edge,
+            "ops": list(item.score.removal.ops),
+            "kappa": item.score.kappa,
+            "regions": item.score.regions,
+            "delta_kappa": item.score.delta_kappa,
+            "delta_regions": item.score.delta_regions,
+            "mean_delta_kappa": item.score.mean_delta_kappa,
+            "mean_delta_regions": item.score.mean_delta_regions,
+            "rank_kappa": item.rank_kappa,
+            "rank_regions": item.rank_regions,
+            "rank_sum": item.rank_sum,
+            "pruned": item.score.removal in pruned,
+        }
+        for item in ranked
+    ]
+    log = {
+        "round": index,
+        **round_.describe(),
+        "candidates_before": candidates,
+        "candidates_after": after,
+        "scores": entries,
+        "seconds": time.perf_counter() - start,
+    }
+    return after, log
+
+
+class TeNas:
+    space = "darts"
+
+    def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
+        cfg, out = context.profile.tenas, context.out_dir
+        check_config(cfg, data)
+        identity = _identity(cfg, data, seed)
+        rounds = plan(cfg)
+        state = _load_state(out / STATE, identity) or {
+            **identity,
+            "rounds_done": 0,
+            "candidates": initial_candidates(cfg),
+        }
+        candidates = state["candidates"]
+        scorer = Scorer(data, cfg, seed, context.device)
+        progress = tqdm(
+            total=sum(r.size for r in rounds),
+            initial=sum(r.size for r in rounds[: state["rounds_done"]]),
+            disable=not context.progress,
+            desc="tenas",
+            unit="candidate",
+            leave=False,
+        )
+        for index in range(state["rounds_done"], len(rounds)):
+            candidates, log = run_round(scorer, index, rounds[index], candidates, progress)
+            write_json(out / f"tenas_round_{index:02d}.json", log)
+            state = {**state, "rounds_done": index + 1, "candidates": candidates}
+            write_json(out / STATE, state)
+        progress.close()
+        return genotype_of(candidates).to_json()
+
+
+NAS.register("tenas")(TeNas())

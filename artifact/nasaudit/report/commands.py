@@ -1,0 +1,97 @@
+"""`nasaudit table` and `nasaudit compare`: a grid's results as the paper's table, and its verdict."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from nasaudit.report.tables import from_published, to_markdown, write_table
+
+    if args.from_published:
+        table = from_published(args.name)
+        print(f"{args.name}: significance recomputed from the published means and stds alone")
+    else:
+        from nasaudit.config import load_profile
+        from nasaudit.grid import Layout, load_experiment
+        from nasaudit.report.experiment import describe_baselines, experiment_table
+
+        profile = load_profile(args.profile)
+        result = experiment_table(
+            load_experiment(args.name, profile),
+            Layout.of(args.results, profile),
+            published_baselines=args.published_baselines,
+            allow_partial=args.allow_partial,
+        )
+        table = result.table
+        print(describe_baselines(result.baselines))
+        if result.missing:
+            print(f"PARTIAL: {len(result.missing)} jobs have no result yet: their cells have fewer trials")
+    paths = write_table(args.name, table, Path(args.out))
+    print(to_markdown(table))
+    print(
+        f"{len(table)} cells, {int(table['significant'].sum())} significant -> {', '.join(map(str, paths))}"
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from nasaudit.report.compare import agrees, compare, tolerance_for
+    from nasaudit.report.published import PUBLISHED_DIR, TOLERANCES, read_csv
+
+    expected_path = Path(args.expected) if args.expected else PUBLISHED_DIR / f"{args.name}.csv"
+    tolerances = Path(args.tolerances) if args.tolerances else expected_path.parent / "tolerances.toml"
+    if not tolerances.is_file():
+        tolerances = TOLERANCES
+    expected, ours = read_csv(expected_path), read_csv(Path(args.ours))
+    result = compare(expected, ours, tolerance_for(args.name, expected, tolerances))
+    print(tabulate(result, headers="keys", tablefmt="github", showindex=False, floatfmt=".2f"))
+    within = int(result["within"].sum())
+    verdict = f"{args.name}: {within} of {len(result)} cells within tolerance ({tolerances.name})"
+    if "significance_agrees" in result.columns:
+        verdict += f", {int(result['significance_agrees'].sum())} of {len(result)} significance marks agree"
+    ok = agrees(result)
+    print(f"{verdict}: {'OK' if ok else 'FAILED'} (expected: {expected_path})")
+    return 0 if ok else 1
+
+
+def add_commands(sub: Any) -> None:
+    """Register `table` and `compare` on the main parser's subcommands."""
+    p = sub.add_parser("table", help="a table from the grid's results (or the paper's): NAME.csv/.md/.tex")
+    p.add_argument("name", help="table1, table5 (with --from-published also table3, table4, table6)")
+    p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
+    p.add_argument("--results", default="results", help="results folder the grid wrote to")
+    p.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md and NAME.tex")
+    p.add_argument(
+        "--from-published",
+        action="store_true",
+        help="recompute the significance marks from the paper's printed means and stds alone",
+    )
+    p.add_argument(
+        "--published-baselines",
+        action="store_true",
+        help="measure ΔImp. against the paper's random baselines instead of our random-sampling jobs",
+    )
+    p.add_argument(
+        "--allow-partial", action="store_true", help="write the table although some jobs are missing"
+    )
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser(
+        "compare", help="our table against the expected one, cell by cell; exit 1 if it differs"
+    )
+    p.add_argument("name", help="table name (its section in the tolerances file)")
+    p.add_argument("--ours", required=True, help="our NAME.csv (from `nasaudit table`)")
+    p.add_argument(
+        "--expected", default=None, help="expected CSV (default: the paper's, expected_results/published)"
+    )
+    p.add_argument(
+        "--tolerances",
+        default=None,
+        help="tolerances TOML (default: tolerances.toml beside the expected CSV, else the paper's)",
+    )
+    p.set_defaults(func=cmd_compare)

@@ -1,0 +1,54 @@
+# Containers: one image per NAS algorithm, each with the PyTorch its Dockerfile target pins.
+# Included from the Makefile; `make help` lists these targets with the others.
+DOCKER_ALGOS := pdarts tenas robot nsganetv2
+.PHONY: docker-build docker-run docker-grid docker-lint test-compat \
+	$(addprefix docker-build-,$(DOCKER_ALGOS)) $(addprefix docker-grid-,$(DOCKER_ALGOS))
+
+DOCKER_BIN ?= docker
+DOCKER_IMAGE ?= nasaudit
+# Set CUDA_VARIANT (e.g. cu117 for a driver older than CUDA 11.8's) to build against another wheel index.
+CUDA_VARIANT ?=
+GRID_ARGS ?=
+# The host's data/ and results/ are the container's, and files are written as the calling user.
+DOCKER_RUN = $(DOCKER_BIN) run --rm --gpus all --ipc=host --user $(shell id -u):$(shell id -g) \
+	-v $(CURDIR)/data:/workspace/data -v $(CURDIR)/results:/workspace/results
+
+docker-build: $(addprefix docker-build-,$(DOCKER_ALGOS))  ## build every algorithm's image (docker-build-ALGO: one)
+
+$(addprefix docker-build-,$(DOCKER_ALGOS)): docker-build-%:
+	$(DOCKER_BIN) build --target $* --tag $(DOCKER_IMAGE):$* $(if $(CUDA_VARIANT),--build-arg CUDA_VARIANT=$(CUDA_VARIANT) ).
+
+docker-run:  ## run CMD in ALGO's image on the GPUs: make docker-run ALGO=pdarts CMD="data info digits"
+	$(if $(filter $(DOCKER_ALGOS),$(ALGO)),,$(error ALGO must be one of: $(DOCKER_ALGOS)))
+	mkdir -p data results
+	$(DOCKER_RUN) $(DOCKER_IMAGE):$(ALGO) $(CMD)
+
+docker-grid: $(addprefix docker-grid-,$(DOCKER_ALGOS))  ## EXPERIMENT's grid, each algorithm in its image: make docker-grid EXPERIMENT=table1
+
+$(addprefix docker-grid-,$(DOCKER_ALGOS)): docker-grid-%: docker-build-%
+	$(if $(EXPERIMENT),,$(error EXPERIMENT is not set, e.g. make docker-grid EXPERIMENT=table1))
+	mkdir -p data results
+	$(DOCKER_RUN) $(DOCKER_IMAGE):$* grid run $(EXPERIMENT) --profile $(PROFILE) --algo $* $(GRID_ARGS)
+
+docker-lint: $(STAMP)  ## hadolint on the Dockerfile, ruff on docker/
+	$(VENV)/bin/hadolint --no-color Dockerfile
+	$(VENV)/bin/ruff check docker
+	$(VENV)/bin/ruff format --check docker
+
+# The images' library set without Docker: the oldest torch any target pins, CPU wheels from PyPI, and
+# requirements.txt's other pins as docker/requirements.py adapts them to that torch.
+COMPAT_VENV := .venv-compat
+COMPAT_TORCH := 2.0.1
+COMPAT_TORCHVISION := 0.15.2
+
+$(COMPAT_VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml docker/requirements.py docker/torch-$(COMPAT_TORCH).txt
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(PYTHON) docker/requirements.py $(COMPAT_TORCH) > $(COMPAT_VENV)/requirements.txt
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		torch==$(COMPAT_TORCH) torchvision==$(COMPAT_TORCHVISION) \
+		-r $(COMPAT_VENV)/requirements.txt -r requirements-dev.txt
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+test-compat: $(COMPAT_VENV)/.installed  ## the fast tests under the oldest pinned PyTorch (2.0.1), in .venv-compat
+	$(COMPAT_VENV)/bin/python -m pytest -q -m "not slow"
