@@ -136,8 +136,9 @@ def test_filters_and_unknown_names(tmp_path, registered) -> None:
     experiment = load_experiment("table1", profile)
     assert experiment.select(["fixed"]).baselines == experiment.baselines  # its space's baseline stays
     assert experiment.select(datasets=["tiny"]).jobs == experiment.jobs
-    with pytest.raises(NasauditError, match="table1 has no algorithm 'pdartz'"):
+    with pytest.raises(NasauditError, match="unknown NAS algorithm 'pdartz'"):
         experiment.select(["pdartz"])
+    assert not experiment.select(["robot"]).jobs  # registered, but not in this experiment: nothing to run
     bad = load_profile(write_profile(tmp_path, "bad", attacks='["rlf", "nope"]'))
     with pytest.raises(NasauditError, match="unknown attack 'nope'"):
         load_experiment("table1", bad)

@@ -247,3 +247,13 @@ def test_bad_search_settings_are_one_line_errors(tmp_path, search_data) -> None:
     bad = dataclasses.replace(profile, mbv3=dataclasses.replace(profile.mbv3, resolutions=[16]))
     with pytest.raises(NasauditError, match="resolutions"):
         _search(tmp_path, search_data, bad)
+
+
+def test_a_folder_holding_another_search_is_refused(tmp_path, search_data) -> None:
+    profile = _tiny_profile()
+    nsga.claim_folder(tmp_path, 0, search_data, profile)
+    nsga.claim_folder(tmp_path, 0, search_data, profile)  # the same search resumes
+    other = dataclasses.replace(profile, nsganetv2=dataclasses.replace(profile.nsganetv2, initial=5))
+    for seed, prof in ((1, profile), (0, other)):
+        with pytest.raises(NasauditError, match="holds a search with another seed, configuration or data"):
+            nsga.claim_folder(tmp_path, seed, search_data, prof)

@@ -298,3 +298,29 @@ def test_registered_and_bad_settings_are_one_line_errors(tiny_dataset: ImageData
     ]:
         with pytest.raises(NasauditError, match=message):
             check_config(dataclasses.replace(TINY, **change), tiny_dataset)
+
+
+@pytest.mark.slow
+def test_cli_search_runs_robot_through_the_registry(tmp_path, capsys) -> None:
+    from nasaudit.cli import main
+    from nasaudit.config import PROFILE_DIR
+
+    text = (PROFILE_DIR / "smoke.toml").read_text()
+    for old, new in [
+        ("pool_size = 8", "pool_size = 3"),
+        ("queries = 3", "queries = 2"),
+        ("bo_steps = 2", "bo_steps = 1"),
+    ]:
+        assert old in text
+        text = text.replace(old, new)
+    (tmp_path / "tiny.toml").write_text(text)
+    argv = ["search", "--algo", "robot", "--dataset", "digits", "--profile", str(tmp_path / "tiny.toml"),
+            "--device", "cpu", "--out", str(tmp_path / "job")]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "job" / "architecture.json").read_text())
+    result = json.loads((tmp_path / "job" / RESULT).read_text())
+    assert record["algorithm"] == "robot" and result["queried"] == 2 and result["pool"]["n_unique"] == 3
+    assert record["architecture"] == next(
+        e["genotype"] for e in result["evaluations"] if e["arch"] == result["pick"]
+    )
+    assert (tmp_path / "cache" / "robot_pool").is_dir()

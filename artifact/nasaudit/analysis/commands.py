@@ -114,7 +114,7 @@ def cmd_table4_data(args: argparse.Namespace) -> int:
     )
     for cell in cells:
         print(
-            f"{cell['defense']} on {cell['attack']} (p = {cell['budget']:g}): {cell['n_train']} samples, "
+            f"{cell['defense']} on {cell['attack']} (p = {cell['budget']:.3g}): {cell['n_train']} samples, "
             f"{cell['kind']} -> {cell['defended']}"
         )
     print(

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from nasaudit.config import Profile
 from nasaudit.errors import NasauditError
-from nasaudit.grid.jobs import STAGE_ORDER, Grid, Task
+from nasaudit.grid.jobs import Grid, Task
 from nasaudit.grid.stages import is_done
 from nasaudit.registry import Registry
 
@@ -200,16 +200,17 @@ class Estimate:
         return "\n".join(lines)
 
 
-def train_size(dataset: str, data_root: Path | None) -> int:
-    """The training-set size: from the data when present, else the published size."""
+def train_size(dataset: str, data_root: Path | None, subset: int = 0) -> int:
+    """The grid's training-set size: the data's when present, else the published one; at most ``subset``."""
     from nasaudit.data.datasets import load_dataset
 
     try:
-        return len(load_dataset(dataset, data_root).train)
+        size = len(load_dataset(dataset, data_root).train)
     except NasauditError:
-        if dataset in PUBLISHED_TRAIN_SIZES:
-            return PUBLISHED_TRAIN_SIZES[dataset]
-        raise
+        if dataset not in PUBLISHED_TRAIN_SIZES:
+            raise
+        size = PUBLISHED_TRAIN_SIZES[dataset]
+    return min(size, subset) if subset > 0 else size
 
 
 def estimate(
@@ -220,8 +221,8 @@ def estimate(
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     timer = Timer(device)
-    sizes = {d: train_size(d, data_root) for d in {t.dataset for t in grid.deps}}
-    left: dict[str, list[Task]] = {s: [] for s in STAGE_ORDER}
+    sizes = {d: train_size(d, data_root, profile.grid.train_subset) for d in {t.dataset for t in grid.deps}}
+    left: dict[str, list[Task]] = {}
     stages = []
     for stage, tasks in grid.by_stage().items():
         left[stage] = [t for t in tasks if not is_done(t, grid.layout)]

@@ -288,7 +288,7 @@ RUNNERS: Registry[Callable[[Grid, RunSpec, RunnerOptions], Backend]] = Registry(
 def local_runner(grid: Grid, spec: RunSpec, options: RunnerOptions) -> Backend:
     gpus = visible_gpus()
     profile = spec.profile
-    if not gpus and profile.grid.require_gpu:
+    if not gpus and profile.grid.require_gpu and not all(is_done(t, grid.layout) for t in grid.deps):
         from nasaudit.grid.plan import estimate
 
         hours, name = estimate(grid, profile, spec.data_root).gpu_hours, grid.experiment.name

@@ -21,6 +21,7 @@ they are evaluated)::
     archive.json           every evaluated architecture: encoding, accuracy, FLOPs, parameters
     iterations/NNN.json    per iteration: surrogate scores and winner, candidates, predicted errors
     pareto.json            the final front, the selected architectures and the pick
+    search_state.json      the seed, configuration and data hash the folder belongs to
     subnet.pt              the pick's inherited weights (what retraining starts from)
 """
 
@@ -66,7 +67,7 @@ from nasaudit.config import NSGANetV2Config, Profile
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
-from nasaudit.io import save_torch, write_json
+from nasaudit.io import jsonable, save_torch, write_json
 from nasaudit.nas.base import NAS, SearchContext
 from nasaudit.registry import Registry
 from nasaudit.spaces.mbv3 import (
@@ -90,6 +91,7 @@ ARCHIVE = "archive.json"
 SUPERNET = "supernet.pt"
 SUBNET = "subnet.pt"
 FRONT = "pareto.json"
+STATE = "search_state.json"
 
 # --- accuracy predictors --------------------------------------------------------------------------
 
@@ -481,6 +483,24 @@ def check_config(profile: Profile) -> None:
         raise NasauditError("[nsganetv2] initial must be at least 2 to fit a surrogate")
 
 
+def claim_folder(out: Path, seed: int, data: ImageDataset, profile: Profile) -> None:
+    """Record what the job folder's state belongs to; refuse a folder holding another search."""
+    state = jsonable(
+        {
+            "seed": seed,
+            "train_sha256": data.train.sha256,
+            "mbv3": profile.mbv3,
+            "nsganetv2": profile.nsganetv2,
+        }
+    )
+    path = out / STATE
+    if path.is_file() and json.loads(path.read_text()) != state:
+        raise NasauditError(
+            f"{out} holds a search with another seed, configuration or data; use another --out"
+        )
+    write_json(path, state)
+
+
 class NSGANetV2:
     space = "mbv3"
 
@@ -488,6 +508,7 @@ class NSGANetV2:
         profile, out = context.profile, context.out_dir
         cfg, resolutions = profile.nsganetv2, list(profile.mbv3.resolutions)
         check_config(profile)
+        claim_folder(out, seed, data, profile)
         split = split_validation(data, cfg.val_size, seed)
         supernet = self.supernet(split, seed, context)
         flops = FlopsCounter(supernet.plan, data.num_classes)

@@ -383,12 +383,7 @@ class PDarts:
                 "alphas": {},
                 "elapsed": 0.0,
             }
-        first_stage, candidates, log, alphas = (
-            state["stage"],
-            state["candidates"],
-            state["log"],
-            state["alphas"],
-        )
+        first_stage, candidates, log, alphas = (state[k] for k in ("stage", "candidates", "log", "alphas"))
         started = time.perf_counter() - state["elapsed"]
         bar = tqdm(
             total=len(cfg.layers) * cfg.epochs,

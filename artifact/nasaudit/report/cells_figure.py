@@ -1,6 +1,6 @@
 """Figure 1 (paper §5.1): the normal and reduction cells of DARTS-space architectures, side by side.
 
-Each cell is drawn as DARTS draws it: the two cell inputs c_{k-2} and c_{k-1} on the left, the four
+Each cell in DARTS's notation: the two cell inputs c_{k-2} and c_{k-1} on the left, the four
 intermediate nodes 0..3 (squares) in the middle, the cell output c_{k} (the concatenation of the
 nodes in ``concat``) on the right, and one arrow per genotype edge labelled with its operation.
 Matplotlib only, so no system package (graphviz) is needed. Every edge label carries the artist id
@@ -29,7 +29,7 @@ Point = tuple[float, float]
 _COLOURS = {"input": "#cfe8cf", "node": "#cfe0f5", "output": "#f6e7b0"}
 
 
-def _positions() -> dict[int, tuple[float, float]]:
+def _positions() -> dict[int, Point]:
     """Layout: state index → (x, y). States 0, 1 are the inputs, 2..5 the nodes, 6 the output.
 
     The nodes sit on one line between the inputs (above and below on the left) and the output, so

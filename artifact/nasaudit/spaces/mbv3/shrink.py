@@ -164,7 +164,6 @@ def train_supernet(
     if start_phase > 0 and cfg.kd_ratio > 0:
         teacher = _teacher(net, torch.load(teacher_path, map_location=device, weights_only=True))
     offsets = np.cumsum([0] + [p.epochs for p in cfg.phases])  # a phase's epochs get distinct data seeds
-    started = time.perf_counter()
     for p in range(start_phase, len(cfg.phases)):
         phase = cfg.phases[p]
         if start_epoch == 0 and len(phase.expands) > 1:
@@ -180,6 +179,7 @@ def train_supernet(
             lr = phase.lr * (1 + math.cos(math.pi * epoch / phase.epochs)) / 2
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            started = time.perf_counter()
             loss = shrink_epoch(
                 net,
                 teacher,
