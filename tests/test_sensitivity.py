@@ -171,6 +171,8 @@ def test_cli_writes_table2_and_rejects_a_bad_shard(tmp_path) -> None:
         "cpu",
         "--out",
         str(out),
+        "--cache",
+        str(tmp_path / "cache"),
     ]
     assert main(argv) == 0
     table = pd.read_csv(out / "table2.csv")
