@@ -120,6 +120,18 @@ def test_non_npz_file_is_reported(tmp_path, tiny_dataset, label_poison) -> None:
         load_poison(path, tiny_dataset)
 
 
+def test_plain_npy_file_is_reported(tmp_path, tiny_dataset, label_poison) -> None:
+    """A valid .npy array behind a matching manifest is not an .npz: one line, not a TypeError."""
+    path = save_poison(label_poison, tmp_path / "p")
+    with path.open("wb") as f:
+        np.save(f, np.arange(3))
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    manifest["npz_sha256"] = sha256_file(path)
+    path.with_suffix(".json").write_text(json.dumps(manifest))
+    with pytest.raises(NasauditError, match=r"not a readable \.npz poison file \(a single \.npy array"):
+        load_poison(path, tiny_dataset)
+
+
 def test_missing_or_broken_manifest(tmp_path, tiny_dataset, label_poison) -> None:
     with pytest.raises(NasauditError, match="no such poison file"):
         load_poison(tmp_path / "absent.npz", tiny_dataset)

@@ -164,7 +164,10 @@ def load_poison(path: Path, dataset: ImageDataset) -> Poison:
             f"re-create the poison against this copy"
         )
     try:
-        with np.load(npz, allow_pickle=False) as z:
+        loaded = np.load(npz, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy array has no named members
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise NasauditError(f"{npz}: not a readable .npz poison file ({exc})") from None
