@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
 
 import nasaudit.train as train_module
 from nasaudit.config import load_profile
+from nasaudit.errors import NasauditError
 from nasaudit.models import MODELS
 from nasaudit.spaces.darts import load
 from nasaudit.train import cosine_lr, train_model
@@ -79,6 +81,83 @@ def test_finished_job_is_not_recomputed(tmp_path, tiny_dataset, monkeypatch) -> 
     first = _train(tiny_dataset, tmp_path)
     monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("retrained a finished job"))
     assert _train(tiny_dataset, tmp_path)["test_accuracy"] == first["test_accuracy"]
+
+
+def test_weights_are_saved_before_the_finished_marker(tmp_path, tiny_dataset, monkeypatch) -> None:
+    """A kill while saving the weights leaves an unfinished job that resumes, not one without weights."""
+    real_save, real_write = train_module.save_torch, train_module.write_json
+
+    def dies_saving_the_weights(path, obj):
+        if path.name == "model.pt":
+            raise KeyboardInterrupt
+        return real_save(path, obj)
+
+    monkeypatch.setattr(train_module, "save_torch", dies_saving_the_weights)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_dataset, tmp_path)
+    assert not (tmp_path / "result.json").exists() and (tmp_path / "checkpoint.pt").is_file()
+
+    def writes_result_last(path, obj):
+        assert (tmp_path / "model.pt").is_file() and (tmp_path / "checkpoint.pt").is_file()
+        return real_write(path, obj)
+
+    monkeypatch.setattr(train_module, "save_torch", real_save)
+    monkeypatch.setattr(train_module, "write_json", writes_result_last)
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: pytest.fail("the last epoch is saved"))
+    resumed = _train(tiny_dataset, tmp_path)
+    assert (tmp_path / "model.pt").is_file() and not (tmp_path / "checkpoint.pt").exists()
+    assert resumed["test_accuracy"] == _result_on_disk(tmp_path)["test_accuracy"]
+
+
+def _result_on_disk(out_dir):
+    return json.loads((out_dir / "result.json").read_text())
+
+
+def test_result_without_weights_is_trained_again(tmp_path, tiny_dataset) -> None:
+    """A folder left by the old order (result.json written, killed before model.pt) heals itself."""
+    first = _train(tiny_dataset, tmp_path)
+    (tmp_path / "model.pt").unlink()
+    again = _train(tiny_dataset, tmp_path)
+    assert (tmp_path / "model.pt").is_file() and again["test_accuracy"] == first["test_accuracy"]
+
+
+def test_cached_result_of_another_run_is_refused(tmp_path, tiny_dataset) -> None:
+    described = {"space": "darts", "architecture": {"normal": [1]}, "source": "a.json"}
+
+    def train(cfg=CFG, seed=0, description=described):
+        return train_model(_build, tiny_dataset, cfg, seed=seed, device=CPU, out_dir=tmp_path,
+                           description=description, progress=False)  # fmt: skip
+
+    train()
+    others = {
+        "seed": lambda: train(seed=1),
+        "config": lambda: train(cfg=dataclasses.replace(CFG, lr=CFG.lr / 2)),
+        "architecture": lambda: train(description={**described, "architecture": {"normal": [2]}}),
+    }
+    for field, call in others.items():
+        with pytest.raises(NasauditError, match=rf"result\.json: left by another run \(its {field} differ"):
+            call()
+    with pytest.raises(NasauditError, match=re.escape(f"another --out or delete {tmp_path}") + "$"):
+        train(seed=1)
+    again = train(description={**described, "source": "elsewhere/a.json"})  # provenance only: same run
+    assert again["description"]["source"] == "a.json"
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path, tiny_dataset, monkeypatch) -> None:
+    real_epoch = train_module.train_epoch
+
+    def dies_in_epoch_2(*args, **kwargs):
+        if kwargs["epoch"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_dataset, tmp_path)
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+    with pytest.raises(NasauditError, match=r"checkpoint\.pt: left by another run \(its seed differ"):
+        _train(tiny_dataset, tmp_path, seed=1)
+    assert not (tmp_path / "result.json").exists()
 
 
 def test_auxiliary_loss_is_used_only_when_weighted(tiny_dataset) -> None:

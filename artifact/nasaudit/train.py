@@ -3,8 +3,11 @@
 SGD with momentum and a per-epoch cosine schedule, gradient clipping, the auxiliary-head loss, a
 linear drop-path ramp, crop/flip/cutout on the device (SPEC §3). Everything a run depends on is a
 function of (seed, epoch), and a checkpoint is written atomically every few epochs, so a run that is
-killed and restarted ends with exactly the metrics of an uninterrupted one. On CUDA the forward runs
-in bfloat16 autocast with channels_last tensors.
+killed and restarted ends with exactly the metrics of an uninterrupted one. The weights are saved
+before ``result.json``, the marker of a finished run, so a finished run always has its weights. A
+cached result or checkpoint is reused only for the same run (recipe, seed, training data,
+architecture), never for whatever an earlier call left in the folder. On CUDA the forward runs in
+bfloat16 autocast with channels_last tensors.
 """
 
 from __future__ import annotations
@@ -24,10 +27,17 @@ from tqdm import tqdm
 from nasaudit.config import TrainConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
+from nasaudit.errors import NasauditError
 from nasaudit.io import environment_manifest, jsonable, save_torch, write_json
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+
+#: The fields of a result that identify its run, and the description keys that name what was trained;
+#: the rest of a description (source path, grid job, RoBoT pool index) is provenance and may differ.
+_RUN_KEYS = ("config", "seed", "dataset", "train_sha256")
+_ARCHITECTURE_KEYS = ("space", "architecture", "genotype", "model")
 
 
 def cosine_lr(cfg: TrainConfig, epoch: int) -> float:
@@ -89,6 +99,23 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
 
 
+def _identity(record: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a cached result or checkpoint to be reused, as plain JSON values."""
+    description = record.get("description") or {}
+    architecture = {k: description[k] for k in _ARCHITECTURE_KEYS if k in description}
+    return jsonable({**{k: record.get(k) for k in _RUN_KEYS}, "architecture": architecture})
+
+
+def _check_same_run(path: Path, found: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Refuse to reuse ``path`` for another run: its metrics or weights would be silently wrong."""
+    differing = [k for k in expected if found.get(k) != expected[k]]
+    if differing:
+        raise NasauditError(
+            f"{path}: left by another run (its {', '.join(differing)} differ from this call's); "
+            f"choose another --out or delete {path.parent}"
+        )
+
+
 def train_model(
     build: Callable[[], nn.Module],
     dataset: ImageDataset,
@@ -103,10 +130,17 @@ def train_model(
     """Train ``build()`` on ``dataset.train`` and test on ``dataset.test``; resumable through ``out_dir``.
 
     Returns (and writes to ``out_dir/result.json``) the test accuracy, the per-epoch log, the parameter
-    count, wall time, device, seed and manifest. A finished run is never recomputed.
+    count, wall time, device, seed and manifest. A finished run is never recomputed; a result without
+    its weights (left by an older version that saved them last) is trained again.
     """
+    run = {"config": cfg, "seed": seed, "dataset": dataset.name, "train_sha256": dataset.train.sha256,
+           "description": description or {}}  # fmt: skip
+    identity = _identity(run)
     if out_dir is not None and (out_dir / RESULT).is_file():
-        return json.loads((out_dir / RESULT).read_text())
+        cached = json.loads((out_dir / RESULT).read_text())
+        _check_same_run(out_dir / RESULT, _identity(cached), identity)
+        if (out_dir / MODEL).is_file():
+            return cached
     torch.manual_seed(seed)
     model = build().to(device)
     if device.type == "cuda":
@@ -119,6 +153,7 @@ def train_model(
     checkpoint = None if out_dir is None else out_dir / CHECKPOINT
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
+        _check_same_run(checkpoint, json.loads(state.get("run", "{}")), identity)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, log, elapsed = state["epoch"] + 1, state["log"], state["elapsed"]
@@ -147,7 +182,8 @@ def train_model(
         )
         if checkpoint is not None and (last or (epoch + 1) % cfg.checkpoint_every == 0):
             save_torch(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "epoch": epoch, "log": log, "elapsed": entry["elapsed"]})  # fmt: skip
+                                    "epoch": epoch, "log": log, "elapsed": entry["elapsed"],
+                                    "run": json.dumps(identity, sort_keys=True)})  # fmt: skip
     bar.close()
 
     if not log:  # zero epochs configured
@@ -163,15 +199,11 @@ def train_model(
         "epochs": cfg.epochs,
         "log": log,
         "wall_time": time.perf_counter() - started,
-        "seed": seed,
-        "dataset": dataset.name,
-        "train_sha256": dataset.train.sha256,
-        "config": cfg,
-        "description": description or {},
+        **run,
         "manifest": environment_manifest(str(device)),
     }
-    if out_dir is not None:
+    if out_dir is not None:  # weights, then the "finished" marker, then drop the checkpoint
+        save_torch(out_dir / MODEL, model.state_dict())
         write_json(out_dir / RESULT, jsonable(result))
         checkpoint.unlink(missing_ok=True)  # type: ignore[union-attr]
-        save_torch(out_dir / "model.pt", model.state_dict())
     return jsonable(result)
