@@ -160,8 +160,11 @@ def test_build_context_admits_everything_the_dockerfile_copies(stages) -> None:
 @pytest.mark.parametrize("algo", ALGOS)
 def test_readme_table_agrees_with_the_dockerfile(stages, algo) -> None:
     row = readme_versions()[algo]
-    image_torch = stages[algo].args()["TORCH_VERSION"]
-    assert row["image torch"].split()[0] == image_torch
+    args = stages[algo].args()
+    image_torch = args["TORCH_VERSION"]
+    cell = re.fullmatch(r"(\S+) \+ torchvision (\S+), (cu\d+)", row["image torch"])
+    assert cell, f"image torch cell {row['image torch']!r} is not 'TORCH + torchvision TV, CUDA'"
+    assert cell.groups() == (image_torch, args["TORCHVISION_VERSION"], args["CUDA_VARIANT"])
     official = re.search(r"\d+(\.\d+)+", row["official torch"])[0]
     expected = official if version_tuple(official) >= (2, 0) else OLDEST_SUPPORTED_TORCH
     assert image_torch == expected
