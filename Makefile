@@ -8,7 +8,8 @@ PROFILE ?= paper
 DATASETS ?= cifar10 cifar100 mnist fashionmnist svhn
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke-test smoke-bless test test-all lint data bench clean table1 table5 table2 table4 figures
+.PHONY: help venv smoke-test smoke-bless test test-all lint data bench clean table1 table2 table3 table4 table5 \
+	table6 figures
 include mk/docker.mk
 
 help:  ## list the targets
@@ -42,15 +43,24 @@ test-all: lint  ## ruff + every test, the slow ones too
 data: $(STAMP)  ## download the real datasets into data/ (needs internet; checksums verified)
 	for d in $(DATASETS); do $(VENV)/bin/nasaudit data download $$d || exit 1; done
 
-# Tables 1 and 5: the experiment's grid (resumable: a rerun skips finished jobs), its table, then the
-# cell-by-cell comparison with the paper's (PROFILE=paper) or expected_results/PROFILE/ when present.
+# Tables 1, 3, 4, 5, 6: the experiment's grid (resumable: a rerun skips finished jobs), its table, then
+# the cell-by-cell comparison with the paper's (PROFILE=paper) or expected_results/PROFILE/ when present.
+# `grid-TABLE` is the grid step alone: natively, or with DOCKER=1 each algorithm in its image.
 RUNNER ?= local
 DOCKER ?=
 TABLES = results/$(PROFILE)/tables
 EXPECTED = $(if $(filter paper,$(PROFILE)),expected_results/published,expected_results/$(PROFILE))
+GRID_TABLES := table1 table3 table4 table5 table6
+.PHONY: $(addprefix grid-,$(GRID_TABLES))
+
+$(addprefix grid-,$(GRID_TABLES)): grid-%: $(STAMP)
+ifeq ($(DOCKER),1)
+	$(MAKE) docker-grid EXPERIMENT=$* PROFILE=$(PROFILE)
+else
+	$(VENV)/bin/nasaudit grid run $* --profile $(PROFILE) --runner $(RUNNER) $(GRID_ARGS)
+endif
 
 define table_recipe
-	$(if $(filter 1,$(DOCKER)),$(MAKE) docker-grid EXPERIMENT=$@ PROFILE=$(PROFILE),$(VENV)/bin/nasaudit grid run $@ --profile $(PROFILE) --runner $(RUNNER) $(GRID_ARGS))
 	$(VENV)/bin/nasaudit table $@ --profile $(PROFILE) --out $(TABLES)
 	@if [ -f $(EXPECTED)/$@.csv ]; then \
 		$(VENV)/bin/nasaudit compare $@ --ours $(TABLES)/$@.csv --expected $(EXPECTED)/$@.csv; \
@@ -59,13 +69,22 @@ define table_recipe
 	fi
 endef
 
-table1: $(STAMP)  ## grid, table, comparison: PROFILE=paper|smoke RUNNER=local|slurm DOCKER=1 GRID_ARGS=...
+table1: grid-table1  ## grid, table, comparison: PROFILE=paper|smoke RUNNER=local|slurm DOCKER=1 GRID_ARGS=...
 	$(table_recipe)
 
-table5: $(STAMP)  ## the same for Table 5 (NSGANetV2)
+table3: grid-table3  ## the same for Table 3 (search on MNIST, FashionMNIST, SVHN; retrain on CIFAR-10)
 	$(table_recipe)
 
-# Table 2 (metric sensitivity; no training), Table 4's defended datasets, Figure 1 (from Table 1's grid).
+table4: grid-table4  ## the same for Table 4 (defended poisoned data against the undefended Table 1 cells)
+	$(table_recipe)
+
+table5: grid-table5  ## the same for Table 5 (NSGANetV2)
+	$(table_recipe)
+
+table6: grid-table6  ## the same for Table 6 (NAS-specific GC on P-DARTS, search without augmentation)
+	$(table_recipe)
+
+# Table 2 (metric sensitivity; no training) and Figure 1 (from Table 1's grid).
 # PROFILE=paper needs `make data` and downloads pretrained weights on first use (each command refuses
 # with one line naming what is missing); PROFILE=smoke runs on digits. ANALYSIS_ARGS=--victim FILE gives
 # nas_gc its victim, or e.g. --device cuda:1 / --shard K/N (Table 2's parallel runs).
@@ -76,9 +95,6 @@ table2: $(STAMP)  ## Table 2: training-free metrics, clean vs poisoned (p = 50%)
 	@if [ -f $(EXPECTED)/$@.csv ] && [ -f results/$(PROFILE)/table2/table2.csv ]; then \
 		$(VENV)/bin/nasaudit compare $@ --ours results/$(PROFILE)/table2/table2.csv --expected $(EXPECTED)/$@.csv; \
 	fi
-
-table4: $(STAMP)  ## Table 4's defended datasets (a poison + defense per [defenses] condition) for the grid
-	$(VENV)/bin/nasaudit table4-data --profile $(PROFILE) --out results/$(PROFILE)/table4 $(ANALYSIS_ARGS)
 
 figures: $(STAMP)  ## Figure 1: cells of the best clean and worst RLF-50% P-DARTS architecture of `make table1`
 	$(VENV)/bin/nasaudit figure cells --grid results --profile $(PROFILE) --out results/$(PROFILE)/figures/figure1

@@ -27,7 +27,7 @@ from nasaudit.defenses.denoise import denoise, denoise_images, denoising_timeste
 from nasaudit.defenses.relabel import cluster_labels, feature_extractor, pretrained_features, relabel
 from nasaudit.defenses.sanitize import keep_lowest_loss, sanitize, surrogate_losses
 from nasaudit.errors import NasauditError
-from nasaudit.report.defenses import defense_significance
+from nasaudit.report.tables import DESIGNS, build_table
 from nasaudit.stats import Summary, welch_from_summary
 
 
@@ -280,47 +280,42 @@ def test_missing_ddpm_is_one_line(tmp_path) -> None:
 # --- Table 4's significance ----------------------------------------------------------------------------
 
 
-def _trials(rows: list[tuple], columns: tuple[str, ...]) -> pd.DataFrame:
-    return pd.DataFrame([(*key, acc) for *key, accs in rows for acc in accs], columns=[*columns, "accuracy"])
-
-
-def test_defense_significance_is_one_sided_welch_without_correction() -> None:
-    poisoned = _trials(
+def test_table4_is_one_sided_welch_against_the_undefended_cell_without_correction() -> None:
+    """Our Table 4 from raw trials: undefended rows (defense "") are the references and not printed."""
+    rows = [
+        ("", "rlf", [96.2, 96.4, 96.1, 96.5]),
+        ("", "clf", [97.0, 97.2, 96.9, 97.1]),
+        ("", "gaussian", [97.0, 97.1, 96.8, 97.3]),
+        ("sanitize", "rlf", [97.1, 97.3, 97.0, 97.2]),
+        ("sanitize", "gaussian", [96.0, 96.3, 96.1, 96.2]),
+        ("relabel", "rlf/clf", [97.1, 97.3, 97.0, 97.2]),
+        ("denoise", "nas_gc", [97.1, 97.3, 97.0, 97.2]),
+    ]
+    trials = pd.DataFrame(
         [
-            ("cifar10", "pdarts", "rlf", 0.5, [96.2, 96.4, 96.1, 96.5]),
-            ("cifar10", "pdarts", "clf", 0.5, [97.0, 97.2, 96.9, 97.1]),
-            ("cifar10", "pdarts", "gaussian", 0.5, [97.0, 97.1, 96.8, 97.3]),
+            ("cifar10", defense, "pdarts", attack, 0.5, t, acc)
+            for defense, attack, accs in rows
+            for t, acc in enumerate(accs)
         ],
-        ("dataset", "algorithm", "attack", "budget"),
+        columns=["dataset", "defense", "algorithm", "attack", "budget", "trial", "accuracy"],
     )
-    defended = _trials(
-        [
-            ("cifar10", "pdarts", "sanitize", "rlf", 0.5, [97.1, 97.3, 97.0, 97.2]),
-            ("cifar10", "pdarts", "sanitize", "gaussian", 0.5, [96.0, 96.3, 96.1, 96.2]),
-            ("cifar10", "pdarts", "relabel", "rlf/clf", 0.5, [97.1, 97.3, 97.0, 97.2]),
-            ("cifar10", "pdarts", "denoise", "nas_gc", 0.5, [97.1, 97.3, 97.0, 97.2]),
-        ],
-        ("dataset", "algorithm", "defense", "attack", "budget"),
-    )
-    out = defense_significance(defended, poisoned).set_index(["defense", "attack"])
-    sanitize_rlf = out.loc[("sanitize", "rlf")]
+    baselines = pd.DataFrame({"dataset": ["cifar10"], "algorithm": ["pdarts"], "mean": [96.73]})
+    out = build_table(trials, baselines, DESIGNS["table4"]).set_index(["defense", "attack"])
+    assert sorted(out.index) == [("denoise", "nas_gc"), ("relabel", "rlf/clf"), ("sanitize", "gaussian"),
+                                 ("sanitize", "rlf")]  # fmt: skip
     expected = welch_from_summary(
         Summary(97.15, np.std([97.1, 97.3, 97.0, 97.2], ddof=1), 4),
         Summary(96.3, np.std([96.2, 96.4, 96.1, 96.5], ddof=1), 4),
         "greater",
     )
+    sanitize_rlf = out.loc[("sanitize", "rlf")]
     assert sanitize_rlf["p_value"] == pytest.approx(expected.p_value, rel=1e-9)
+    assert sanitize_rlf["p_adjusted"] == sanitize_rlf["p_value"]  # no multiple-testing correction
     assert sanitize_rlf["significant"] and sanitize_rlf["n"] == 4
     assert not out.loc[("sanitize", "gaussian"), "significant"]  # worse than poisoned: H1 is one-sided
-    relabel_cell = out.loc[("relabel", "rlf/clf")]
-    assert relabel_cell["significant"] and relabel_cell["against"] == "rlf"  # improves on RLF, not on CLF
+    assert out.loc[("relabel", "rlf/clf"), "significant"]  # improves on RLF (not on CLF): counts
     assert np.isnan(out.loc[("denoise", "nas_gc"), "p_value"])  # no poisoned reference yet
     assert not out.loc[("denoise", "nas_gc"), "significant"]
-
-
-def test_defense_significance_names_missing_columns() -> None:
-    with pytest.raises(NasauditError, match="defended trials lack column"):
-        defense_significance(pd.DataFrame({"accuracy": [1.0]}), pd.DataFrame())
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------

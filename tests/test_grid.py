@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,6 +24,7 @@ from nasaudit.config import PROFILE_DIR, load_profile
 from nasaudit.errors import NasauditError
 from nasaudit.grid import (
     STAGES,
+    Grid,
     JobKey,
     Layout,
     RunnerOptions,
@@ -469,3 +471,160 @@ def test_slurm_runner_needs_sbatch(tmp_path, registered, capsys, monkeypatch) ->
     assert err.count("\n") == 1 and "no `sbatch` here" in err
     assert main([*argv[:-1], "cluster"]) == 2
     assert "unknown runner 'cluster'; choose one of: local, slurm" in capsys.readouterr().err
+
+
+# --- Tables 3, 4 and 6: other search data, defended data, another search setting ------------------------
+
+
+class Seeing:
+    """Like ``fixed``, and it records what the search saw: its data and its profile's augmentation."""
+
+    space = "darts"
+
+    def __call__(self, data, seed, context):  # type: ignore[no-untyped-def]
+        from nasaudit.io import write_json
+        from nasaudit.spaces.darts import load
+
+        seen = {
+            "dataset": data.name,
+            "n_train": len(data.train),
+            "train_sha256": data.train.sha256,
+            "augment": vars(context.profile.pdarts.augment),
+            "cache_dir": str(context.cache_dir),
+        }
+        write_json(context.out_dir / "seen.json", seen)
+        return load("pdarts").to_json()
+
+
+@pytest.fixture
+def seeing(monkeypatch, registered, tiny_dataset):  # type: ignore[no-untyped-def]
+    """The algorithm ``seeing`` and a second 40-image dataset ``tiny2`` to search on."""
+    from nasaudit.data.datasets import DATASETS, DatasetSpec, Split, make_dataset
+
+    images = np.random.default_rng(1).integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
+    other = make_dataset("tiny2", Split(images, np.arange(40) % 4), tiny_dataset.test, tiny_dataset.classes)
+    monkeypatch.setitem(NAS._items, "seeing", Seeing())
+    monkeypatch.setitem(DATASETS._items, "tiny2", DatasetSpec("tiny2", lambda folder: other, None, "tests"))
+    return tiny_dataset, other
+
+
+def _profile_with(tmp_path: Path, section: str, **values: str) -> Path:
+    """The test profile with ``values`` set in ``section`` (and the algorithm ``seeing`` on ``tiny``)."""
+    path = write_profile(tmp_path)
+    text = path.read_text()
+    values = {"datasets": '["tiny"]', "algorithms": '["seeing"]', **values}
+    for key, value in values.items():
+        text = _set(text, section, key, value)
+    path.write_text(_set(text, "surrogate", "epochs", "1"))
+    return path
+
+
+def _run(path: Path, name: str, results: Path) -> Grid:
+    profile = load_profile(path)
+    grid = build_grid(load_experiment(name, profile), Layout.of(results, profile))
+    spec = RunSpec(profile, results, None, "cpu")
+    assert run_grid(grid, spec, "local", RunnerOptions(workers=0), log=lambda _: None).ok
+    return grid
+
+
+def _seen(layout: Layout, key: JobKey) -> dict:
+    return json.loads((layout.search_dir(key) / "seen.json").read_text())
+
+
+def _table(path: Path, name: str, results: Path, out: Path) -> pd.DataFrame:
+    args = ["table", name, "--profile", str(path), "--results", str(results), "--out", str(out)]
+    assert main(args) == 0
+    return pd.read_csv(out / f"{name}.csv")
+
+
+def test_table3_searches_on_another_dataset_and_retrains_on_its_own(tmp_path, seeing) -> None:
+    tiny, other = seeing
+    path = _profile_with(tmp_path, "table3", search_datasets='["tiny", "tiny2"]', trials="2")
+    grid = _run(path, "table3", tmp_path / "r")
+    layout = grid.layout
+    own = JobKey("tiny", "seeing", "none", 0.0, 1)
+    ood = replace(own, search_dataset="tiny2")
+    assert layout.job_dir(own) == layout.root / "tiny/seeing/none/p0/trial01"  # Table 1's clean job
+    assert layout.job_dir(ood) == layout.root / "tiny/seeing/search-tiny2/none/p0/trial01"
+    assert _seen(layout, ood)["train_sha256"] == other.train.sha256
+    assert _seen(layout, own)["train_sha256"] == tiny.train.sha256
+    assert _seen(layout, ood)["cache_dir"] == str(layout.cache_dir("tiny2"))  # shared per search dataset
+    result = json.loads((layout.train_dir(ood) / "result.json").read_text())
+    assert result["train_sha256"] == tiny.train.sha256  # retrained on the dataset it is tested on
+    search = Task("search", *vars(ood).values())
+    assert task_seed(search) != task_seed(replace(search, search_dataset=""))
+    fake_results(
+        grid, lambda k: 95.0 - 2.0 * bool(k.search_dataset) + 0.1 * k.trial - 5 * (k.algorithm == "random")
+    )
+    table = _table(path, "table3", tmp_path / "r", tmp_path / "t").set_index("search_dataset")
+    assert sorted(table.index) == ["tiny", "tiny2"] and (table["n"] == 2).all()
+    assert np.isnan(table.loc["tiny", "p_value"]) and table.loc["tiny2", "significant"]  # 2 points worse
+    assert table.loc["tiny2", "delta_imp"] == pytest.approx(93.05 - 90.05)
+
+
+def test_table4_defends_the_shared_poison_and_tests_against_the_undefended_job(tmp_path, seeing) -> None:
+    tiny, _ = seeing
+    conditions = '["sanitize:gaussian", "relabel:rlf"]'
+    path = _profile_with(tmp_path, "table4", conditions=conditions, exclude="[]", trials="2")
+    experiment = load_experiment("table4", load_profile(path))
+    defended = JobKey("tiny", "seeing", "gaussian", 0.5, 0, defense="sanitize")
+    assert replace(defended, defense="") in experiment.conditions  # the reference: Table 1's job
+    grid = _run(path, "table4", tmp_path / "r")
+    defend = Task("defend", "tiny", "", "gaussian", 0.5, 0, defense="sanitize")
+    assert grid.deps[Task("search", *vars(defended).values())] == (defend,)
+    assert grid.deps[defend] == (Task("poison", "tiny", "", "gaussian", 0.5, 0),)
+    layout = grid.layout
+    assert _seen(layout, defended)["n_train"] == 20  # half of each class kept
+    record = json.loads((layout.search_dir(defended) / "architecture.json").read_text())["search_data"]
+    assert record["defense"] == "sanitize" and record["poison"].endswith("poisons/gaussian/p0.5/trial00.npz")
+    relabelled = _seen(layout, JobKey("tiny", "seeing", "rlf", 0.5, 1, defense="relabel"))
+    assert relabelled["n_train"] == 40 and relabelled["train_sha256"] != tiny.train.sha256
+    fake_results(grid, lambda k: 93.0 + 2.0 * (k.defense == "sanitize") + 0.1 * k.trial)
+    table = _table(path, "table4", tmp_path / "r", tmp_path / "t").set_index(["defense", "attack"])
+    assert sorted(table.index) == [("relabel", "rlf"), ("sanitize", "gaussian")]  # references not printed
+    assert table.loc[("sanitize", "gaussian"), "significant"]  # better than the undefended cell
+    assert not table.loc[("relabel", "rlf"), "significant"]  # equal: H1 is "defended > poisoned"
+    assert (table["p_adjusted"] == table["p_value"]).all()  # Table 4 is not corrected
+
+
+def test_table4_compound_attack_is_one_cell_on_the_first_attacks_poison(tmp_path, seeing) -> None:
+    path = _profile_with(tmp_path, "table4", conditions='["relabel:rlf/clf"]', exclude="[]", trials="1")
+    profile = load_profile(path)
+    grid = build_grid(load_experiment("table4", profile), Layout.of(tmp_path / "r", profile))
+    key = JobKey("tiny", "seeing", "rlf/clf", 0.5, 0, defense="relabel")
+    (defend,) = grid.deps[Task("search", *vars(key).values())]
+    assert grid.deps[defend] == (
+        Task("poison", "tiny", "seeing", "rlf", 0.5, 0),
+    )  # rlf: a victim attack here
+    assert "/" not in defend.id and grid.layout.job_dir(key).parts[-3] == "rlf+clf"
+    references = {k for k in grid.experiment.conditions if not k.defense}
+    assert references == {JobKey("tiny", "seeing", a, 0.5, 0) for a in ("rlf", "clf")}
+    excluded = _profile_with(tmp_path, "table4", conditions='["relabel:rlf/clf"]', exclude='["seeing/clf"]')
+    assert load_experiment("table4", load_profile(excluded)).conditions == ()  # through either attack
+    bad = _profile_with(tmp_path, "table4", conditions='["sanitize"]')
+    with pytest.raises(NasauditError, match="must read 'defense:attack'"):
+        load_experiment("table4", load_profile(bad))
+
+
+def test_table6_variant_changes_the_search_settings_only(tmp_path, seeing) -> None:
+    values = {"attacks": '["rlf"]', "budgets": "[0.5]", "trials": "2", "variant": '"no_augment"'}
+    path = _profile_with(tmp_path, "table6", **values)
+    profile = load_profile(path)
+    grid = _run(path, "table6", tmp_path / "r")
+    # rlf is a victim attack in these tests: its victim is the best of Table 1's clean trials, which join
+    victim = Task("victim", "tiny", "seeing", trial=2)
+    assert set(grid.deps[victim]) == {Task("retrain", "tiny", "seeing", "none", 0.0, t) for t in range(2)}
+    varied = JobKey("tiny", "seeing", "rlf", 0.5, 0, variant="no_augment")
+    off = {"crop_padding": 0, "flip": False, "cutout": 0, "autoaugment": False}
+    assert _seen(grid.layout, varied)["augment"] == off
+    assert (
+        _seen(grid.layout, JobKey("tiny", "seeing", "none", 0.0, 0, variant="no_augment"))["augment"] == off
+    )
+    assert _seen(grid.layout, JobKey("tiny", "seeing", "none", 0.0, 0))["augment"] == vars(
+        profile.pdarts.augment
+    )
+    retrained = json.loads((grid.layout.train_dir(varied) / "result.json").read_text())
+    assert retrained["config"]["augment"]["flip"] is True  # retraining keeps its augmentation
+    bad = _profile_with(tmp_path, "table6", variant='"upside_down"')
+    with pytest.raises(NasauditError, match="unknown search variant 'upside_down'"):
+        load_experiment("table6", load_profile(bad))

@@ -145,10 +145,8 @@ class RelabelConfig:
 
 @dataclass(frozen=True)
 class DefensesConfig:
-    """Table 4: which (defense, attack) cells get a defended dataset, and each defense's settings."""
+    """Each defense's settings (Table 4's cells are ``[table4]``)."""
 
-    conditions: list[str]  # "defense:attack" pairs
-    budget: float  # poisoning budget of the defended poisons
     denoise: DenoiseConfig
     sanitize: SanitizeConfig
     relabel: RelabelConfig
@@ -220,7 +218,7 @@ class NSGANetV2Config:
 
 @dataclass(frozen=True)
 class RobustnessTableConfig:
-    """A robustness table's grid (Tables 1, 5): datasets × algorithms × attacks × budgets × trials.
+    """A robustness table's grid (Tables 1, 5, 6): datasets × algorithms × attacks × budgets × trials.
 
     An empty ``algorithms`` or ``attacks`` list means every registered one, so a grid that names none
     grows with the registries (the smoke grid does).
@@ -231,6 +229,29 @@ class RobustnessTableConfig:
     attacks: list[str]  # attack registry names; the clean "None" row is always run
     exclude: list[str]  # "algorithm/attack" pairs left out of the grid
     budgets: list[float]
+    trials: int
+    variant: str = ""  # a name in nasaudit.grid.variants.VARIANTS changing every search (Table 6)
+
+
+@dataclass(frozen=True)
+class OODTableConfig:
+    """Table 3's grid: clean searches on each search dataset, retrained and tested on each dataset."""
+
+    datasets: list[str]  # retrained and tested on
+    search_datasets: list[str]  # searched on; the entry equal to a dataset is the reference row
+    algorithms: list[str]
+    trials: int
+
+
+@dataclass(frozen=True)
+class DefenseTableConfig:
+    """Table 4's grid: searches on defended poisoned data, tested against the undefended ones."""
+
+    datasets: list[str]
+    algorithms: list[str]
+    conditions: list[str]  # "defense:attack"; "defense:a/b" is one cell defending against both
+    exclude: list[str]  # "algorithm/attack" pairs: a condition with that attack is left out
+    budget: float
     trials: int
 
 
@@ -336,7 +357,10 @@ class Profile:
     nsganetv2: NSGANetV2Config
     grid: GridConfig
     table1: RobustnessTableConfig
+    table3: OODTableConfig
+    table4: DefenseTableConfig
     table5: RobustnessTableConfig
+    table6: RobustnessTableConfig
     pdarts: PDartsConfig
     tenas: TenasConfig
     gc: GCConfig

@@ -1,4 +1,4 @@
-"""`nasaudit sensitivity`, `defend`, `table4-data` and `figure cells`: thin wrappers over analysis/report."""
+"""`nasaudit sensitivity`, `defend` and `figure cells`: thin wrappers over analysis/report."""
 
 from __future__ import annotations
 
@@ -95,35 +95,6 @@ def cmd_defend(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_table4_data(args: argparse.Namespace) -> int:
-    from nasaudit.analysis.defended import INDEX, make_defended_datasets
-    from nasaudit.cli import _device
-    from nasaudit.config import load_profile
-    from nasaudit.data.datasets import load_dataset
-
-    profile = load_profile(args.profile)
-    dataset = load_dataset(args.dataset or profile.experiment.datasets[0], args.root)
-    cells = make_defended_datasets(
-        profile,
-        dataset,
-        seed=args.seed,
-        device=_device(args.device),
-        out_dir=Path(args.out),
-        cache_dir=Path(args.cache),
-        victim=None if args.victim is None else Path(args.victim),
-    )
-    for cell in cells:
-        print(
-            f"{cell['defense']} on {cell['attack']} (p = {cell['budget']:.3g}): {cell['n_train']} samples, "
-            f"{cell['kind']} -> {cell['defended']}"
-        )
-    print(
-        f"index -> {Path(args.out) / INDEX}; "
-        "search each with `nasaudit search --poison POISON --defense DEFENDED`"
-    )
-    return 0
-
-
 def cmd_figure_cells(args: argparse.Namespace) -> int:
     from nasaudit.config import load_profile
     from nasaudit.models import load_architecture
@@ -157,7 +128,7 @@ def _label(name: str) -> str:
 
 
 def add_commands(sub: Any) -> None:
-    """Register `sensitivity`, `defend` and `table4-data` on the main parser's subcommands."""
+    """Register `sensitivity` and `defend` on the main parser's subcommands."""
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
@@ -197,12 +168,6 @@ def add_commands(sub: Any) -> None:
     common(p)
     p.set_defaults(func=cmd_defend, defense=None)
 
-    p = sub.add_parser("table4-data", help="Table 4's defended datasets: one per [defenses] condition")
-    p.add_argument("--dataset", default=None, help="default: the profile's first experiment dataset")
-    p.add_argument("--victim", default=None, help="victim model for attacks that need one (nas_gc)")
-    p.add_argument("--out", required=True, help="folder: poisons/, defended/, defended.json")
-    common(p)
-    p.set_defaults(func=cmd_table4_data)
 
 
 def add_figure_cells(figure_sub: Any) -> None:

@@ -67,7 +67,7 @@ def add_commands(sub: Any) -> None:
     """Register `grid run`, `grid status` and `plan` on the main parser's subcommands."""
 
     def selection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("experiment", help="experiment name (table1, table5)")
+        p.add_argument("experiment", help="experiment name (table1, table3, table4, table5, table6)")
         p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
         p.add_argument("--results", default="results", help="results folder; jobs go to RESULTS/PROFILE/")
         p.add_argument(

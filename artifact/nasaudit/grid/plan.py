@@ -90,8 +90,10 @@ def _sync(device: torch.device) -> None:
 # Cost models: seconds of one task on the timer's device. Algorithms and attacks register theirs.
 SearchCost = Callable[[Profile, int, Timer], float]  # (profile, training-set size, timer)
 PoisonCost = Callable[[Profile, int, Timer], tuple[float, float]]  # -> (per poison, once per dataset)
+DefenseCost = Callable[[Profile, int, Timer], float]  # (profile, poisoned training-set size, timer)
 SEARCH_COSTS: Registry[SearchCost] = Registry("search cost model")
 POISON_COSTS: Registry[PoisonCost] = Registry("poison cost model")
+DEFENSE_COSTS: Registry[DefenseCost] = Registry("defense cost model")
 # The architecture a space's retraining is timed with (the DARTS space: the P-DARTS genotype, SPEC §3).
 REFERENCE_ARCHITECTURES: Registry[Callable[[], Any]] = Registry("reference architecture")
 
@@ -149,16 +151,27 @@ POISON_COSTS.register("rlf")(_free)
 POISON_COSTS.register("gaussian")(_free)
 
 
-@POISON_COSTS.register("clf")
-def _clf(profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
-    """One surrogate ResNet-18 per dataset (shared by every CLF poison), then ranking is one pass."""
+def _surrogate_seconds(profile: Profile, n_train: int, timer: Timer) -> float:
+    """Training the CIFAR ResNet-18 of ``[surrogate]`` once on ``n_train`` images."""
     from nasaudit.models import MODELS
 
     cfg = profile.surrogate
     per_image = timer.per_image(
         "surrogate", lambda: MODELS.get("resnet18_cifar")(None, NUM_CLASSES, profile), cfg.batch_size
     )
-    return 0.0, cfg.epochs * n_train * per_image
+    return cfg.epochs * n_train * per_image
+
+
+@POISON_COSTS.register("clf")
+def _clf(profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
+    """One surrogate ResNet-18 per dataset (shared by every CLF poison), then ranking is one pass."""
+    return 0.0, _surrogate_seconds(profile, n_train, timer)
+
+
+@DEFENSE_COSTS.register("sanitize")
+def _sanitize(profile: Profile, n_train: int, timer: Timer) -> float:
+    """A ResNet-18 trained on each poisoned set; scoring the losses is one more pass (not counted)."""
+    return _surrogate_seconds(profile, n_train, timer)
 
 
 @dataclass
@@ -221,7 +234,8 @@ def estimate(
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     timer = Timer(device)
-    sizes = {d: train_size(d, data_root, profile.grid.train_subset) for d in {t.dataset for t in grid.deps}}
+    datasets = {d for t in grid.deps for d in (t.dataset, t.key.searched_on)}
+    sizes = {d: train_size(d, data_root, profile.grid.train_subset) for d in datasets}
     left: dict[str, list[Task]] = {}
     stages = []
     for stage, tasks in grid.by_stage().items():
@@ -231,7 +245,7 @@ def estimate(
     missing: dict[tuple[str, str], int] = {}
 
     shared_done: set[tuple[str, str]] = set()
-    for task in left["poison"]:
+    for task in left.get("poison", []):
         if task.attack not in POISON_COSTS:
             missing[("poison", task.attack)] = missing.get(("poison", task.attack), 0) + 1
             continue
@@ -240,12 +254,18 @@ def estimate(
             shared if (task.dataset, task.attack) not in shared_done else 0
         )
         shared_done.add((task.dataset, task.attack))
-    for task in left["search"]:
+    for task in left.get("defend", []):
+        if task.defense not in DEFENSE_COSTS:
+            missing[("defend", task.defense)] = missing.get(("defend", task.defense), 0) + 1
+            continue
+        by_name["defend"].seconds += DEFENSE_COSTS.get(task.defense)(profile, sizes[task.dataset], timer)
+    for task in left.get("search", []):
         if task.algorithm not in SEARCH_COSTS:
             missing[("search", task.algorithm)] = missing.get(("search", task.algorithm), 0) + 1
             continue
-        by_name["search"].seconds += SEARCH_COSTS.get(task.algorithm)(profile, sizes[task.dataset], timer)
-    for task in left["retrain"]:
+        size = sizes[task.key.searched_on]
+        by_name["search"].seconds += SEARCH_COSTS.get(task.algorithm)(profile, size, timer)
+    for task in left.get("retrain", []):
         space = NAS.get(task.algorithm).space
         if space not in REFERENCE_ARCHITECTURES:
             missing[("retrain", space)] = missing.get(("retrain", space), 0) + 1

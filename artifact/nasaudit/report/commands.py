@@ -62,7 +62,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Register `table` and `compare` on the main parser's subcommands."""
     p = sub.add_parser("table", help="a table from the grid's results (or the paper's): NAME.csv/.md/.tex")
-    p.add_argument("name", help="table1, table5 (with --from-published also table3, table4, table6)")
+    p.add_argument("name", help="table1, table3, table4, table5, table6 (a grid experiment)")
     p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
     p.add_argument("--results", default="results", help="results folder the grid wrote to")
     p.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md and NAME.tex")

@@ -39,8 +39,16 @@ def _accuracy(layout: Layout, key: JobKey) -> float | None:
         ) from None
 
 
-def collect_trials(keys: tuple[JobKey, ...], layout: Layout) -> tuple[pd.DataFrame, tuple[JobKey, ...]]:
-    """One row per finished job (its key and ``accuracy``), and the keys of the unfinished ones."""
+# The table column of each optional key part (Table 3 names the search dataset also for its reference
+# row, which searched on the test dataset itself).
+_KEY_COLUMNS = {"search_dataset": lambda key: key.searched_on, "defense": lambda key: key.defense}
+
+
+def collect_trials(
+    keys: tuple[JobKey, ...], layout: Layout, columns: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, tuple[JobKey, ...]]:
+    """One row per finished job (its key, the ``columns`` it reports and ``accuracy``), and the keys of
+    the unfinished ones."""
     rows, missing = [], []
     for key in keys:
         accuracy = _accuracy(layout, key)
@@ -50,6 +58,7 @@ def collect_trials(keys: tuple[JobKey, ...], layout: Layout) -> tuple[pd.DataFra
             rows.append(
                 {
                     "dataset": key.dataset,
+                    **{column: _KEY_COLUMNS[column](key) for column in columns},
                     "algorithm": key.algorithm,
                     "attack": key.attack,
                     "budget": key.budget,
@@ -57,8 +66,8 @@ def collect_trials(keys: tuple[JobKey, ...], layout: Layout) -> tuple[pd.DataFra
                     "accuracy": accuracy,
                 }
             )
-    columns = ["dataset", "algorithm", "attack", "budget", "trial", "accuracy"]
-    return pd.DataFrame(rows, columns=columns), tuple(missing)
+    names = ["dataset", *columns, "algorithm", "attack", "budget", "trial", "accuracy"]
+    return pd.DataFrame(rows, columns=names), tuple(missing)
 
 
 def our_baselines(experiment: Experiment, trials: pd.DataFrame) -> pd.DataFrame:
@@ -101,7 +110,7 @@ def experiment_table(
             f"{layout.train_dir(missing[0])}); finish the grid with `nasaudit grid run {experiment.name}` "
             "or pass --allow-partial"
         )
-    trials, _ = collect_trials(experiment.conditions, layout)
+    trials, _ = collect_trials(experiment.conditions, layout, experiment.columns)
     if trials.empty:
         raise NasauditError(f"{experiment.name}: no finished job in {layout.root}; run the grid first")
     if published_baselines:

@@ -7,7 +7,7 @@ attack × budget, columns: dataset × algorithm with Acc. and ΔImp.) exists onl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,35 +77,49 @@ _MISSING = "–"
 Cell = tuple[float, float, float, bool]  # mean, std, ΔImp., significant
 
 
+Rows = Callable[[pd.DataFrame], pd.Series]  # a table's rows -> which of them are reference rows
+
+
 @dataclass(frozen=True)
 class Design:
     """How a table decides significance: which row each cell is tested against, and how.
 
-    ``reference`` holds the column values of the reference rows (the clean search for Tables 1, 5, 6;
-    the CIFAR-10 search for Table 3; the poisoned p = 50% cells of Table 1 for Table 4). A cell is
-    paired with the reference row that shares its ``on`` columns. ``against`` names the published
-    table holding the reference rows when they are not in the table itself.
+    ``reference`` picks the reference rows (the clean search for Tables 1, 5, 6; the search on the
+    test dataset itself for Table 3; the undefended poisoned cells for Table 4). A cell is paired with
+    the reference row that shares its ``on`` columns. ``against`` names the published table holding
+    the reference rows when they are not printed in the table itself (``show_reference`` False).
     """
 
-    reference: Mapping[str, Any]
+    reference: Rows
     on: tuple[str, ...] = ("dataset", "algorithm")
     alternative: Alternative = "less"
     correct: bool = True
     against: str | None = None
+    show_reference: bool = True
 
 
-POISONING = Design({"attack": "none"})
-# §4.2 (and App. A, B): H1 poisoned < clean, BH per NAS algorithm; §5.3 the same against CIFAR-10 search;
-# §6.1: H1 defended > poisoned (Table 1, p = 50%), α = 0.05 without correction.
+def _column_is(column: str, value: Any) -> Rows:
+    return lambda frame: frame[column] == value
+
+
+def _undefended(frame: pd.DataFrame) -> pd.Series:
+    """Rows without a defense: empty in our tables, absent (NaN) in a table read from CSV."""
+    return frame["defense"].fillna("") == "" if "defense" in frame.columns else pd.Series(True, frame.index)
+
+
+POISONING = Design(_column_is("attack", "none"))
+# §4.2 (and App. A, B): H1 poisoned < clean, BH per NAS algorithm; §5.3 the same against the search on
+# the test dataset itself; §6.1: H1 defended > poisoned (same attack, p = 50%), α = 0.05, no correction.
 DESIGNS: dict[str, Design] = {
     "table1": POISONING,
-    "table3": Design({"search_dataset": "cifar10"}),
+    "table3": Design(lambda frame: frame["search_dataset"] == frame["dataset"]),
     "table4": Design(
-        {"budget": 0.5},
-        on=("dataset", "algorithm", "attack"),
+        _undefended,
+        on=("dataset", "algorithm", "attack", "budget"),
         alternative="greater",
         correct=False,
         against="table1",
+        show_reference=False,
     ),
     "table5": POISONING,
     "table6": POISONING,
@@ -146,10 +160,10 @@ def add_significance(
     every p-value of one NAS algorithm, across datasets, as the paper states ("for each model").
     """
     if reference_frame is None:
-        is_reference = _matches(frame, design.reference)
+        is_reference = design.reference(frame)
         references, cells = frame[is_reference], frame[~is_reference]
     else:
-        references, cells = reference_frame[_matches(reference_frame, design.reference)], frame
+        references, cells = reference_frame[design.reference(reference_frame)], frame
     out = frame.copy()
     out["p_value"] = _p_values(cells, references, design.on, design.alternative).reindex(out.index)
     if not design.correct:
@@ -168,10 +182,14 @@ def add_significance(
 def build_table(
     frame: pd.DataFrame, baselines: pd.DataFrame, design: Design = POISONING, alpha: float = 0.05
 ) -> pd.DataFrame:
-    """Our Table 1 or 5 (or 3, 6) from per-condition summaries or raw trials (an ``accuracy`` column)."""
+    """Our table from per-condition summaries or raw trials (an ``accuracy`` column), reference rows
+    included; they are tested against and then dropped when the design does not print them."""
     summary = frame if "mean" in frame.columns else summarise_trials(frame)
     _require(summary, ("dataset", "algorithm", "mean", "std", "n"))
-    return add_significance(add_delta_imp(summary, baselines), design, alpha=alpha)
+    table = add_significance(add_delta_imp(summary, baselines), design, alpha=alpha)
+    if not design.show_reference:
+        table = table[~design.reference(table)].reset_index(drop=True)
+    return table
 
 
 def from_published(name: str, directory: Path = PUBLISHED_DIR, alpha: float = 0.05) -> pd.DataFrame:
@@ -247,13 +265,6 @@ def _require(frame: pd.DataFrame, columns: Iterable[str]) -> None:
         raise NasauditError(
             f"table is missing column(s) {', '.join(missing)}; build it with build_table first"
         )
-
-
-def _matches(frame: pd.DataFrame, values: Mapping[str, Any]) -> pd.Series:
-    mask = pd.Series(True, index=frame.index)
-    for column, value in values.items():
-        mask &= frame[column] == value
-    return mask
 
 
 def _p_values(
