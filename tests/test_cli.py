@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pytest
 
@@ -119,3 +120,63 @@ def test_random_baseline_reports_mean_and_std(tmp_path, capsys, quick_profile) -
         json.loads((out / f"arch_{i:03d}" / "result.json").read_text())["description"] for i in (0, 1)
     ]
     assert genotypes[0]["architecture"] != genotypes[1]["architecture"]
+
+
+@pytest.fixture(scope="module")
+def tenas_profile(tmp_path_factory) -> str:
+    """The smoke profile's TE-NAS with one op per edge: only the edge rounds (24 candidates), seconds.
+
+    The smoke search's extra op round costs minutes on 2 CPU cores; op rounds are tested in test_tenas.
+    """
+    from nasaudit.config import PROFILE_DIR
+
+    smoke = (PROFILE_DIR / "smoke.toml").read_text()
+    text, replaced = re.subn(r"^(\[tenas\]\nops = )\[.*\]$", r'\1["skip_connect"]', smoke, flags=re.M)
+    assert replaced == 1, "smoke.toml's [tenas] section no longer starts with its ops"
+    path = tmp_path_factory.mktemp("profile") / "tenas_one_op.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def _tenas_search(out, profile: str, *extra: str) -> dict:
+    argv = ["search", "--algo", "tenas", "--dataset", "digits", "--profile", profile, "--seed", "0"]
+    assert main([*argv, *extra, "--device", "cpu", "--out", str(out)]) == 0
+    return json.loads((out / "architecture.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tenas_job(tmp_path_factory, tenas_profile):
+    """One clean TE-NAS search through the CLI, shared by the tests below."""
+    out = tmp_path_factory.mktemp("tenas") / "job"
+    _tenas_search(out, tenas_profile)
+    return out
+
+
+def test_tenas_search_through_the_cli_gives_a_valid_genotype_again(tenas_job, tenas_profile, capsys) -> None:
+    from nasaudit.spaces.darts import CELL_TYPES, NODES, Genotype
+
+    record = json.loads((tenas_job / "architecture.json").read_text())
+    genotype = Genotype.from_json(record["architecture"])  # raises on a malformed genotype
+    for cell in CELL_TYPES:
+        pairs = getattr(genotype, cell)
+        assert len(pairs) == 2 * NODES and {op for op, _ in pairs} == {"skip_connect"}
+        for node in range(NODES):  # two distinct inputs per node, each a cell input or an earlier node
+            inputs = {inp for _, inp in pairs[2 * node : 2 * node + 2]}
+            assert len(inputs) == 2 and max(inputs) < node + 2
+    assert record["algorithm"] == "tenas" and record["search_data"]["poison"] is None
+    capsys.readouterr()
+    again = _tenas_search(tenas_job, tenas_profile)
+    printed = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert again["architecture"] == printed == record["architecture"]
+
+
+def test_tenas_search_ignores_a_label_flipping_poison(tmp_path, tenas_job, tenas_profile) -> None:
+    """TE-NAS never reads labels, so a label flip leaves the genotype unchanged (README, TE-NAS search)."""
+    poison = tmp_path / "rlf"
+    argv = ["poison", "--attack", "rlf", "--dataset", "digits", "--budget", "0.5", "--out", str(poison)]
+    assert main(argv) == 0
+    clean = json.loads((tenas_job / "architecture.json").read_text())
+    flipped = _tenas_search(tmp_path / "flipped", tenas_profile, "--poison", f"{poison}.npz")
+    assert flipped["search_data"]["attack"] == "rlf"
+    assert flipped["search_data"]["train_sha256"] != clean["search_data"]["train_sha256"]
+    assert flipped["architecture"] == clean["architecture"]  # searched from scratch in another folder
