@@ -262,8 +262,10 @@ def test_search_resumes_from_its_log_without_retraining(tmp_path) -> None:
 # --- the registered algorithm on real (tiny) data --------------------------------------------------------
 
 
-def _context(out, cfg=TINY) -> SearchContext:
-    return SearchContext(dataclasses.replace(PROFILE, robot=cfg), CPU, out, progress=False)
+def _context(out, cfg=TINY, cache_dir=None) -> SearchContext:
+    return SearchContext(
+        dataclasses.replace(PROFILE, robot=cfg), CPU, out, progress=False, cache_dir=cache_dir
+    )
 
 
 def test_robot_search_end_to_end_is_deterministic_and_shares_its_pool(
@@ -279,11 +281,14 @@ def test_robot_search_end_to_end_is_deterministic_and_shares_its_pool(
     picked = max(log_a["evaluations"], key=lambda e: e["accuracy"])
     assert first["architecture"] == picked["genotype"]
     assert len(list((tmp_path / "a" / "job" / "queries").glob("*/result.json"))) == TINY.queries
-    # a second job beside the first reuses the scored pool: no proxy network is built
+    # by default the pool is cached beside the job; a job elsewhere told that cache_dir reuses it
+    cache = tmp_path / "a" / "cache"
+    assert (pool_folder(cache, pool_key(tiny_dataset, 0, TINY)) / "scores.npz").is_file()
     monkeypatch.setattr(robot_pool, "proxy_network", lambda *a: pytest.fail("pool scored twice"))
-    third = run_search("robot", tiny_dataset, 0, _context(tmp_path / "a" / "job2"), provenance)
-    assert third["architecture"] == first["architecture"]
-    assert (pool_folder(tmp_path / "a" / "cache", pool_key(tiny_dataset, 0, TINY)) / "scores.npz").is_file()
+    third = run_search(
+        "robot", tiny_dataset, 0, _context(tmp_path / "c" / "job", cache_dir=cache), provenance
+    )
+    assert third["architecture"] == first["architecture"] and not (tmp_path / "c" / "cache").exists()
 
 
 def test_registered_and_bad_settings_are_one_line_errors(tiny_dataset: ImageDataset) -> None:

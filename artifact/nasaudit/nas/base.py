@@ -20,12 +20,26 @@ ARCHITECTURE = "architecture.json"
 
 @dataclass(frozen=True)
 class SearchContext:
-    """Where a search runs and keeps its resumable state and logs."""
+    """Where a search runs and keeps its resumable state and logs.
+
+    ``cache_dir`` holds artifacts shared across the jobs of one dataset (RoBoT's scored pool, the
+    random baseline's supernet); None means ``shared_cache``'s default beside the job folder.
+    """
 
     profile: Profile
     device: torch.device
     out_dir: Path
     progress: bool = True
+    cache_dir: Path | None = None
+
+
+def shared_cache(context: SearchContext) -> Path:
+    """The folder shared across jobs: ``context.cache_dir``, else ``cache/`` beside the job folder.
+
+    The default lets sibling jobs (``nasaudit random-baseline``'s arch_NNN folders, searches run
+    side by side) share what they have in common without being told where.
+    """
+    return context.cache_dir if context.cache_dir is not None else context.out_dir.parent / "cache"
 
 
 class NasAlgorithm(Protocol):

@@ -10,8 +10,9 @@ validation accuracy (the official code's min over dict keys here is a bug SPEC s
 State lives in the job folder: ``robot_log.json`` (every evaluation, rewritten atomically after each)
 and ``queries/<genotype hash>/`` (one resumable training run per architecture, never repeated). Every
 random draw of step t comes from a generator seeded by (seed, t), so a resumed search proposes exactly
-what an uninterrupted one would. The scored pool is shared across jobs under
-``<job folder's parent>/cache/robot_pool/<key>/`` (see :mod:`nasaudit.nas.robot_pool`).
+what an uninterrupted one would. The scored pool is shared by every job with the same data and seed,
+under ``<shared cache>/robot_pool/<key>/`` (``SearchContext.cache_dir``, by default ``cache/`` beside
+the job folder; see :mod:`nasaudit.nas.robot_pool`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from nasaudit.config import RobotConfig
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.errors import NasauditError
 from nasaudit.io import environment_manifest, write_json
-from nasaudit.nas.base import NAS, SearchContext
+from nasaudit.nas.base import NAS, SearchContext, shared_cache
 from nasaudit.nas.robot_pool import (
     POOL_OPS,
     normalise,
@@ -277,11 +278,6 @@ def check_config(cfg: RobotConfig, data: ImageDataset) -> None:
         )
 
 
-def pool_cache(context: SearchContext) -> Path:
-    """Where scored pools are shared: ``cache/`` beside the job folder."""
-    return context.out_dir.parent / "cache"
-
-
 class Robot:
     space = "darts"
 
@@ -290,7 +286,7 @@ class Robot:
         check_config(cfg, data)
         pool = sample_pool(cfg.pool_size, seed, cfg.pool_ops)
         key = pool_key(data, seed, cfg)
-        folder = pool_folder(pool_cache(context), key)
+        folder = pool_folder(shared_cache(context), key)
         scores = score_pool(pool, data, seed, cfg, context.device, folder, progress=context.progress)
         normalised = normalise(scores)
         queries = QueryTrainer(pool, data, cfg, seed, context.device, context.out_dir / "queries",
