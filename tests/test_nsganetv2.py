@@ -11,12 +11,23 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import nasaudit.nas.nsganetv2 as nsga
+import nasaudit.spaces.mbv3.shrink as shrink
 from nasaudit.config import load_profile
 from nasaudit.data.datasets import Split
 from nasaudit.errors import NasauditError
-from nasaudit.models import load_architecture
+from nasaudit.models import MODELS, load_architecture
 from nasaudit.nas import NAS, SearchContext, run_search
-from nasaudit.spaces.mbv3 import FlopsCounter, MBV3Arch, channel_plan, decode, encode, initial_archs
+from nasaudit.spaces.mbv3 import (
+    FlopsCounter,
+    MBV3Arch,
+    MBV3SuperNet,
+    channel_plan,
+    decode,
+    encode,
+    initial_archs,
+    load_supernet,
+    random_arch,
+)
 
 PROFILE = load_profile("smoke")
 
@@ -202,7 +213,7 @@ def test_search_writes_a_resumable_job_folder(tmp_path, search_data, monkeypatch
     # resumable: with the result removed, a rerun evaluates nothing and writes the same pick
     (tmp_path / "architecture.json").unlink()
     monkeypatch.setattr(nsga.Evaluator, "__call__", lambda *a: pytest.fail("re-evaluated an architecture"))
-    monkeypatch.setattr(nsga, "train_supernet", lambda *a, **k: pytest.fail("retrained the supernet"))
+    monkeypatch.setattr(shrink, "train_supernet", lambda *a, **k: pytest.fail("retrained the supernet"))
     assert _search(tmp_path, search_data)["architecture"] == record["architecture"]
 
 
@@ -257,3 +268,45 @@ def test_a_folder_holding_another_search_is_refused(tmp_path, search_data) -> No
     for seed, prof in ((1, profile), (0, other)):
         with pytest.raises(NasauditError, match="holds a search with another seed, configuration or data"):
             nsga.claim_folder(tmp_path, seed, search_data, prof)
+
+
+# --- the random baseline of the space ------------------------------------------------------------------
+
+
+def _baseline_profile(init: str):
+    profile = _tiny_profile()
+    return dataclasses.replace(profile, mbv3=dataclasses.replace(profile.mbv3, init=init))
+
+
+def test_random_architectures_inherit_from_one_shared_supernet(tmp_path, search_data, monkeypatch) -> None:
+    trained, real = [], shrink.train_supernet
+    monkeypatch.setattr(shrink, "train_supernet", lambda *a, **k: trained.append(1) or real(*a, **k))
+    profile, cache = _baseline_profile("search"), tmp_path / "shared"
+    networks = []
+    for seed, job in [(0, tmp_path / "a" / "arch_000"), (1, tmp_path / "b" / "arch_001")]:
+        context = SearchContext(profile, torch.device("cpu"), job, progress=False, cache_dir=cache)
+        record = run_search("random_mbv3", search_data, seed, context, {"dataset": search_data.name})
+        assert record["architecture"]["weights"] == "subnet.pt"
+        space, arch = load_architecture(str(job / "architecture.json"))
+        assert arch == random_arch(np.random.default_rng(seed), [32])  # the draw is the plain sampler's
+        networks.append((arch, MODELS.get(space)(arch, search_data.num_classes, profile)))  # as retrained
+    assert trained == [1] and networks[0][0] != networks[1][0]
+    (folder,) = (cache / "mbv3_supernet").iterdir()
+    assert json.loads((folder / "key.json").read_text())["train_sha256"] == search_data.train.sha256
+    assert not (folder / "supernet" / "checkpoint.pt").exists()
+    supernet = MBV3SuperNet(channel_plan(profile.mbv3.width_mult), search_data.num_classes)
+    load_supernet(supernet, folder / "supernet.pt")
+    for arch, net in networks:
+        inherited = supernet.extract(arch).state_dict()
+        assert all(torch.equal(v, inherited[k]) for k, v in net.state_dict().items() if "classifier" not in k)
+
+
+def test_random_architectures_retrained_from_scratch_need_no_supernet(
+    tmp_path, search_data, monkeypatch
+) -> None:
+    monkeypatch.setattr(shrink, "train_supernet", lambda *a, **k: pytest.fail("trained a supernet"))
+    context = SearchContext(
+        _baseline_profile("scratch"), torch.device("cpu"), tmp_path / "job", progress=False
+    )
+    arch = NAS.get("random_mbv3")(search_data, 0, context)
+    assert "weights" not in arch and not any(tmp_path.iterdir())  # no cache, no subnet.pt

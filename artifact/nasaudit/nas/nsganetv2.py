@@ -80,15 +80,12 @@ from nasaudit.spaces.mbv3 import (
     decode,
     encode,
     initial_archs,
-    load_supernet,
-    save_supernet,
-    train_supernet,
+    obtain_supernet,
     upper_bounds,
 )
 from nasaudit.train import train_model
 
 ARCHIVE = "archive.json"
-SUPERNET = "supernet.pt"
 SUBNET = "subnet.pt"
 FRONT = "pareto.json"
 STATE = "search_state.json"
@@ -536,27 +533,18 @@ class NSGANetV2:
         return self.finish(archive, supernet, profile, out)
 
     def supernet(self, split: ImageDataset, seed: int, context: SearchContext) -> MBV3SuperNet:
-        """Our trained supernet (resumed or reused), or the file ``[nsganetv2.supernet] weights`` names."""
-        profile, out = context.profile, context.out_dir
-        cfg = profile.nsganetv2.supernet
-        torch.manual_seed(seed)
-        net = MBV3SuperNet(channel_plan(profile.mbv3.width_mult), split.num_classes, cfg.dropout).to(
-            context.device
+        """Our supernet of the search split (trained, resumed or reused), or the profile's weights file."""
+        profile = context.profile
+        return obtain_supernet(
+            split,
+            channel_plan(profile.mbv3.width_mult),
+            profile.nsganetv2.supernet,
+            profile.mbv3.resolutions,
+            seed=seed,
+            folder=context.out_dir,
+            device=context.device,
+            progress=context.progress,
         )
-        if cfg.weights:
-            load_supernet(net, Path(cfg.weights))
-        elif (out / SUPERNET).is_file():
-            load_supernet(net, out / SUPERNET)
-        else:
-            train_data = DeviceData(split.train, split, context.device)
-            log = train_supernet(
-                net, train_data, cfg, profile.mbv3.resolutions, seed=seed, out_dir=out / "supernet",
-                progress=context.progress,
-            )  # fmt: skip
-            save_supernet(out / SUPERNET, net)
-            write_json(out / "supernet" / "log.json", log)
-            (out / "supernet" / "checkpoint.pt").unlink(missing_ok=True)
-        return net.eval()
 
     def propose(
         self, archive: Archive, flops: FlopsCounter, profile: Profile, seed: int, iteration: int

@@ -1,7 +1,7 @@
 """The OFA MobileNetV3 space NSGANetV2 searches: encoding, standalone networks, supernet, shrinking."""
 
 from nasaudit.spaces.mbv3.network import FlopsCounter, MBV3Net, count_flops, count_params
-from nasaudit.spaces.mbv3.shrink import train_supernet
+from nasaudit.spaces.mbv3.shrink import obtain_supernet, train_supernet
 from nasaudit.spaces.mbv3.space import (
     DEPTHS,
     EXPANDS,
@@ -41,6 +41,7 @@ __all__ = [
     "extreme_arch",
     "initial_archs",
     "load_supernet",
+    "obtain_supernet",
     "random_arch",
     "retrain_network",
     "save_supernet",

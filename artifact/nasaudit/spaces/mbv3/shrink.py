@@ -8,7 +8,8 @@ network of the first phase (``kd_ratio``), and samples the input resolution per 
 resolution, throughout). A phase that opens elastic width first sorts the channels by importance.
 
 Everything a step draws depends on (seed, epoch, step), the state is checkpointed atomically after
-every epoch, and a killed run resumes to the same weights.
+every epoch, and a killed run resumes to the same weights. ``obtain_supernet`` is the one way a job
+gets its supernet: the file the profile names, one trained earlier in the job's folder, or a new one.
 """
 
 from __future__ import annotations
@@ -26,15 +27,26 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nasaudit.config import ShrinkPhase, SupernetConfig
+from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
-from nasaudit.io import save_torch
+from nasaudit.io import save_torch, write_json
 from nasaudit.spaces.mbv3.network import upscale
-from nasaudit.spaces.mbv3.space import DEPTHS, EXPANDS, KERNELS, MAX_DEPTH, N_STAGES, MBV3Arch, extreme_arch
-from nasaudit.spaces.mbv3.supernet import MBV3SuperNet
+from nasaudit.spaces.mbv3.space import (
+    DEPTHS,
+    EXPANDS,
+    KERNELS,
+    MAX_DEPTH,
+    N_STAGES,
+    ChannelPlan,
+    MBV3Arch,
+    extreme_arch,
+)
+from nasaudit.spaces.mbv3.supernet import MBV3SuperNet, load_supernet, save_supernet
 
 CHECKPOINT = "checkpoint.pt"
 TEACHER = "teacher.pt"
+SUPERNET = "supernet.pt"
 
 
 def check_phases(cfg: SupernetConfig) -> None:
@@ -206,3 +218,36 @@ def train_supernet(
             teacher = _teacher(net, net.state_dict())
         start_epoch = 0
     return log
+
+
+def obtain_supernet(
+    data: ImageDataset,
+    plan: ChannelPlan,
+    cfg: SupernetConfig,
+    resolutions: Sequence[int],
+    *,
+    seed: int,
+    folder: Path,
+    device: torch.device,
+    progress: bool = True,
+) -> MBV3SuperNet:
+    """The supernet of ``data.train`` in eval mode: ``cfg.weights`` if set, else ``folder/supernet.pt``.
+
+    A folder without the file trains it (resuming from ``folder/supernet/``, where the log and the
+    teacher stay) and saves it atomically; the training checkpoint is then dropped.
+    """
+    torch.manual_seed(seed)
+    net = MBV3SuperNet(plan, data.num_classes, cfg.dropout).to(device)
+    if cfg.weights:
+        load_supernet(net, Path(cfg.weights))
+    elif (folder / SUPERNET).is_file():
+        load_supernet(net, folder / SUPERNET)
+    else:
+        log = train_supernet(
+            net, DeviceData(data.train, data, device), cfg, resolutions, seed=seed,
+            out_dir=folder / "supernet", progress=progress,
+        )  # fmt: skip
+        save_supernet(folder / SUPERNET, net)
+        write_json(folder / "supernet" / "log.json", log)
+        (folder / "supernet" / CHECKPOINT).unlink(missing_ok=True)
+    return net.eval()
