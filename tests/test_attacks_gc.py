@@ -28,7 +28,8 @@ from nasaudit.attacks.nas_gc import NAS_TARGETS
 from nasaudit.config import load_profile
 from nasaudit.data.poison import load_poison, save_poison
 from nasaudit.spaces.darts import EvalNetwork, SuperNet, load
-from nasaudit.victim import VICTIMS, save_victim, supernet_spec
+from nasaudit.spaces.mbv3 import MBV3Net, channel_plan, extreme_arch
+from nasaudit.victim import VICTIMS, mbv3_spec, save_victim, supernet_spec
 
 PROFILE = load_profile("smoke")
 GC = dataclasses.replace(PROFILE.gc, steps=30, batch_size=64)
@@ -218,6 +219,32 @@ def test_nas_gc_targets_the_architecture_of_a_supernet(tmp_path, tiny_dataset) -
     assert params["target_clean_loss"] == pytest.approx(params["victim_clean_loss"], rel=1e-6)  # α as trained
     diff = poison.images.astype(int) - tiny_dataset.train.images[poison.indices].astype(int)
     assert len(poison.indices) == 4 and np.abs(diff).max() <= 16 and diff.any()
+
+
+def test_nas_gc_on_a_mobilenet_victim_targets_its_weights_through_the_upscaling(
+    tmp_path, tiny_dataset
+) -> None:
+    """NSGANetV2's victim: GC differentiates twice through the bicubic upscale, SE and h-swish."""
+    arch, plan = extreme_arch([36], largest=False), channel_plan(0.25)
+    torch.manual_seed(0)
+    net = MBV3Net(arch, plan, 4, dropout=0.2, drop_connect=0.2)
+    pixels = torch.from_numpy(tiny_dataset.train.images).permute(0, 3, 1, 2) / 255.0
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (tiny_dataset.mean, tiny_dataset.std))
+    for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.momentum = None  # BN statistics of the data, as trained: else eval mode drowns the input out
+    with torch.no_grad():
+        net.train()((pixels - mean) / std)
+    victim = save_victim(tmp_path / "mbv3.pt", net, kind="mbv3_network", spec=mbv3_spec(arch, plan),
+                         dataset="tiny", num_classes=4)  # fmt: skip
+    profile = dataclasses.replace(PROFILE, gc=dataclasses.replace(PROFILE.gc, steps=10, batch_size=5))
+    poison = run_attack("nas_gc", tiny_dataset, 0.1, 0, AttackContext(profile, CPU, tmp_path / "c", victim))
+    params = poison.params
+    assert params["victim_kind"] == "mbv3_network" and params["target"] == "weights_and_biases"
+    assert params["target_tensors"] == len(weights_and_biases(net)) and params["gradpc"]["steps"] == 1
+    assert params["best_loss"] < params["initial_loss"]
+    reloaded = load_poison(save_poison(poison, tmp_path / "poison"), tiny_dataset)
+    diff = reloaded.images.astype(int) - tiny_dataset.train.images[reloaded.indices].astype(int)
+    assert len(reloaded.indices) == 4 and np.abs(diff).max() <= 16 and diff.any()
 
 
 def test_every_victim_kind_has_a_nas_gc_rule() -> None:

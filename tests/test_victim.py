@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,11 +15,13 @@ from nasaudit.errors import NasauditError
 from nasaudit.io import write_json
 from nasaudit.models import MODELS
 from nasaudit.spaces.darts import EvalNetwork, SuperNet, load
+from nasaudit.spaces.mbv3 import MBV3Net, channel_plan, random_arch
 from nasaudit.train import train_model
 from nasaudit.victim import (
     VICTIMS,
     best_train_job,
     load_victim,
+    mbv3_spec,
     read_victim,
     save_victim,
     supernet_spec,
@@ -41,9 +44,19 @@ def _network() -> tuple[EvalNetwork, dict]:
     return EvalNetwork(load("pdarts"), 2, 3, 4, auxiliary=True), spec
 
 
+# A small MobileNetV3-space network above 32×32, so its forward upscales the images.
+MBV3_ARCH, MBV3_PLAN = random_arch(np.random.default_rng(0), [40]), channel_plan(0.25)
+
+
+def _mbv3() -> tuple[MBV3Net, dict]:
+    torch.manual_seed(0)
+    return MBV3Net(MBV3_ARCH, MBV3_PLAN, 4, dropout=0.2, drop_connect=0.2), mbv3_spec(MBV3_ARCH, MBV3_PLAN)
+
+
 def _victims():
     yield "darts_supernet", *_supernet()
     yield "darts_network", *_network()
+    yield "mbv3_network", *_mbv3()
     yield "resnet18_cifar", MODELS.get("resnet18_cifar")(None, 4, load_profile("smoke")), {}
 
 
@@ -113,20 +126,31 @@ def test_bad_files_are_one_line_errors(tmp_path, tiny_dataset, digits) -> None:
         load_victim(tmp_path / "vgg.pt", tiny_dataset)
 
 
-def _train_job(tmp_path, tiny_dataset, name: str, seed: int):
-    cfg = dataclasses.replace(load_profile("smoke").train, epochs=1, batch_size=20)
-    description = {"space": "darts", "architecture": load("pdarts").to_json()}
-    train_model(
-        lambda: EvalNetwork(load("pdarts"), 2, 3, 4, auxiliary=True),
-        tiny_dataset,
-        cfg,
-        seed=seed,
-        device=torch.device("cpu"),
-        out_dir=tmp_path / name,
-        description=description,
-        progress=False,
-    )
+def _train_job(tmp_path, tiny_dataset, name: str, seed: int, space: str = "darts"):
+    profile = load_profile("smoke")
+    if space == "darts":
+        cfg = dataclasses.replace(profile.train, epochs=1, batch_size=20)
+        description = {"space": "darts", "architecture": load("pdarts").to_json()}
+
+        def build():
+            return EvalNetwork(load("pdarts"), 2, 3, 4, auxiliary=True)
+    else:
+        cfg = dataclasses.replace(profile.mbv3_train, epochs=1, batch_size=20)
+        arch = dataclasses.replace(MBV3_ARCH, weights="/inherited/subnet.pt")
+        description = {"space": "mbv3", "architecture": arch.to_json()}
+
+        def build():
+            return _mbv3()[0]
+
+    train_model(build, tiny_dataset, cfg, seed=seed, device=torch.device("cpu"), out_dir=tmp_path / name,
+                description=description, progress=False)  # fmt: skip
     return tmp_path / name
+
+
+def _same_weights(job, victim) -> bool:
+    trained = torch.load(job / "model.pt", weights_only=True)
+    state = victim.model.state_dict()
+    return trained.keys() == state.keys() and all(torch.equal(trained[k], v) for k, v in state.items())
 
 
 def test_train_job_becomes_a_darts_network_victim(tmp_path, tiny_dataset) -> None:
@@ -135,19 +159,32 @@ def test_train_job_becomes_a_darts_network_victim(tmp_path, tiny_dataset) -> Non
     assert path == job / "victim.pt"
     victim = read_victim(path, tiny_dataset)
     assert victim.kind == "darts_network" and victim.spec["auxiliary"] is True
-    trained = torch.load(job / "model.pt", weights_only=True)
-    assert all(torch.equal(trained[k], v) for k, v in victim.model.state_dict().items())
+    assert _same_weights(job, victim)
     with pytest.raises(NasauditError, match="channels=4, layers=3"):
         victim_from_train_job(job, 4, 3)
     with pytest.raises(NasauditError, match="not a finished training job"):
         victim_from_train_job(tmp_path / "nothing", 2, 3)
     write_json(
-        tmp_path / "mbv3" / "result.json",
-        {"dataset": "tiny", "description": {"space": "mbv3", "architecture": {}}},
+        tmp_path / "other" / "result.json",
+        {"dataset": "tiny", "description": {"space": "nasbench", "architecture": {}}},
     )
-    (tmp_path / "mbv3" / "model.pt").write_bytes(b"")
-    with pytest.raises(NasauditError, match="trained a 'mbv3' architecture"):
-        victim_from_train_job(tmp_path / "mbv3", 2, 3)
+    (tmp_path / "other" / "model.pt").write_bytes(b"")
+    with pytest.raises(NasauditError, match="unknown train-job space 'nasbench'; choose one of: darts, mbv3"):
+        victim_from_train_job(tmp_path / "other", 2, 3)
+
+
+def test_train_job_becomes_an_mbv3_network_victim(tmp_path, tiny_dataset) -> None:
+    job = _train_job(tmp_path, tiny_dataset, "job", 0, space="mbv3")
+    victim = read_victim(victim_from_train_job(job, 2, 3, tmp_path / "v.pt"), tiny_dataset)  # sizes: DARTS'
+    assert victim.kind == "mbv3_network" and _same_weights(job, victim)
+    assert victim.spec == mbv3_spec(MBV3_ARCH, MBV3_PLAN)  # widths as trained, no inherited-weights path
+    trained = _mbv3()[0]
+    trained.load_state_dict(torch.load(job / "model.pt", weights_only=True))
+    x = torch.rand(3, 3, 32, 32)  # the data's own size: both upscale it to the architecture's 40×40
+    assert torch.equal(trained.eval()(x), victim.model(x))
+    torch.save({"stem.conv.weight": torch.zeros(8, 3, 3, 3)}, job / "model.pt")
+    with pytest.raises(NasauditError, match="is not a mbv3 network's state dict"):
+        victim_from_train_job(job, 2, 3)
 
 
 def test_best_train_job_picks_the_highest_accuracy_first_on_ties(tmp_path) -> None:

@@ -10,13 +10,14 @@ classes is refused at the boundary rather than poisoning with the wrong gradient
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.errors import NasauditError
 from nasaudit.io import jsonable, save_torch
 from nasaudit.registry import Registry
+
+if TYPE_CHECKING:
+    from nasaudit.spaces.mbv3 import ChannelPlan, MBV3Arch
 
 FORMAT = "nasaudit-victim/1"
 _KEYS = {"format", "kind", "spec", "dataset", "num_classes", "state_dict"}
@@ -62,6 +66,53 @@ def _resnet18_cifar(spec: dict[str, Any], num_classes: int) -> nn.Module:
     from nasaudit.models import MODELS
 
     return MODELS.get("resnet18_cifar")(None, num_classes, None)  # type: ignore[arg-type]
+
+
+@VICTIMS.register("mbv3_network")
+def _mbv3_network(spec: dict[str, Any], num_classes: int) -> nn.Module:
+    """A final MobileNetV3-space architecture as retrained (NSGANetV2's): its standalone network.
+
+    The network upscales 32×32 inputs to the architecture's resolution inside ``forward`` (bicubic,
+    after normalisation), exactly as in training, so GC differentiates the forward that was trained.
+    Dropout and drop-connect are left out of the spec: a victim runs in eval mode, where both are the
+    identity and hold no weights.
+    """
+    from nasaudit.spaces.mbv3 import MBV3Arch, MBV3Net
+
+    return MBV3Net(MBV3Arch.from_json(spec["architecture"]), _mbv3_plan(spec["widths"]), num_classes)
+
+
+def _mbv3_plan(widths: dict[str, Any]) -> ChannelPlan:
+    """The channel plan of explicit widths, on OFA's fixed strides, activations and SE placement."""
+    from nasaudit.spaces.mbv3 import OFA_MBV3, ChannelPlan, StageSpec
+
+    stages = tuple(
+        StageSpec(int(w), s.stride, s.act, s.se)
+        for w, s in zip(widths["stages"], OFA_MBV3.stages, strict=True)
+    )
+    return ChannelPlan(
+        int(widths["stem"]),
+        int(widths["first_block"]),
+        stages,
+        int(widths["final_expand"]),
+        int(widths["feature_mix"]),
+    )
+
+
+def mbv3_spec(arch: MBV3Arch, plan: ChannelPlan) -> dict[str, Any]:
+    """The ``mbv3_network`` spec of ``MBV3Net(arch, plan, ...)``.
+
+    It records the widths themselves rather than ``[mbv3] width_mult``: a train job's weights show the
+    widths, while several multipliers round to the same ones, so widths are what can be known exactly.
+    """
+    widths = {
+        "stem": plan.stem,
+        "first_block": plan.first_block,
+        "stages": [s.width for s in plan.stages],
+        "final_expand": plan.final_expand,
+        "feature_mix": plan.feature_mix,
+    }
+    return {"architecture": dataclasses.replace(arch, weights=None).to_json(), "widths": widths}
 
 
 @dataclass(frozen=True)
@@ -161,12 +212,58 @@ def _rebuild(
     return model.eval()
 
 
-def victim_from_train_job(job_dir: Path, channels: int, layers: int, out: Path | None = None) -> Path:
-    """Turn a finished ``nasaudit train`` job (result.json + model.pt) into a ``darts_network`` victim.
+@dataclass(frozen=True)
+class JobVictim:
+    """How a finished train job of one search space becomes a victim file."""
 
-    The job's result records the genotype it retrained (``description.architecture``) and the dataset;
-    ``channels`` and ``layers`` are the evaluation network's size it was trained at (the profile's
-    ``darts_net``), checked by loading the weights. Writes ``out`` (default ``job_dir/victim.pt``).
+    kind: str
+    classifier: str  # state-dict key of the final linear layer's weight, one row per class
+    #: (recorded architecture, trained state dict, DARTS channels, DARTS layers) → (spec, what sized it)
+    spec: Callable[[Any, dict[str, torch.Tensor], int, int], tuple[dict[str, Any], str]]
+
+
+JOB_VICTIMS: Registry[JobVictim] = Registry("train-job space")
+
+
+def _darts_job(genotype: Any, state: dict[str, torch.Tensor], channels: int, layers: int) -> tuple[dict, str]:
+    auxiliary = any(k.startswith("auxiliary_head.") for k in state)
+    spec = {"genotype": genotype, "channels": channels, "layers": layers, "auxiliary": auxiliary}
+    return spec, f"channels={channels}, layers={layers}"
+
+
+def _mbv3_job(
+    architecture: Any, state: dict[str, torch.Tensor], channels: int, layers: int
+) -> tuple[dict, str]:
+    """Widths are the output rows of the stem, the first block, each stage's first layer and the head."""
+    from nasaudit.spaces.mbv3 import MBV3Arch
+
+    arch = MBV3Arch.from_json(architecture)
+    firsts = [1 + sum(arch.depths[:s]) for s in range(len(arch.depths))]
+
+    def rows(key: str) -> int:
+        return int(state[key].shape[0])
+
+    widths = {
+        "stem": rows("stem.conv.weight"),
+        "first_block": rows("blocks.0.project.conv.weight"),
+        "stages": [rows(f"blocks.{i}.project.conv.weight") for i in firsts],
+        "final_expand": rows("head.final_expand.conv.weight"),
+        "feature_mix": rows("head.feature_mix.conv.weight"),
+    }
+    return mbv3_spec(arch, _mbv3_plan(widths)), "widths read from model.pt"
+
+
+JOB_VICTIMS.register("darts")(JobVictim("darts_network", "classifier.weight", _darts_job))
+JOB_VICTIMS.register("mbv3")(JobVictim("mbv3_network", "head.classifier.weight", _mbv3_job))
+
+
+def victim_from_train_job(job_dir: Path, channels: int, layers: int, out: Path | None = None) -> Path:
+    """Turn a finished ``nasaudit train`` job (result.json + model.pt) into a victim of its space.
+
+    The job's result records the architecture it retrained (``description.architecture``), its space
+    and the dataset. A DARTS network is rebuilt at ``channels`` and ``layers`` (the profile's
+    ``darts_net``, checked by loading the weights); a MobileNetV3 network's widths are read from its
+    weights, so the two sizes do not apply to it. Writes ``out`` (default ``job_dir/victim.pt``).
     """
     job_dir = Path(job_dir)
     result_file, weights = job_dir / "result.json", job_dir / "model.pt"
@@ -176,7 +273,7 @@ def victim_from_train_job(job_dir: Path, channels: int, layers: int, out: Path |
         )
     try:
         result = json.loads(result_file.read_text())
-        genotype = result["description"]["architecture"]
+        architecture = result["description"]["architecture"]
         space = result["description"].get("space", "darts")
         dataset = result["dataset"]
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -184,24 +281,19 @@ def victim_from_train_job(job_dir: Path, channels: int, layers: int, out: Path |
             f"{result_file} does not record the trained architecture (description.architecture) and "
             "dataset; retrain it with `nasaudit train`"
         ) from None
-    if space != "darts":
-        raise NasauditError(
-            f"{job_dir} trained a {space!r} architecture; victim files hold DARTS-space networks"
-        )
+    job = JOB_VICTIMS.get(space)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        num_classes = int(state["classifier.weight"].shape[0])
-    except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        num_classes = int(state[job.classifier].shape[0])
+        spec, size = job.spec(architecture, state, channels, layers)
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, IndexError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:  # fmt: skip
         raise NasauditError(
-            f"{weights} is not a DARTS network's state dict ({exc}); retrain the job"
+            f"{weights} is not a {space} network's state dict ({exc}); retrain the job"
         ) from None
-    auxiliary = any(k.startswith("auxiliary_head.") for k in state)
-    spec = {"genotype": genotype, "channels": channels, "layers": layers, "auxiliary": auxiliary}
-    model = _rebuild(
-        "darts_network", spec, num_classes, state, f"{job_dir} (channels={channels}, layers={layers})"
-    )
+    model = _rebuild(job.kind, spec, num_classes, state, f"{job_dir} ({size})")
     out = job_dir / "victim.pt" if out is None else Path(out)
-    return save_victim(out, model, kind="darts_network", spec=spec, dataset=dataset, num_classes=num_classes)
+    return save_victim(out, model, kind=job.kind, spec=spec, dataset=dataset, num_classes=num_classes)
 
 
 def best_train_job(job_dirs: Iterable[Path]) -> Path:

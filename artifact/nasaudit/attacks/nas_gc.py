@@ -41,6 +41,7 @@ class TargetRule:
 NAS_TARGETS: Registry[TargetRule] = Registry("nas_gc victim kind")
 NAS_TARGETS.register("darts_supernet")(TargetRule(architecture_parameters, False, "architecture"))
 NAS_TARGETS.register("darts_network")(TargetRule(weights_and_biases, True, "weights_and_biases"))
+NAS_TARGETS.register("mbv3_network")(TargetRule(weights_and_biases, True, "weights_and_biases"))
 NAS_TARGETS.register("resnet18_cifar")(TargetRule(weights_and_biases, True, "weights_and_biases"))
 
 

@@ -75,10 +75,15 @@ class SqueezeExcite(nn.Module):
 def scale_channels(
     x: Tensor, w_reduce: Tensor, b_reduce: Tensor, w_expand: Tensor, b_expand: Tensor
 ) -> Tensor:
-    """The squeeze-excitation weights of ``x`` (shared by the static and the elastic block)."""
+    """The squeeze-excitation weights of ``x`` (shared by the static and the elastic block).
+
+    The hard sigmoid is written as OFA writes it, relu6(y + 3) / 6: equal to ``F.hardsigmoid``, but
+    twice differentiable in PyTorch (hardsigmoid's backward has no derivative), which gradient
+    canceling needs when it differentiates a victim's gradient with respect to its inputs.
+    """
     y = x.mean((2, 3), keepdim=True)
     y = F.relu(F.conv2d(y, w_reduce, b_reduce))
-    return F.hardsigmoid(F.conv2d(y, w_expand, b_expand))
+    return F.relu6(F.conv2d(y, w_expand, b_expand) + 3) / 6
 
 
 class MBConv(nn.Module):
