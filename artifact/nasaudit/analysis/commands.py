@@ -169,7 +169,6 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_defend, defense=None)
 
 
-
 def add_figure_cells(figure_sub: Any) -> None:
     """Register `figure cells` on the `figure` group's subcommands."""
     p = figure_sub.add_parser("cells", help="Figure 1: normal and reduction cells of DARTS architectures")

@@ -20,7 +20,7 @@ import torch
 from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset, Split, load_dataset
 from nasaudit.errors import NasauditError
-from nasaudit.grid.jobs import CLEAN, JobKey, Layout, Task, poison_task, task_seed
+from nasaudit.grid.jobs import CLEAN, JobKey, Layout, Task, defend_task, poison_task, task_seed
 from nasaudit.grid.state import TaskState, error_line
 from nasaudit.io import write_json
 from nasaudit.registry import Registry
@@ -133,8 +133,51 @@ class VictimStage:
         )
 
 
+class DefendStage:
+    """Apply a defense to one poisoned training set (Table 4); the searches of every algorithm and trial
+    on that poison share the defended file."""
+
+    def output(self, task: Task, layout: Layout) -> Path:
+        return layout.defended(task).with_suffix(".json")  # the manifest is written after the arrays
+
+    def run(self, task: Task, env: Env) -> None:
+        from nasaudit.defenses import DefenseContext, run_defense, save_defended
+
+        poisoned, source = _poisoned(task.key, env)
+        context = DefenseContext(
+            env.profile, env.device, env.layout.cache_dir(task.dataset), source=source, progress=env.progress
+        )
+        save_defended(
+            run_defense(task.defense, poisoned, task_seed(task), context), env.layout.defended(task)
+        )
+
+
+def _poisoned(key: JobKey, env: Env) -> tuple[ImageDataset, dict[str, Any]]:
+    """The job's search data before any defense: its search dataset, with its poison applied."""
+    from nasaudit.data.poison import apply_poison, load_poison
+    from nasaudit.io import sha256_file
+
+    dataset = grid_dataset(key.searched_on, env)
+    if key.clean:
+        return dataset, {"dataset": dataset.name, "poison": None, "train_sha256": dataset.train.sha256}
+    grid = env.profile.grid
+    stem = env.layout.poison(poison_task(key, grid.victim_attacks, grid.trial_shared_attacks))
+    poison = load_poison(stem, dataset)
+    poisoned = apply_poison(poison, dataset)
+    provenance = {
+        "dataset": dataset.name,
+        "poison": str(stem.with_suffix(".npz")),
+        "poison_sha256": sha256_file(stem.with_suffix(".npz")),
+        "attack": poison.attack,
+        "budget": poison.budget,
+        "train_sha256": poisoned.train.sha256,
+    }
+    return poisoned, provenance
+
+
 class SearchStage:
-    """Run the algorithm on the (poisoned) training set; its folder keeps the search's resumable state."""
+    """Run the algorithm on the job's search data (poisoned, then defended, when the key says so) with
+    the search settings of its variant; its folder keeps the search's resumable state."""
 
     def output(self, task: Task, layout: Layout) -> Path:
         from nasaudit.nas.base import ARCHITECTURE
@@ -142,31 +185,34 @@ class SearchStage:
         return layout.search_dir(task.key) / ARCHITECTURE
 
     def run(self, task: Task, env: Env) -> None:
-        from nasaudit.data.poison import apply_poison, load_poison
-        from nasaudit.io import sha256_file
+        from nasaudit.grid.variants import search_profile
         from nasaudit.nas import SearchContext, run_search
 
-        dataset = grid_dataset(task.dataset, env)
-        provenance: dict[str, Any] = {
-            "dataset": dataset.name,
-            "poison": None,
-            "train_sha256": dataset.train.sha256,
-        }
-        if task.attack != CLEAN:
+        dataset, provenance = _poisoned(task.key, env)
+        if task.defense:
+            from nasaudit.defenses import apply_defended, load_defended
+            from nasaudit.io import sha256_file
+
             grid = env.profile.grid
-            stem = env.layout.poison(poison_task(task.key, grid.victim_attacks, grid.trial_shared_attacks))
-            poison = load_poison(stem, dataset)
-            dataset = apply_poison(poison, dataset)
-            provenance = {
-                "dataset": dataset.name,
-                "poison": str(stem.with_suffix(".npz")),
-                "poison_sha256": sha256_file(stem.with_suffix(".npz")),
-                "attack": poison.attack,
-                "budget": poison.budget,
-                "train_sha256": dataset.train.sha256,
-            }
+            stem = env.layout.defended(defend_task(task.key, grid.victim_attacks, grid.trial_shared_attacks))
+            dataset = apply_defended(load_defended(stem, dataset), dataset)
+            provenance.update(
+                {
+                    "defense": task.defense,
+                    "defended": str(stem.with_suffix(".npz")),
+                    "defended_sha256": sha256_file(stem.with_suffix(".npz")),
+                    "train_sha256": dataset.train.sha256,
+                    "n_train": len(dataset.train),
+                }
+            )
+        if task.variant:
+            provenance["variant"] = task.variant
         context = SearchContext(
-            env.profile, env.device, env.layout.search_dir(task.key), progress=env.progress
+            search_profile(env.profile, task.variant),
+            env.device,
+            env.layout.search_dir(task.key),
+            progress=env.progress,
+            cache_dir=env.layout.cache_dir(task.key.searched_on),
         )
         run_search(task.algorithm, dataset, task_seed(task), context, provenance)
 
@@ -202,6 +248,7 @@ class RetrainStage:
 
 STAGES.register("poison")(PoisonStage())
 STAGES.register("victim")(VictimStage())
+STAGES.register("defend")(DefendStage())
 STAGES.register("search")(SearchStage())
 STAGES.register("retrain")(RetrainStage())
 
