@@ -190,11 +190,11 @@ def test_image_pins_are_requirements_txt_adapted_to_torch_2_0_1() -> None:
         if line and not line.startswith("#")
     )
     assert "torch" not in image and "torchvision" not in image
-    # torch 2.0.1 was built against NumPy 1.x; pandas 3 needs NumPy 2.
-    assert image["numpy"] == "1.26.4" and image["pandas"] == "2.3.3"
+    # torch 2.0.1 was built against NumPy 1.x; pandas 3 needs NumPy 2; newer diffusers need torch ≥ 2.1.
+    assert image["numpy"] == "1.26.4" and image["pandas"] == "2.3.3" and image["diffusers"] == "0.31.0"
     native = {name: version for name, version in native.items() if name not in {"torch", "torchvision"}}
     assert image.keys() == native.keys()
-    assert {name for name in image if image[name] != native[name]} == {"numpy", "pandas"}
+    assert {name for name in image if image[name] != native[name]} == {"numpy", "pandas", "diffusers"}
 
 
 def test_requirements_script_rejects_bad_input(tmp_path) -> None:

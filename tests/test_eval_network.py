@@ -103,12 +103,12 @@ def test_drop_path_masks_whole_samples_and_rescales() -> None:
 
 def test_count_flops_uses_the_graph_and_restores_the_mode() -> None:
     model = _small().train()
-    flops = count_flops(model, (3, 32, 32))
+    flops = count_flops(model, (1, 3, 32, 32))
     assert isinstance(flops, int) and flops > 0
     assert model.training
-    assert count_flops(model, (3, 16, 16)) < flops
+    assert count_flops(model, (1, 3, 16, 16)) < flops
     conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-    assert count_flops(conv, (3, 4, 4)) == 2 * 8 * 4 * 4 * 3 * 3 * 3  # 2 FLOPs per multiply-add
+    assert count_flops(conv, (1, 3, 4, 4)) == 2 * 8 * 4 * 4 * 3 * 3 * 3  # 2 FLOPs per multiply-add
 
 
 def test_arch_info_reports_genotype_params_and_flops() -> None:

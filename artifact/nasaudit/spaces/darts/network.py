@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from nasaudit.errors import NasauditError
+from nasaudit.flops import count_flops
 from nasaudit.spaces.darts.genotype import NODES, Genotype
 from nasaudit.spaces.darts.ops import OPS, FactorizedReduce, ReLUConvBN
 
@@ -134,27 +135,6 @@ def count_parameters(model: nn.Module, exclude_auxiliary: bool = True) -> int:
     )
 
 
-def count_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> int:
-    """FLOPs of one eval-mode forward of a single (channels, height, width) input.
-
-    Counted by PyTorch's FlopCounterMode (2 FLOPs per multiply-add, convolutions and matmuls), so the
-    count follows the actual graph rather than a hand formula.
-    """
-    # Imported here, not at the top: torch 2.0 has no flop_counter, and the rest of the space works there.
-    from torch.utils.flop_counter import FlopCounterMode
-
-    param = next(model.parameters())
-    x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
-    return int(counter.get_total_flops())
-
-
 def arch_info(
     genotype: Genotype, channels: int, layers: int, num_classes: int, image_size: int = 32
 ) -> dict[str, Any]:
@@ -173,5 +153,5 @@ def arch_info(
     return {
         "genotype": genotype.to_json(),
         "params": count_parameters(model),
-        "flops": count_flops(model, (3, image_size, image_size)),
+        "flops": count_flops(model, (1, 3, image_size, image_size)),
     }

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from nasaudit.flops import count_flops
 from nasaudit.spaces.darts.network import drop_path
 from nasaudit.spaces.mbv3.space import EXPANDS, KERNELS, ChannelPlan, MBV3Arch, make_divisible
 
@@ -178,23 +178,6 @@ class MBV3Net(nn.Module):
         return self.head(x)
 
 
-def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """FLOPs of one eval-mode forward (PyTorch's FlopCounterMode: 2 per multiply-add of convs and matmuls).
-
-    NSGANetV2 reports multiply-adds, i.e. half of this number. Works on the meta device.
-    """
-    param = next(model.parameters())
-    x = torch.zeros(input_shape, device=param.device, dtype=param.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
-    return int(counter.get_total_flops())
-
-
 def count_params(arch: MBV3Arch, plan: ChannelPlan, num_classes: int) -> int:
     """Parameters of the standalone network (built on the meta device: no memory, no init cost)."""
     with torch.device("meta"):
@@ -203,12 +186,13 @@ def count_params(arch: MBV3Arch, plan: ChannelPlan, num_classes: int) -> int:
 
 
 class FlopsCounter:
-    """FLOPs of any architecture, summed from FlopCounterMode measurements of its parts.
+    """FLOPs of any architecture, summed from ``count_flops`` measurements of its parts.
 
     A layer's FLOPs depend only on (resolution, stage, first-in-stage, kernel, expand), so each part is
     measured once (on the CPU, with zero weights: values do not change a count) and cached;
     the evolutionary search asks for thousands of architectures, and the sum equals measuring the whole
-    network (tested).
+    network (tested). Like ``count_flops``, 2 FLOPs per multiply-add: NSGANetV2 reports multiply-adds,
+    half of this number.
     """
 
     def __init__(self, plan: ChannelPlan, num_classes: int):
