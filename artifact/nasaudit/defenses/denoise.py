@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import safetensors.torch  # noqa: F401  (diffusers 0.31, the torch 2.0 images' pin, uses it unimported)
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm

@@ -85,7 +85,7 @@ def proxy_network(
 
 def architecture_seed(seed: int, index: int) -> int:
     """The init seed of pool member ``index``: independent of chunking and scoring order."""
-    return int(np.random.SeedSequence([seed, 2, index]).generate_state(1, np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([seed, 2, index]).generate_state(1, np.uint64)[0]) >> 1
 
 
 # --- scoring one network ---------------------------------------------------------------------------
