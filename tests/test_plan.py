@@ -1,0 +1,159 @@
+"""`nasaudit plan`: every registered algorithm, attack, defense and space has a cost model, the models
+count the work SPEC describes, and a grid of every stage is estimated without a gap."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nasaudit.attacks import ATTACKS
+from nasaudit.attacks.nas_gc import NAS_TARGETS
+from nasaudit.cli import main
+from nasaudit.config import PROFILE_DIR, load_profile
+from nasaudit.defenses import DEFENSES
+from nasaudit.grid.jobs import Task
+from nasaudit.grid.plan import (
+    DEFENSE_COSTS,
+    IMAGE,
+    POISON_COSTS,
+    REFERENCE_ARCHITECTURES,
+    SEARCH_COSTS,
+    Timer,
+    victim_net,
+)
+from nasaudit.nas import NAS
+from nasaudit.victim import JOB_VICTIMS
+
+PAPER = load_profile("paper")
+FORWARD = 1e-3  # seconds per image of a forward pass under ImageCounter
+
+
+class ImageCounter(Timer):
+    """A training step costs 1 s per image and a forward pass 1 ms: a cost model returns image counts."""
+
+    def __init__(self) -> None:
+        super().__init__(torch.device("cpu"))
+
+    def per_image(self, network, build, batch, *, shape=IMAGE) -> float:  # type: ignore[no-untyped-def]
+        return 1.0
+
+    def forward_per_image(self, network, build, batch, *, shape=IMAGE) -> float:  # type: ignore[no-untyped-def]
+        return FORWARD
+
+
+def test_every_registered_algorithm_attack_defense_and_space_has_a_cost_model() -> None:
+    assert set(NAS) <= set(SEARCH_COSTS)
+    assert set(ATTACKS) <= set(POISON_COSTS)
+    assert set(DEFENSES) <= set(DEFENSE_COSTS)
+    spaces = {NAS.get(name).space for name in NAS} | set(JOB_VICTIMS)
+    assert spaces <= set(REFERENCE_ARCHITECTURES)
+    assert all(victim_net(PAPER, name).kind in NAS_TARGETS for name in NAS)  # what nas_gc targets
+
+
+def test_tenas_scores_332_candidates_with_and_without_each_removal() -> None:
+    """SPEC §5: 196 + 112 + 24 candidates × 3 repeats × 2 nets × (14 backwards of 14 + 3000 crops)."""
+    cfg = PAPER.tenas
+    per_net = cfg.batch_size**2 + cfg.lr_batches * cfg.lr_batch_size * FORWARD
+    assert SEARCH_COSTS.get("tenas")(PAPER, 50_000, ImageCounter()) == (332 * 3 * 2 * per_net, 0.0)
+
+
+def test_pdarts_trains_weights_every_epoch_and_alpha_after_the_warm_up() -> None:
+    """SPEC §4: 3 stages × (25 weight epochs + 15 α epochs) over the 25k-image halves."""
+    assert SEARCH_COSTS.get("pdarts")(PAPER, 50_000, ImageCounter()) == (3 * 40 * 25_000, 0.0)
+
+
+def shrinking(n: int) -> float:
+    """Progressive shrinking on n images: each phase's subnet steps, and the teacher's forward from the
+    second phase on (kd_ratio > 0)."""
+    phases = enumerate(PAPER.nsganetv2.supernet.phases)
+    return sum(p.epochs * n * (p.subnets_per_step + (FORWARD if i else 0.0)) for i, p in phases)
+
+
+def test_nsganetv2_counts_its_supernet_unless_a_weights_file_is_given() -> None:
+    timer, cfg = ImageCounter(), PAPER.nsganetv2
+    n = 50_000 - cfg.val_size
+    given = replace(PAPER, nsganetv2=replace(cfg, supernet=replace(cfg.supernet, weights="ofa.pt")))
+    evaluation = 5 * n + (cfg.bn_calibration + cfg.val_size) * FORWARD
+    assert SEARCH_COSTS.get("nsganetv2")(given, 50_000, timer) == ((100 + 30 * 8) * evaluation, 0.0)
+    total, _ = SEARCH_COSTS.get("nsganetv2")(PAPER, 50_000, timer)
+    assert abs(total - (340 * evaluation + shrinking(n))) < 1e-9 * total
+
+
+def test_the_mbv3_baseline_shares_one_supernet_per_dataset_when_it_inherits_weights() -> None:
+    timer = ImageCounter()
+    per_search, shared = SEARCH_COSTS.get("random_mbv3")(PAPER, 50_000, timer)
+    assert per_search == 0.0 and abs(shared - shrinking(50_000)) < 1e-9 * shared
+    scratch = replace(PAPER, mbv3=replace(PAPER.mbv3, init="scratch"))
+    assert SEARCH_COSTS.get("random_mbv3")(scratch, 50_000, timer) == (0.0, 0.0)
+
+
+def test_gc_costs_steps_times_poisons_and_shares_gradpc_and_the_clean_gradient() -> None:
+    timer, cfg = ImageCounter(), PAPER.gc
+    tenas = Task("poison", "cifar10", "tenas", "nas_gc", 0.01, 0)
+    # 500 poisons need several chunks: the two-pass gradient, 3 training steps per poison and GC step
+    assert POISON_COSTS.get("nas_gc")(PAPER, tenas, 50_000, timer) == (cfg.steps * 500 * 3, 2 * 50_000)
+    # 100 poisons fit one chunk of 128; P-DARTS's α are targeted as they are, without GradPC
+    pdarts = Task("poison", "cifar10", "pdarts", "nas_gc", 0.1, 0)
+    assert POISON_COSTS.get("nas_gc")(PAPER, pdarts, 1_000, timer) == (cfg.steps * 100 * 2, 1_000)
+    assert POISON_COSTS.get("gc")(PAPER, replace(pdarts, attack="gc"), 1_000, timer)[1] == 2 * 1_000
+
+
+def test_timer_measures_a_network_once_on_one_cpu_thread() -> None:
+    builds = []
+
+    def build() -> nn.Module:
+        builds.append(1)
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+
+    timer, threads = Timer(torch.device("cpu")), torch.get_num_threads()
+    first = timer.per_image("linear", build, 16)
+    measured = len(builds)
+    assert first > 0 and timer.per_image("linear", build, 16) == first and len(builds) == measured
+    assert timer.forward_per_image("linear", build, 16) > 0 and len(builds) > measured
+    assert torch.get_num_threads() == threads
+
+
+def _set(text: str, section: str, key: str, value: str) -> str:
+    """Replace ``key = ...`` inside ``[section]`` of a TOML text."""
+    pattern = rf"(^\[{re.escape(section)}\]\n(?:(?!^\[).*\n)*?){key} = .*\n"
+    new, count = re.subn(pattern, rf"\g<1>{key} = {value}\n", text, count=1, flags=re.M)
+    assert count == 1, (section, key)
+    return new
+
+
+def tiny_profile(folder: Path) -> Path:
+    """smoke.toml with every registered algorithm and attack in Table 1 and every defense in Table 4."""
+    text = (PROFILE_DIR / "smoke.toml").read_text()
+    values = {
+        ("darts_net", "channels"): "4",
+        ("darts_net", "layers"): "3",
+        ("random_baseline", "n"): "1",
+        ("mbv3", "resolutions"): "[32]",
+        ("table1", "algorithms"): "[]",
+        ("table1", "attacks"): "[]",
+        ("table1", "exclude"): "[]",
+        ("table1", "budgets"): "[0.5]",
+        ("table1", "trials"): "1",
+        ("table4", "conditions"): json.dumps([f"{name}:gaussian" for name in DEFENSES]),
+        ("table4", "trials"): "1",
+    }
+    for (section, key), value in values.items():
+        text = _set(text, section, key, value)
+    path = folder / "tiny.toml"
+    path.write_text(text)
+    return path
+
+
+def test_plan_estimates_every_stage_of_a_grid_of_everything(tmp_path, capsys) -> None:
+    path = tiny_profile(tmp_path)
+    for experiment, stages in (("table1", ("poison", "search", "retrain")), ("table4", ("defend",))):
+        assert main(["plan", experiment, "--profile", str(path), "--results", str(tmp_path / "r")]) == 0
+        out = capsys.readouterr().out
+        assert "ESTIMATE: about" in out and "not estimated" not in out
+        for stage in stages:
+            assert re.search(rf"^{stage} +\d+ +0 +\d", out, re.M), (experiment, stage, out)
