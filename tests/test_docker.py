@@ -275,6 +275,51 @@ def test_make_docker_grid_runs_each_algorithm_in_its_own_image() -> None:
     ]
 
 
+@pytest.mark.parametrize("table", ["table1", "table3", "table4", "table5", "table6"])
+def test_make_table_docker_runs_the_grid_in_the_images_and_the_table_natively(table) -> None:
+    commands = make_n(table, "DOCKER=1", "PROFILE=paper")
+    grid = [table, "--profile", "paper"]
+    assert docker_commands(commands, "run") == [
+        [*run_prefix(f"nasaudit:{algo}"), "grid", "run", *grid, "--algo", algo] for algo in ALGOS
+    ]
+    native = [c for c in commands if c[:1] == [".venv/bin/nasaudit"]]
+    assert native[0] == [
+        ".venv/bin/nasaudit",
+        "table",
+        table,
+        "--profile",
+        "paper",
+        "--out",
+        "results/paper/tables",
+    ]
+    assert not any(c[1:3] == ["grid", "run"] for c in native)  # the grid ran in the containers
+
+
+@pytest.mark.parametrize("table", ["table1", "table3", "table4", "table5", "table6"])
+def test_make_table_runs_grid_table_and_comparison_natively(table) -> None:
+    commands = [c for c in make_n(table, "PROFILE=smoke", "RUNNER=slurm") if c[:1] == [".venv/bin/nasaudit"]]
+    assert commands[0] == [
+        ".venv/bin/nasaudit",
+        "grid",
+        "run",
+        table,
+        "--profile",
+        "smoke",
+        "--runner",
+        "slurm",
+    ]
+    assert commands[1] == [
+        ".venv/bin/nasaudit",
+        "table",
+        table,
+        "--profile",
+        "smoke",
+        "--out",
+        "results/smoke/tables",
+    ]
+    assert not docker_commands(commands, "run")
+
+
 def test_make_lint_runs_hadolint() -> None:
     commands = make_n("lint")
     assert [".venv/bin/hadolint", "--no-color", "Dockerfile"] in commands
