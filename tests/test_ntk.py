@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from nasaudit.config import load_profile
+from nasaudit.nas import tenas
 from nasaudit.proxies.ntk import ntk_cond, ntk_weights
 
 
@@ -43,12 +45,44 @@ def _batch(n: int = 8, size: int = 12) -> Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
-def test_batched_equals_per_sample_reference() -> None:
-    net, inputs = _darts_like_net(), _batch()
+def test_batched_equals_per_sample_reference_on_the_tenas_scoring_net() -> None:
+    # The network TE-NAS scores at paper sizes: C = 1, all 7 ops on every edge, a batch of 14 CIFAR-sized
+    # images. Its convolutions cover every case of the batched backward (1×1, depthwise, dilated,
+    # strided, strided dilated, grouped, the 3-channel stem).
+    cfg = load_profile("paper").tenas
+    torch.manual_seed(0)
+    net = tenas.scoring_net(tenas.initial_candidates(cfg), cfg, num_classes=10, stem=True)
+    inputs = _batch(n=cfg.batch_size, size=32)
     reference = ntk_cond(net, inputs, None, batched=False)
     batched = ntk_cond(net, inputs, None, batched=True)
     assert 1.0 < reference < 1e5
     assert abs(batched - reference) / reference <= 1e-4
+
+
+def _conv_variants_net() -> nn.Module:
+    """Convolutions the scoring net lacks: biased, 'same'-padded, groups of several channels."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=True),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2, groups=2, bias=False),
+        nn.Conv2d(4, 6, 1, stride=2, bias=True),
+        nn.Conv2d(6, 6, 3, padding=1, groups=3, bias=False),
+        nn.Conv2d(6, 6, 3, padding="same"),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    )
+
+
+def test_batched_equals_per_sample_reference_on_other_convolutions() -> None:
+    net, inputs = _conv_variants_net(), _batch(n=6, size=15)
+    reference = ntk_cond(net, inputs, None, batched=False)
+    assert 1.0 < reference < 1e5
+    assert ntk_cond(net, inputs, None, batched=True) == pytest.approx(reference, rel=1e-4)
 
 
 class _ScaledLinear(nn.Module):
