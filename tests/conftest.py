@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,11 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def set_toml(text: str, section: str, key: str, value: str) -> str:
+    """Replace ``key = ...`` inside ``[section]`` of a TOML text: a profile changed in one place."""
+    pattern = rf"(^\[{re.escape(section)}\]\n(?:(?!^\[).*\n)*?){key} = .*\n"
+    new, count = re.subn(pattern, rf"\g<1>{key} = {value}\n", text, count=1, flags=re.M)
+    assert count == 1, (section, key)
+    return new

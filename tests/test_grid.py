@@ -41,15 +41,9 @@ from nasaudit.grid import (
 from nasaudit.grid.state import TaskState
 from nasaudit.nas import NAS
 
+from conftest import set_toml
+
 ATTACKS = ["gaussian", "rlf"]
-
-
-def _set(text: str, section: str, key: str, value: str) -> str:
-    """Replace ``key = ...`` inside ``[section]`` of a TOML text (the sections other tests leave alone)."""
-    pattern = rf"(^\[{re.escape(section)}\]\n(?:(?!^\[).*\n)*?){key} = .*\n"
-    new, count = re.subn(pattern, rf"\g<1>{key} = {value}\n", text, count=1, flags=re.M)
-    assert count == 1, (section, key)
-    return new
 
 
 def write_profile(folder: Path, name: str = "quick", **table1: str) -> Path:
@@ -74,7 +68,7 @@ def write_profile(folder: Path, name: str = "quick", **table1: str) -> Path:
     }
     values.update({("table1", k): v for k, v in table1.items()})
     for (section, key), value in values.items():
-        text = _set(text, section, key, value)
+        text = set_toml(text, section, key, value)
     path = folder / f"{name}.toml"
     path.write_text(text)
     return path
@@ -424,7 +418,7 @@ def test_local_runner_refuses_a_gpu_profile_on_a_cpu(tmp_path, registered, capsy
 
     monkeypatch.setattr(runners, "visible_gpus", lambda: [])
     path = write_profile(tmp_path)
-    path.write_text(_set(path.read_text(), "grid", "require_gpu", "true"))
+    path.write_text(set_toml(path.read_text(), "grid", "require_gpu", "true"))
     assert main(["grid", "run", "table1", "--profile", str(path), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "GPU-hours (estimate)" in err
@@ -436,7 +430,7 @@ def test_train_subset_is_the_data_of_every_stage(tmp_path, registered) -> None:
     from nasaudit.grid.stages import execute, grid_dataset
 
     path = write_profile(tmp_path)
-    path.write_text(_set(path.read_text(), "grid", "train_subset", "20"))
+    path.write_text(set_toml(path.read_text(), "grid", "train_subset", "20"))
     profile = load_profile(path)
     spec = RunSpec(profile, tmp_path / "r", None, "cpu")
     data = grid_dataset("tiny", spec.env())
@@ -514,8 +508,8 @@ def _profile_with(tmp_path: Path, section: str, **values: str) -> Path:
     text = path.read_text()
     values = {"datasets": '["tiny"]', "algorithms": '["seeing"]', **values}
     for key, value in values.items():
-        text = _set(text, section, key, value)
-    path.write_text(_set(text, "surrogate", "epochs", "1"))
+        text = set_toml(text, section, key, value)
+    path.write_text(set_toml(text, "surrogate", "epochs", "1"))
     return path
 
 

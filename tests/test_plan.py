@@ -29,6 +29,8 @@ from nasaudit.grid.plan import (
 from nasaudit.nas import NAS
 from nasaudit.victim import JOB_VICTIMS
 
+from conftest import set_toml
+
 PAPER = load_profile("paper")
 FORWARD = 1e-3  # seconds per image of a forward pass under ImageCounter
 
@@ -118,14 +120,6 @@ def test_timer_measures_a_network_once_on_one_cpu_thread() -> None:
     assert torch.get_num_threads() == threads
 
 
-def _set(text: str, section: str, key: str, value: str) -> str:
-    """Replace ``key = ...`` inside ``[section]`` of a TOML text."""
-    pattern = rf"(^\[{re.escape(section)}\]\n(?:(?!^\[).*\n)*?){key} = .*\n"
-    new, count = re.subn(pattern, rf"\g<1>{key} = {value}\n", text, count=1, flags=re.M)
-    assert count == 1, (section, key)
-    return new
-
-
 def tiny_profile(folder: Path) -> Path:
     """smoke.toml with every registered algorithm and attack in Table 1 and every defense in Table 4."""
     text = (PROFILE_DIR / "smoke.toml").read_text()
@@ -143,7 +137,7 @@ def tiny_profile(folder: Path) -> Path:
         ("table4", "trials"): "1",
     }
     for (section, key), value in values.items():
-        text = _set(text, section, key, value)
+        text = set_toml(text, section, key, value)
     path = folder / "tiny.toml"
     path.write_text(text)
     return path

@@ -57,8 +57,8 @@ def test_result_records_the_run(tmp_path, tiny_dataset) -> None:
     assert [e["lr"] for e in on_disk["log"]] == [cosine_lr(CFG, e) for e in range(3)]
 
 
-def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_dataset, monkeypatch) -> None:
-    uninterrupted = _train(tiny_dataset)
+def _killed_in_epoch_2(monkeypatch, dataset, out) -> None:  # type: ignore[no-untyped-def]
+    """Train into ``out`` until epoch 2 raises (a kill), leaving its checkpoint; then heal training."""
     real_epoch = train_module.train_epoch
 
     def dies_in_epoch_2(*args, **kwargs):
@@ -68,9 +68,14 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_dataset, monkeypa
 
     monkeypatch.setattr(train_module, "train_epoch", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        _train(tiny_dataset, tmp_path)
-    assert (tmp_path / "checkpoint.pt").is_file() and not (tmp_path / "result.json").exists()
+        _train(dataset, out)
     monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_dataset, monkeypatch) -> None:
+    uninterrupted = _train(tiny_dataset)
+    _killed_in_epoch_2(monkeypatch, tiny_dataset, tmp_path)
+    assert (tmp_path / "checkpoint.pt").is_file() and not (tmp_path / "result.json").exists()
     resumed = _train(tiny_dataset, tmp_path)
     assert [e["train_loss"] for e in resumed["log"]] == [e["train_loss"] for e in uninterrupted["log"]]
     assert resumed["test_accuracy"] == uninterrupted["test_accuracy"]
@@ -144,17 +149,7 @@ def test_cached_result_of_another_run_is_refused(tmp_path, tiny_dataset) -> None
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, tiny_dataset, monkeypatch) -> None:
-    real_epoch = train_module.train_epoch
-
-    def dies_in_epoch_2(*args, **kwargs):
-        if kwargs["epoch"] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_epoch", dies_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        _train(tiny_dataset, tmp_path)
-    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+    _killed_in_epoch_2(monkeypatch, tiny_dataset, tmp_path)
     with pytest.raises(NasauditError, match=r"checkpoint\.pt: left by another run \(its seed differ"):
         _train(tiny_dataset, tmp_path, seed=1)
     assert not (tmp_path / "result.json").exists()

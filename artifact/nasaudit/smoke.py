@@ -31,15 +31,20 @@ SEED = 0
 @dataclass
 class SmokeRun:
     profile: Profile
-    dataset: ImageDataset
+    dataset: (
+        ImageDataset  # the embedded digits cut to the profile's ``[grid] train_subset``: every step's data
+    )
     out: Path
     device: torch.device
     state: dict[str, Any]  # what earlier steps produced for later ones (paths, genotypes)
 
 
 def step_data(run: SmokeRun) -> dict[str, Any]:
-    ds = run.dataset
+    """The embedded dataset as a whole, and the training subset every later step works on."""
+    ds = load_dataset(DATASET)
     return {
+        "n_subset": len(run.dataset.train),
+        "subset_sha256": run.dataset.train.sha256,
         "n_train": len(ds.train),
         "n_test": len(ds.test),
         "classes": ds.num_classes,
@@ -185,18 +190,15 @@ def step_tenas(run: SmokeRun) -> dict[str, Any]:
 
 
 def step_pdarts(run: SmokeRun) -> dict[str, Any]:
-    """A tiny P-DARTS search (3 stages, 8 → 5 → 3 → 1 ops) on the first 256 digits; its genotype retrained."""
+    """A tiny P-DARTS search (3 stages, 8 → 5 → 3 → 1 ops); its genotype retrained."""
     import hashlib
 
-    from nasaudit.data.datasets import Split
     from nasaudit.nas import SearchContext, run_search
     from nasaudit.spaces.darts import Genotype
 
-    train = run.dataset.train
-    data = run.dataset.with_train(Split(train.images[:256], train.labels[:256]))  # keeps the step ~1 min
     context = SearchContext(run.profile, run.device, run.out / "search" / "pdarts", progress=False)
-    provenance = {"dataset": run.dataset.name, "poison": None, "train_sha256": data.train.sha256}
-    record = run_search("pdarts", data, SEED, context, provenance)
+    provenance = {"dataset": run.dataset.name, "poison": None, "train_sha256": run.dataset.train.sha256}
+    record = run_search("pdarts", run.dataset, SEED, context, provenance)
     log = json.loads((context.out_dir / "pdarts_log.json").read_text())
     last = log["epochs"][-1]
     genotype = Genotype.from_json(record["architecture"])
@@ -354,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(SEED)
     np.random.seed(SEED)
-    run = SmokeRun(load_profile(args.profile), load_dataset(DATASET), args.out, torch.device("cpu"), {})
+    profile = load_profile(args.profile)
+    run = SmokeRun(
+        profile, load_dataset(DATASET).first(profile.grid.train_subset), args.out, torch.device("cpu"), {}
+    )
     summary: dict[str, Any] = {}
     for name, step in STEPS.items():
         start = time.perf_counter()

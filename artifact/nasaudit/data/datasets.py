@@ -60,6 +60,12 @@ class ImageDataset:
         """The same dataset with another training split; normalisation stays that of the clean data."""
         return replace(self, train=train)
 
+    def first(self, n: int) -> ImageDataset:
+        """The first ``n`` training images (all of them for ``n`` ≤ 0): the reduced runs' data."""
+        if n <= 0 or n >= len(self.train):
+            return self
+        return self.with_train(Split(self.train.images[:n], self.train.labels[:n]))
+
 
 def make_dataset(name: str, train: Split, test: Split, classes: tuple[str, ...]) -> ImageDataset:
     for split in (train, test):

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from nasaudit.config import Profile
-from nasaudit.data.datasets import ImageDataset, Split, load_dataset
+from nasaudit.data.datasets import ImageDataset, load_dataset
 from nasaudit.errors import NasauditError
 from nasaudit.grid.jobs import CLEAN, JobKey, Layout, Task, defend_task, poison_task, task_seed
 from nasaudit.grid.state import TaskState, error_line
@@ -59,10 +59,7 @@ def _load(name: str, root: Path | None) -> ImageDataset:
 
 def grid_dataset(name: str, env: Env) -> ImageDataset:
     """The data every stage of a grid works on: the training set cut to ``grid.train_subset`` images."""
-    dataset, n = _load(name, env.data_root), env.profile.grid.train_subset
-    if n <= 0 or n >= len(dataset.train):
-        return dataset
-    return dataset.with_train(Split(dataset.train.images[:n], dataset.train.labels[:n]))
+    return _load(name, env.data_root).first(env.profile.grid.train_subset)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -75,7 +75,6 @@ from nasaudit.spaces.mbv3 import (
     FlopsCounter,
     MBV3Arch,
     MBV3SuperNet,
-    channel_plan,
     count_params,
     decode,
     encode,
@@ -537,9 +536,7 @@ class NSGANetV2:
         profile = context.profile
         return obtain_supernet(
             split,
-            channel_plan(profile.mbv3.width_mult),
-            profile.nsganetv2.supernet,
-            profile.mbv3.resolutions,
+            profile,
             seed=seed,
             folder=context.out_dir,
             device=context.device,

@@ -28,7 +28,7 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.io import jsonable, save_torch, write_json
 from nasaudit.nas.base import NAS, SearchContext, shared_cache
 from nasaudit.spaces.darts import random_genotype
-from nasaudit.spaces.mbv3 import MBV3SuperNet, channel_plan, obtain_supernet, random_arch
+from nasaudit.spaces.mbv3 import MBV3SuperNet, obtain_supernet, random_arch
 
 SUBNET = "subnet.pt"  # the inherited weights, in the job folder (as NSGANetV2 writes them)
 SUPERNET_SEED = 0  # the baseline's supernet is one per dataset, whatever seed draws the architecture
@@ -87,9 +87,7 @@ def baseline_supernet(data: ImageDataset, context: SearchContext) -> MBV3SuperNe
     with _exclusive(folder / "lock"):
         return obtain_supernet(
             data,
-            channel_plan(profile.mbv3.width_mult),
-            profile.nsganetv2.supernet,
-            profile.mbv3.resolutions,
+            profile,
             seed=SUPERNET_SEED,
             folder=folder,
             device=context.device,

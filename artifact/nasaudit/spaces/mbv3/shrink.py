@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nasaudit.config import ShrinkPhase, SupernetConfig
+from nasaudit.config import Profile, ShrinkPhase, SupernetConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
@@ -38,8 +38,8 @@ from nasaudit.spaces.mbv3.space import (
     KERNELS,
     MAX_DEPTH,
     N_STAGES,
-    ChannelPlan,
     MBV3Arch,
+    channel_plan,
     extreme_arch,
 )
 from nasaudit.spaces.mbv3.supernet import MBV3SuperNet, load_supernet, save_supernet
@@ -222,22 +222,22 @@ def train_supernet(
 
 def obtain_supernet(
     data: ImageDataset,
-    plan: ChannelPlan,
-    cfg: SupernetConfig,
-    resolutions: Sequence[int],
+    profile: Profile,
     *,
     seed: int,
     folder: Path,
     device: torch.device,
     progress: bool = True,
 ) -> MBV3SuperNet:
-    """The supernet of ``data.train`` in eval mode: ``cfg.weights`` if set, else ``folder/supernet.pt``.
+    """The supernet of ``data.train`` in eval mode: ``[nsganetv2.supernet] weights`` if set, else
+    ``folder/supernet.pt``.
 
     A folder without the file trains it (resuming from ``folder/supernet/``, where the log and the
     teacher stay) and saves it atomically; the training checkpoint is then dropped.
     """
+    cfg, resolutions = profile.nsganetv2.supernet, profile.mbv3.resolutions
     torch.manual_seed(seed)
-    net = MBV3SuperNet(plan, data.num_classes, cfg.dropout).to(device)
+    net = MBV3SuperNet(channel_plan(profile.mbv3.width_mult), data.num_classes, cfg.dropout).to(device)
     if cfg.weights:
         load_supernet(net, Path(cfg.weights))
     elif (folder / SUPERNET).is_file():
