@@ -23,7 +23,7 @@ on any machine, and a grid that was killed resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -89,16 +89,7 @@ class Task:
 
     @property
     def key(self) -> JobKey:
-        return JobKey(
-            self.dataset,
-            self.algorithm,
-            self.attack,
-            self.budget,
-            self.trial,
-            self.search_dataset,
-            self.defense,
-            self.variant,
-        )
+        return JobKey(*(getattr(self, f.name) for f in fields(JobKey)))
 
 
 def _extras(item: JobKey | Task) -> list[str]:
@@ -142,14 +133,16 @@ class Layout:
 
     def poison(self, task: Task) -> Path:
         """The poison file stem (``.npz`` + ``.json`` manifest); per algorithm only for victim attacks."""
-        folder = self.root / task.dataset / "poisons" / task.attack
-        if task.algorithm:
-            folder = folder / task.algorithm
-        return folder / f"p{task.budget:g}" / (f"trial{task.trial:02d}" if task.trial >= 0 else "all_trials")
+        return self._data_file(self.root / task.dataset / "poisons", task)
 
     def defended(self, task: Task) -> Path:
-        """The defended-data file stem of a ``defend`` task: beside its poison, under the defense."""
-        folder = self.root / task.dataset / "defended" / task.defense / task.attack.replace("/", "+")
+        """The defended-data file stem of a ``defend`` task: laid out as its poison, under the defense."""
+        return self._data_file(self.root / task.dataset / "defended" / task.defense, task)
+
+    @staticmethod
+    def _data_file(folder: Path, task: Task) -> Path:
+        """``FOLDER/ATTACK[/ALGORITHM]/pBUDGET/trialNN`` (``all_trials`` for a poison every trial shares)."""
+        folder = folder / task.attack.replace("/", "+")
         if task.algorithm:
             folder = folder / task.algorithm
         return folder / f"p{task.budget:g}" / (f"trial{task.trial:02d}" if task.trial >= 0 else "all_trials")
@@ -338,8 +331,8 @@ def _check(
     *,
     datasets: list[str],
     trials: int,
-    attacks: list[str] = (),  # type: ignore[assignment]
-    budgets: list[float] = (),  # type: ignore[assignment]
+    attacks: Sequence[str] = (),
+    budgets: Sequence[float] = (),
 ) -> None:
     from nasaudit.attacks import ATTACKS
     from nasaudit.data.datasets import DATASETS

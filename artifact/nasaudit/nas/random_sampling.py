@@ -27,10 +27,10 @@ from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.io import jsonable, save_torch, write_json
 from nasaudit.nas.base import NAS, SearchContext, shared_cache
+from nasaudit.nas.nsganetv2 import SUBNET  # the inherited weights' file, named as a search names its pick's
 from nasaudit.spaces.darts import random_genotype
 from nasaudit.spaces.mbv3 import MBV3SuperNet, obtain_supernet, random_arch
 
-SUBNET = "subnet.pt"  # the inherited weights, in the job folder (as NSGANetV2 writes them)
 SUPERNET_SEED = 0  # the baseline's supernet is one per dataset, whatever seed draws the architecture
 SUPERNET_FORMAT = "nasaudit-baseline-supernet/1"
 

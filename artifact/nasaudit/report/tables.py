@@ -98,16 +98,12 @@ class Design:
     show_reference: bool = True
 
 
-def _column_is(column: str, value: Any) -> Rows:
-    return lambda frame: frame[column] == value
-
-
 def _undefended(frame: pd.DataFrame) -> pd.Series:
     """Rows without a defense: empty in our tables, absent (NaN) in a table read from CSV."""
     return frame["defense"].fillna("") == "" if "defense" in frame.columns else pd.Series(True, frame.index)
 
 
-POISONING = Design(_column_is("attack", "none"))
+POISONING = Design(lambda frame: frame["attack"] == "none")
 # §4.2 (and App. A, B): H1 poisoned < clean, BH per NAS algorithm; §5.3 the same against the search on
 # the test dataset itself; §6.1: H1 defended > poisoned (same attack, p = 50%), α = 0.05, no correction.
 DESIGNS: dict[str, Design] = {
