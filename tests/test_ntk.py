@@ -60,7 +60,7 @@ def test_batched_equals_per_sample_reference_on_the_tenas_scoring_net() -> None:
 
 
 def _conv_variants_net() -> nn.Module:
-    """Convolutions the scoring net lacks: biased, 'same'-padded, groups of several channels."""
+    """Convolutions the scoring net lacks: biased, 'same'-padded, padded 1×1, groups of several channels."""
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=True),
@@ -68,6 +68,7 @@ def _conv_variants_net() -> nn.Module:
         nn.ReLU(),
         nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2, groups=2, bias=False),
         nn.Conv2d(4, 6, 1, stride=2, bias=True),
+        nn.Conv2d(6, 6, 1, padding=1, groups=2, bias=False),
         nn.Conv2d(6, 6, 3, padding=1, groups=3, bias=False),
         nn.Conv2d(6, 6, 3, padding="same"),
         nn.BatchNorm2d(6),
