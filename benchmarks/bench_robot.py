@@ -3,18 +3,21 @@
 The pool is RoBoT's dominant training-free cost (paper: 60,000 architectures, SPEC §6). Each
 architecture is the C = 16, 5-cell DARTS evaluation network scored on one batch of 64 images. The
 baseline is the straightforward loop: build the network, call the six registered proxies one after
-the other (six forwards, each with its own backward). Ours is ``score_pool``'s path: one forward
-differentiated once for grad_norm, snip, fisher and grasp's g, once more for grasp's Hessian-gradient
-product and once for jacob_cov's input gradient (synflow needs its own float64 network), with chunked
-saves. Both give the same numbers (checked here). The embedded digits data stand in for CIFAR: the
-cost depends only on the tensor shapes.
+the other (six forwards, each with its own backward). Ours is ``score_pool``'s path: a stack of
+``pool_stack`` networks runs as one network, with one forward differentiated once for grad_norm,
+snip, fisher and grasp's g, once more for grasp's Hessian-gradient product and once for jacob_cov's
+input gradient, then synflow's float64 pass, with chunked saves. It is timed at several stack sizes;
+all give the loop's numbers (checked here, to float32 rounding). The embedded digits data stand in
+for CIFAR: the cost depends only on the tensor shapes.
 
-Run: ``python -m benchmarks.bench_robot [--archs N]``
+Run: ``python -m benchmarks.bench_robot [--archs N] [--stacks 1,4]``
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nasaudit.config import load_profile
-from nasaudit.data.datasets import load_dataset
+from nasaudit.config import RobotConfig, load_profile
+from nasaudit.data.datasets import ImageDataset, load_dataset
 from nasaudit.nas.robot_pool import (
     architecture_seed,
     proxy_batch,
@@ -32,11 +35,14 @@ from nasaudit.nas.robot_pool import (
     score_pool,
 )
 from nasaudit.proxies import PROXIES
+from nasaudit.spaces.darts import Genotype
 
 PAPER_POOL = 60_000
 
 
-def _one_by_one(pool, data, cfg, device: torch.device) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _one_by_one(
+    pool: list[Genotype], data: ImageDataset, cfg: RobotConfig, device: torch.device
+) -> np.ndarray:
     inputs, targets = proxy_batch(data, 0, cfg.proxy_batch, device)
     rows = []
     for index, genotype in enumerate(pool):
@@ -46,9 +52,14 @@ def _one_by_one(pool, data, cfg, device: torch.device) -> np.ndarray:  # type: i
     return np.array(rows, dtype=np.float64)
 
 
-def _ours(pool, data, cfg, device: torch.device) -> np.ndarray:  # type: ignore[no-untyped-def]
-    with tempfile.TemporaryDirectory() as folder:
-        return score_pool(pool, data, 0, cfg, device, Path(folder))
+def _stacked(stack: int):  # type: ignore[no-untyped-def]
+    def score(pool: list[Genotype], data: ImageDataset, cfg: RobotConfig, device: torch.device) -> np.ndarray:
+        size = min(stack, len(pool))
+        cfg = dataclasses.replace(cfg, pool_stack=size, pool_chunk=size * math.ceil(len(pool) / size))
+        with tempfile.TemporaryDirectory() as folder:
+            return score_pool(pool, data, 0, cfg, device, Path(folder))
+
+    return score
 
 
 def _sync(device: torch.device) -> None:
@@ -56,45 +67,58 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rate(score, pool, data, cfg, device: torch.device) -> tuple[float, np.ndarray]:  # type: ignore[no-untyped-def]
+def _rate(score, pool, data, cfg, device: torch.device) -> tuple[float, np.ndarray, str]:  # type: ignore[no-untyped-def]
     score(pool[:1], data, cfg, device)  # warm-up: allocator, kernels, lazy imports
     _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     values = score(pool, data, cfg, device)
     _sync(device)
-    return len(pool) / (time.perf_counter() - start), values
+    rate = len(pool) / (time.perf_counter() - start)
+    memory = (
+        f"   peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
+    )
+    return rate, values, memory
 
 
 def _hours(rate: float) -> str:
     return f"{PAPER_POOL / rate / 3600:.1f} h"
 
 
-def run(device: torch.device, archs: int) -> None:
+def run(device: torch.device, archs: int, stacks: list[int]) -> None:
     cfg = load_profile("paper").robot
     data = load_dataset("digits")
     pool = sample_pool(archs, 0, cfg.pool_ops)[:archs]
-    threads = torch.get_num_threads()
     print(
-        f"RoBoT pool scoring on {device} ({threads} CPU threads): {len(pool)} architectures, "
+        f"RoBoT pool scoring on {device} ({torch.get_num_threads()} CPU threads): {len(pool)} architectures, "
         f"C={cfg.channels}, {cfg.layers} cells, batch {cfg.proxy_batch}, {', '.join(cfg.proxies)}"
     )
-    baseline, reference = _rate(_one_by_one, pool, data, cfg, device)
-    ours, values = _rate(_ours, pool, data, cfg, device)
-    same = np.allclose(values, reference, rtol=1e-4, atol=1e-6, equal_nan=True)
-    print(f"  one-by-one loop     {baseline:8.3f} arch/s   60,000-architecture pool: {_hours(baseline)}")
-    print(f"  ours (score_pool)   {ours:8.3f} arch/s   60,000-architecture pool: {_hours(ours)}")
-    print(f"  speed-up {ours / baseline:.2f}×; scores equal to the loop's: {same}")
+    baseline, reference, memory = _rate(_one_by_one, pool, data, cfg, device)
+    pool_time = f"60,000-architecture pool: {_hours(baseline)}"
+    print(f"  one-by-one loop        {baseline:8.3f} arch/s   {pool_time}{memory}")
+    for stack in stacks:
+        ours, values, memory = _rate(_stacked(stack), pool, data, cfg, device)
+        same = np.allclose(values, reference, rtol=1e-2, atol=1e-6, equal_nan=True)
+        print(
+            f"  score_pool, stack {stack:3d} {ours:8.3f} arch/s   60,000-architecture pool: {_hours(ours)}"
+            f"   {ours / baseline:.2f}× the loop; scores equal to the loop's: {same}{memory}"
+        )
 
 
-def main(archs: int | None = None) -> None:
-    run(torch.device("cpu"), archs or 3)
+def main(archs: int | None = None, stacks: list[int] | None = None) -> None:
+    run(torch.device("cpu"), archs or 4, stacks or [1, 4])
     if torch.cuda.is_available():
-        run(torch.device("cuda"), archs or 50)
+        run(torch.device("cuda"), archs or 100, stacks or [1, 10, 25, 50])
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--archs", type=int, default=None, help="architectures to time (default 3 CPU, 50 GPU)"
+        "--archs", type=int, default=None, help="architectures to time (default 4 CPU, 100 GPU)"
     )
-    main(parser.parse_args().archs)
+    parser.add_argument(
+        "--stacks", default=None, help="comma-separated pool_stack sizes (default 1,4 CPU; 1,10,25,50 GPU)"
+    )
+    args = parser.parse_args()
+    main(args.archs, [int(s) for s in args.stacks.split(",")] if args.stacks else None)

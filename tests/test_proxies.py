@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from nasaudit.errors import NasauditError
 from nasaudit.proxies import PROXIES, Proxy, relative_change
 from nasaudit.proxies.linear_regions import linear_regions
-from nasaudit.proxies.zero_cost import fisher, grad_norm, grasp, jacob_cov, snip, synflow
+from nasaudit.proxies.zero_cost import fisher, grad_norm, grasp, jacob_cov, jacob_cov_of, snip, synflow
 
 
 def _conv_net() -> nn.Sequential:
@@ -170,6 +170,17 @@ def test_jacob_cov_closed_form() -> None:
     expected = -np.sum(np.log(v + 1e-5) + 1 / (v + 1e-5))
     assert jacob_cov(net, inputs, None) == pytest.approx(expected, rel=1e-8)
     assert inputs.grad is None
+
+
+def test_jacob_cov_of_scores_a_batch_of_networks_and_marks_degenerate_ones_nan() -> None:
+    rng = np.random.default_rng(0)
+    jacobians = rng.normal(size=(3, 6, 2, 5))
+    jacobians[1, 4] = 0.25  # one sample whose input gradient is constant: no correlation
+    scores = jacob_cov_of(torch.from_numpy(jacobians)).numpy()
+    for k in (0, 2):
+        v = np.linalg.eigvalsh(np.corrcoef(jacobians[k].reshape(6, -1)))
+        assert scores[k] == pytest.approx(-np.sum(np.log(v + 1e-5) + 1 / (v + 1e-5)), rel=1e-10)
+    assert np.isnan(scores[1])
 
 
 def test_fisher_is_unaffected_by_an_inplace_relu_after_a_layer() -> None:

@@ -24,7 +24,7 @@ from nasaudit.nas.robot_pool import (
     proxy_batch,
     proxy_network,
     sample_pool,
-    score_network,
+    score_networks,
     score_pool,
     weighted_scores,
 )
@@ -38,6 +38,7 @@ TINY = dataclasses.replace(
     PROFILE.robot,
     pool_size=5,
     pool_chunk=2,
+    pool_stack=2,
     proxy_batch=8,
     channels=2,
     layers=3,
@@ -101,44 +102,65 @@ def test_duplicate_draws_collapse_in_first_seen_order(monkeypatch) -> None:
     assert sample_pool(5, 0, "as_run") == [distinct[1], distinct[0], distinct[2]]
 
 
-def test_one_pass_scoring_equals_the_registered_proxies(tiny_dataset) -> None:
+def test_stacked_scoring_equals_the_registered_proxies_on_each_network(tiny_dataset) -> None:
     inputs, targets = proxy_batch(tiny_dataset, 0, 8, CPU)
-    for index, genotype in enumerate(sample_pool(2, 3, "full")):
-        net = proxy_network(genotype, 2, 3, tiny_dataset.num_classes, architecture_seed(0, index))
-        fused = score_network(net, inputs, targets, ALL_PROXIES)
-        one_by_one = [PROXIES.get(name)(net, inputs, targets) for name in ALL_PROXIES]
-        np.testing.assert_allclose(fused, one_by_one, rtol=1e-6)
+    nets = [
+        proxy_network(genotype, 2, 3, tiny_dataset.num_classes, architecture_seed(0, index))
+        for index, genotype in enumerate(sample_pool(3, 3, "full"))
+    ]
+    before = [{k: v.clone() for k, v in net.state_dict().items()} for net in nets]
+    # float64: the stacked math is the members' math, so only float64 rounding separates them
+    exact = [net.double() for net in nets]
+    stacked = score_networks(exact, inputs.double(), targets, ALL_PROXIES)
+    one_by_one = [[PROXIES.get(name)(net, inputs.double(), targets) for name in ALL_PROXIES] for net in exact]
+    assert stacked.shape == (3, 6) and np.isfinite(stacked).all()
+    np.testing.assert_allclose(stacked, one_by_one, rtol=1e-9)
+    np.testing.assert_allclose(score_networks(exact, inputs.double(), targets, ["synflow", "snip"]),
+                               np.asarray(one_by_one)[:, [4, 1]], rtol=1e-9)  # fmt: skip
+    for net, state in zip(exact, before, strict=True):
         assert net.training and net.drop_path_prob == 0.0 and net.auxiliary_head is None
-        assert score_network(net, inputs, targets, ["synflow", "snip"]) == pytest.approx(
-            [one_by_one[4], one_by_one[1]], rel=1e-6
+        assert all(
+            torch.equal(v, state[k].double()) for k, v in net.state_dict().items() if v.is_floating_point()
         )
+    # float32, the pool's own precision, one network per stack: grasp's sum cancels, so 1e-3
+    single = nets[0].float()
+    np.testing.assert_allclose(score_networks([single], inputs, targets, ALL_PROXIES)[0],
+                               [PROXIES.get(name)(single, inputs, targets) for name in ALL_PROXIES],
+                               rtol=1e-3)  # fmt: skip
 
 
 def test_pool_scoring_resumes_from_its_saved_chunks(tmp_path, tiny_dataset) -> None:
-    cfg = dataclasses.replace(TINY, proxies=["snip", "synflow"])
+    cfg = dataclasses.replace(TINY, proxies=["snip", "synflow"])  # chunks of 2 = one stack of 2
     pool = sample_pool(cfg.pool_size, 0, cfg.pool_ops)
-    calls = []
+    stacks = []
 
-    def scorer(net, inputs, targets, proxies):
-        if len(calls) == 3:
+    def scorer(nets, inputs, targets, proxies):
+        if len(stacks) == 1:
             raise KeyboardInterrupt  # killed while scoring the second chunk
-        calls.append(1)
-        return score_network(net, inputs, targets, proxies)
+        stacks.append(len(nets))
+        return score_networks(nets, inputs, targets, proxies)
 
     with pytest.raises(KeyboardInterrupt):
         score_pool(pool, tiny_dataset, 0, cfg, CPU, tmp_path / "pool", scorer=scorer)
     assert [p.name for p in sorted((tmp_path / "pool").glob("chunk_*.npz"))] == ["chunk_0000000_0000002.npz"]
-    calls.clear()
-    calls_left = []
-    resumed = score_pool(pool, tiny_dataset, 0, cfg, CPU, tmp_path / "pool",
-                         scorer=lambda *a: calls_left.append(1) or score_network(*a))  # fmt: skip
-    assert len(calls_left) == 3  # only the architectures of the two missing chunks
+    stacks_left = []
+
+    def counting(nets, *rest):
+        stacks_left.append(len(nets))
+        return score_networks(nets, *rest)
+
+    resumed = score_pool(pool, tiny_dataset, 0, cfg, CPU, tmp_path / "pool", scorer=counting)
+    assert stacks_left == [2, 1]  # only the two missing chunks, in stacks that never straddle chunks
     fresh = score_pool(pool, tiny_dataset, 0, cfg, CPU, tmp_path / "fresh")
     np.testing.assert_array_equal(resumed, fresh)
     assert resumed.shape == (5, 2) and np.isfinite(resumed).all()
     assert not list((tmp_path / "pool").glob("chunk_*")) and (tmp_path / "pool" / "scores.npz").is_file()
     again = score_pool(pool, tiny_dataset, 0, cfg, CPU, tmp_path / "pool", scorer=lambda *a: pytest.fail())
     np.testing.assert_array_equal(again, fresh)
+    # the stack size changes the scores by float rounding only
+    alone = score_pool(pool, tiny_dataset, 0, dataclasses.replace(cfg, pool_stack=1), CPU, tmp_path / "alone")
+    np.testing.assert_allclose(alone, fresh, rtol=1e-3)
+    assert pool_key(tiny_dataset, 0, cfg) != pool_key(tiny_dataset, 0, dataclasses.replace(cfg, pool_stack=1))
 
 
 def test_poisoned_data_changes_the_proxy_batch_both_halves_and_the_pool_key(tiny_dataset) -> None:
@@ -299,6 +321,8 @@ def test_registered_and_bad_settings_are_one_line_errors(tiny_dataset: ImageData
         ({"proxies": ["snip", "snap"]}, "unknown proxy 'snap'"),
         ({"proxies": ["snip", "snip"]}, "distinct proxy names"),
         ({"bo_init": 0}, r"\[robot\] bo_init must be ≥ 1"),
+        ({"pool_stack": 0}, r"\[robot\] pool_stack must be ≥ 1"),
+        ({"pool_stack": 3}, "pool_stack 3 must divide pool_chunk 2"),
         ({"proxy_batch": 41}, "40 training images are too few"),
     ]:
         with pytest.raises(NasauditError, match=message):

@@ -85,6 +85,7 @@ class RobotConfig:
     pool_size: int  # random genotypes drawn; duplicates collapse
     pool_ops: str  # "as_run" (column 0 read as 'none': dil_conv_5x5 never drawn) or "full"
     pool_chunk: int  # architectures scored per saved chunk (resumability only)
+    pool_stack: int  # architectures run as one stacked network (speed vs memory); divides pool_chunk
     proxies: list[str]  # names in nasaudit.proxies.PROXIES
     proxy_batch: int  # un-augmented training images in the one batch that scores the whole pool
     channels: int  # initial channels of the proxy and query network

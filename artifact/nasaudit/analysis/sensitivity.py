@@ -46,7 +46,7 @@ from nasaudit.data.device import DeviceData
 from nasaudit.data.poison import apply_poison, load_poison
 from nasaudit.errors import NasauditError
 from nasaudit.io import environment_manifest, sha256_arrays, write_json
-from nasaudit.nas.robot_pool import architecture_seed, proxy_network, sample_pool, score_network
+from nasaudit.nas.robot_pool import architecture_seed, proxy_network, sample_pool, score_networks
 from nasaudit.proxies import PROXIES
 from nasaudit.proxies.linear_regions import linear_regions
 from nasaudit.registry import Registry
@@ -192,7 +192,7 @@ class RobotGroup:
         self, state: nn.Module, probe: Probe, metrics: Sequence[str], cfg: SensitivityConfig
     ) -> dict[str, float]:
         batches = zip(probe.images.split(cfg.batch_size), probe.labels.split(cfg.batch_size), strict=True)
-        values = np.stack([score_network(state, x, y, list(metrics)) for x, y in batches])
+        values = np.concatenate([score_networks([state], x, y, list(metrics)) for x, y in batches])
         return {m: float(v) for m, v in zip(metrics, values.mean(axis=0), strict=True)}
 
 

@@ -265,12 +265,17 @@ def check_config(cfg: RobotConfig, data: ImageDataset) -> None:
         PROXIES.get(name)
     if not cfg.proxies or len(set(cfg.proxies)) != len(cfg.proxies):
         raise NasauditError(f"profile [robot] proxies must list distinct proxy names, got {cfg.proxies}")
-    minimum = {"pool_size": 1, "pool_chunk": 1, "proxy_batch": 2, "channels": 1, "layers": 1,
+    minimum = {"pool_size": 1, "pool_chunk": 1, "pool_stack": 1, "proxy_batch": 2, "channels": 1, "layers": 1,
                "queries": 1, "bo_init": 1, "bo_steps": 0, "acquisition_samples": 1,
                "acquisition_starts": 0, "gp_restarts": 0}  # fmt: skip
     for key, low in minimum.items():
         if getattr(cfg, key) < low:
             raise NasauditError(f"profile [robot] {key} must be ≥ {low}, got {getattr(cfg, key)}")
+    if cfg.pool_chunk % cfg.pool_stack:
+        raise NasauditError(
+            f"profile [robot] pool_stack {cfg.pool_stack} must divide pool_chunk {cfg.pool_chunk}, "
+            "so that no stack straddles two saved chunks"
+        )
     if cfg.proxy_batch > len(data.train) or len(data.train) < 4:
         raise NasauditError(
             f"{data.name}: {len(data.train)} training images are too few for RoBoT "

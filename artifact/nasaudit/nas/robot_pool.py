@@ -4,12 +4,17 @@ The pool is a function of (seed, size, op columns) and its scores of the search 
 batch, so every trial with the same data and seed shares one pool on disk. Scoring is the costly part
 (paper: 60,000 architectures), so it runs in chunks, each saved atomically as it finishes; a killed
 run recomputes only the missing chunks. Each architecture's network is initialised from a seed
-derived from (seed, pool index), which makes a chunk's scores independent of the order and chunking
-in which they were computed.
+derived from (seed, pool index), and the architectures run in stacks of ``pool_stack`` consecutive
+pool indices (stacks never straddle chunks: ``pool_stack`` divides ``pool_chunk``), which makes a
+chunk's scores independent of the order and chunking in which they were computed.
 
-The loss-based proxies (grad_norm, snip, grasp, fisher) and jacob_cov all read the same train-mode
-forward of the same batch, so :func:`score_network` runs that forward once and differentiates it once
-for all of them; it equals calling the registered proxies one by one (tested).
+One 16-channel network is too small to keep a GPU busy, so a stack of them runs as ONE network
+(:class:`~nasaudit.spaces.darts.stacked.StackedNetworks`): :func:`score_networks` scores the whole
+stack with one train-mode forward of the batch, differentiated once for grad_norm, snip, fisher and
+grasp's g, once more for grasp's Hessian-gradient product and once for jacob_cov, then synflow's own
+float64 pass. It equals calling the registered proxies on each network alone (tested); the stack
+size changes scores only by float rounding (grouped kernels sum in another order), so it is part of
+the pool's key.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
 from nasaudit.io import environment_manifest, write_json, write_npz
 from nasaudit.proxies import PROXIES
-from nasaudit.proxies.base import logits_of
+from nasaudit.proxies.zero_cost import jacob_cov_of
 from nasaudit.registry import Registry
 from nasaudit.spaces.darts import EDGE_OPS, EDGES, PRIMITIVES, EvalNetwork, Genotype, derive_genotype
+from nasaudit.spaces.darts.stacked import StackedLinear, StackedNetworks, scored_layers
 
 POOL_FORMAT = "nasaudit-robot-pool/1"
 
@@ -74,7 +80,7 @@ def proxy_batch(data: ImageDataset, seed: int, size: int, device: torch.device) 
 
 def proxy_network(
     genotype: Genotype, channels: int, layers: int, num_classes: int, init_seed: int
-) -> nn.Module:
+) -> EvalNetwork:
     """The DARTS eval network, default init from ``init_seed``, no auxiliary head, drop-path 0, train mode."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
@@ -88,11 +94,7 @@ def architecture_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, 2, index]).generate_state(1, np.uint64)[0]) >> 1
 
 
-# --- scoring one network ---------------------------------------------------------------------------
-
-
-def _scored_layers(net: nn.Module) -> list[nn.Conv2d | nn.Linear]:
-    return [module for module in net.modules() if isinstance(module, nn.Conv2d | nn.Linear)]
+# --- scoring a stack of networks ---------------------------------------------------------------------
 
 
 def _grads(output: Tensor, inputs: Sequence[Tensor], **kwargs: Any) -> list[Tensor]:
@@ -100,80 +102,127 @@ def _grads(output: Tensor, inputs: Sequence[Tensor], **kwargs: Any) -> list[Tens
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
 
 
-def _total(terms: list[Tensor]) -> float:
-    return torch.stack([t.sum() for t in terms]).sum().item() if terms else 0.0
+def _per_member(k: int, layers: Sequence[nn.Module], terms: Sequence[Tensor]) -> Tensor:
+    """Σ over layers of each layer's term summed per member network: (k,) float64.
+
+    ``terms[i]`` has the shape of layer i's weight (or of its output channels) in member-major order.
+    """
+    total = torch.zeros(k, dtype=torch.float64, device=terms[0].device if terms else None)
+    for layer, term in zip(layers, terms, strict=True):
+        members = layer.members  # type: ignore[union-attr]
+        total.index_add_(0, members, term.reshape(len(members), -1).sum(dim=1).double())
+    return total
 
 
-def _jacob_cov(jacobian: Tensor) -> float:
-    """RoBoT's jacob_cov from the per-sample input gradients (formula of proxies.zero_cost.jacob_cov)."""
-    rows = jacobian.reshape(len(jacobian), -1).double().cpu().numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        correlation = np.corrcoef(rows)
-        if not np.isfinite(correlation).all():
-            return float("nan")
-        v = np.linalg.eigvalsh(correlation)
-        return float(-np.sum(np.log(v + 1e-5) + 1.0 / (v + 1e-5)))
+def _fan_in(layer: nn.Module) -> int:
+    """Weights per output channel of one member's layer (fisher's per-channel broadcast)."""
+    weight = layer.weight  # type: ignore[union-attr]
+    return weight.shape[-1] if isinstance(layer, StackedLinear) else weight[0].numel()
 
 
-def _shared_pass(net: nn.Module, inputs: Tensor, targets: Tensor, wanted: set[str]) -> dict[str, float]:
-    """grad_norm, snip, grasp, fisher and jacob_cov from one train-mode forward of a fresh network.
+def _loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Σ over members of each member's mean cross-entropy; its gradient is each member's own."""
+    per_sample = F.cross_entropy(logits.transpose(1, 2), targets[:, None].expand(-1, logits.shape[1]),
+                                 reduction="none")  # fmt: skip
+    return per_sample.mean(dim=0).sum()
+
+
+def _loss_pass(
+    stack: StackedNetworks, inputs: Tensor, targets: Tensor, wanted: set[str]
+) -> dict[str, Tensor]:
+    """grad_norm, snip, grasp, fisher and jacob_cov of every member from ONE train-mode forward.
 
     One backward gives ∂L/∂W (grad_norm, snip, grasp's g) and ∂L/∂a for every conv/linear output
     (fisher); grasp's Hessian-gradient product differentiates that backward once more; jacob_cov
-    differentiates the summed logits of the same forward with respect to the input.
+    differentiates the summed logits of the same forward with respect to each member's input copy.
     """
-    layers = _scored_layers(net)
-    weights = [layer.weight for layer in layers]
-    activations: list[tuple[nn.Module, Tensor]] = []
-
-    def record(layer: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-        activations.append((layer, output))
-
-    handles = [layer.register_forward_hook(record) for layer in layers] if "fisher" in wanted else []
-    probe = inputs.detach().clone().requires_grad_("jacob_cov" in wanted)
+    k = stack.k
+    layers = scored_layers(stack)
+    weights = [layer.weight for layer in layers]  # type: ignore[union-attr]
+    activations: list[Tensor] = []
+    handles = (
+        [layer.register_forward_hook(lambda _m, _a, output: activations.append(output)) for layer in layers]
+        if "fisher" in wanted
+        else []
+    )
+    probe = inputs.detach()[:, None].expand(-1, k, *inputs.shape[1:]).clone()
+    probe.requires_grad_("jacob_cov" in wanted)
     try:
-        with torch.enable_grad():
-            logits = logits_of(net(probe))
+        logits = stack(probe)
     finally:
         for handle in handles:
             handle.remove()
-    out: dict[str, float] = {}
-    with torch.enable_grad():
-        loss = F.cross_entropy(logits, targets)
-        acts = [act for _, act in activations]
-        grads = _grads(loss, [*weights, *acts], create_graph="grasp" in wanted, retain_graph=True)
-        weight_grads, act_grads = grads[: len(weights)], grads[len(weights) :]
-        if "grasp" in wanted:
-            projection = sum((g.detach() * g).sum() for g in weight_grads)
-            hessian_grad = _grads(projection, weights, retain_graph=True)  # type: ignore[arg-type]
-            out["grasp"] = _total([-w.detach() * h for w, h in zip(weights, hessian_grad, strict=True)])
-        if "jacob_cov" in wanted:
-            (jacobian,) = torch.autograd.grad(logits.sum(), probe)
-            out["jacob_cov"] = _jacob_cov(jacobian)
+    out: dict[str, Tensor] = {}
+    grads = _grads(_loss(logits, targets), [*weights, *activations], create_graph="grasp" in wanted,
+                   retain_graph=True)  # fmt: skip
+    weight_grads, act_grads = grads[: len(weights)], grads[len(weights) :]
+    if "grasp" in wanted:
+        projection = sum((g.detach() * g).sum() for g in weight_grads)
+        hessian_grad = _grads(projection, weights, retain_graph=True)  # type: ignore[arg-type]
+        out["grasp"] = _per_member(
+            k, layers, [-w.detach() * h for w, h in zip(weights, hessian_grad, strict=True)]
+        )
+    if "jacob_cov" in wanted:
+        (jacobian,) = torch.autograd.grad(logits.sum(), probe)
+        out["jacob_cov"] = jacob_cov_of(jacobian.transpose(0, 1))
     weight_grads = [g.detach() for g in weight_grads]
-    out["grad_norm"] = _total([g.norm() for g in weight_grads])
-    out["snip"] = _total([(w.detach() * g).abs() for w, g in zip(weights, weight_grads, strict=True)])
-    fisher_terms = []
-    for (layer, act), grad in zip(activations, act_grads, strict=True):
-        product = act.detach() * grad.detach()
-        per_channel = product.reshape(product.shape[0], product.shape[1], -1).sum(dim=2)
-        fisher_terms.append(0.5 * per_channel.pow(2).mean(dim=0) * layer.weight[0].numel())
-    out["fisher"] = _total(fisher_terms)
+    out["grad_norm"] = torch.zeros(k, dtype=torch.float64, device=inputs.device)
+    for layer, g in zip(layers, weight_grads, strict=True):
+        members = layer.members  # type: ignore[union-attr]
+        out["grad_norm"].index_add_(0, members, g.reshape(len(members), -1).norm(dim=1).double())
+    out["snip"] = _per_member(
+        k, layers, [(w.detach() * g).abs() for w, g in zip(weights, weight_grads, strict=True)]
+    )
+    if "fisher" in wanted:
+        fisher_terms = []
+        for layer, act, grad in zip(layers, activations, act_grads, strict=True):
+            fan_in = _fan_in(layer)
+            product = (act.detach() * grad.detach()).reshape(len(act), layer.weight.numel() // fan_in, -1)
+            fisher_terms.append(0.5 * product.sum(dim=2).pow(2).mean(dim=0) * fan_in)
+        out["fisher"] = _per_member(k, layers, fisher_terms)
     return out
 
 
-#: Proxies computed together from one forward by :func:`_shared_pass`; any other goes to PROXIES.
-SHARED_PROXIES = frozenset({"grad_norm", "snip", "grasp", "fisher", "jacob_cov"})
+def _synflow(stack: StackedNetworks, inputs: Tensor) -> Tensor:
+    """synflow of every member (formula of proxies.zero_cost.synflow); turns ``stack`` into its float64,
+    all-positive version, so it runs last."""
+    stack.double()
+    with torch.no_grad():
+        for tensor in stack.state_dict().values():
+            tensor.abs_()
+    layers = scored_layers(stack)
+    weights = [layer.weight for layer in layers]  # type: ignore[union-attr]
+    ones = torch.ones((1, stack.k, *inputs.shape[1:]), dtype=torch.float64, device=inputs.device)
+    grads = _grads(stack(ones).sum(), weights)
+    return _per_member(stack.k, layers, [(w.detach() * g).abs() for w, g in zip(weights, grads, strict=True)])
 
 
-def score_network(net: nn.Module, inputs: Tensor, targets: Tensor, proxies: Sequence[str]) -> np.ndarray:
-    """The proxies of a freshly built train-mode network, in ``proxies`` order (float64; may be NaN)."""
-    wanted = set(proxies) & SHARED_PROXIES
-    shared = _shared_pass(net, inputs, targets, wanted) if wanted else {}
-    return np.array(
-        [shared[name] if name in wanted else PROXIES.get(name)(net, inputs, targets) for name in proxies],
-        dtype=np.float64,
-    )
+#: Proxies computed for a whole stack of networks at once; any other goes to PROXIES one net at a time.
+STACKED_PROXIES = frozenset({"grad_norm", "snip", "grasp", "fisher", "synflow", "jacob_cov"})
+
+
+def score_networks(
+    nets: Sequence[EvalNetwork], inputs: Tensor, targets: Tensor, proxies: Sequence[str]
+) -> np.ndarray:
+    """The proxies of freshly built train-mode networks: (len(nets), len(proxies)) float64, may be NaN.
+
+    The networks run as one :class:`StackedNetworks` (a copy: ``nets`` stay untouched), so the whole
+    stack costs one forward and its backwards; the scores equal scoring each network alone (tested).
+    """
+    wanted = set(proxies) & STACKED_PROXIES
+    values: dict[str, Tensor] = {}
+    if wanted:
+        stack = StackedNetworks(nets).to(inputs.device).train()
+        with torch.enable_grad():
+            values = _loss_pass(stack, inputs, targets, wanted - {"synflow"}) if wanted - {"synflow"} else {}
+            if "synflow" in wanted:
+                values["synflow"] = _synflow(stack, inputs)
+    columns = [
+        values[name].cpu().numpy() if name in values
+        else np.array([PROXIES.get(name)(net, inputs, targets) for net in nets], dtype=np.float64)
+        for name in proxies
+    ]  # fmt: skip
+    return np.stack(columns, axis=1) if columns else np.zeros((len(nets), 0))
 
 
 # --- the pool on disk ------------------------------------------------------------------------------
@@ -193,6 +242,7 @@ def pool_key(data: ImageDataset, seed: int, cfg: RobotConfig) -> dict[str, Any]:
         "pool_ops": cfg.pool_ops,
         "proxies": list(cfg.proxies),
         "proxy_batch": cfg.proxy_batch,
+        "pool_stack": cfg.pool_stack,
         "channels": cfg.channels,
         "layers": cfg.layers,
     }
@@ -219,7 +269,7 @@ def _read_chunk(path: Path, rows: int, columns: int) -> np.ndarray | None:
     return scores if scores.shape == (rows, columns) else None
 
 
-Scorer = Callable[[nn.Module, Tensor, Tensor, Sequence[str]], np.ndarray]
+Scorer = Callable[[Sequence[EvalNetwork], Tensor, Tensor, Sequence[str]], np.ndarray]
 
 
 def score_pool(
@@ -231,7 +281,7 @@ def score_pool(
     folder: Path,
     *,
     progress: bool = False,
-    scorer: Scorer = score_network,
+    scorer: Scorer = score_networks,
 ) -> np.ndarray:
     """The pool × proxies score matrix, computed chunk by chunk into ``folder`` (resumable).
 
@@ -258,13 +308,17 @@ def score_pool(
         scores = _read_chunk(path, stop - start, columns)
         if scores is None:
             rows = []
-            for index in range(start, stop):
-                net = proxy_network(
-                    pool[index], cfg.channels, cfg.layers, data.num_classes, architecture_seed(seed, index)
-                ).to(device)
-                rows.append(scorer(net, inputs, targets, cfg.proxies))
-                bar.update(1)
-            scores = np.stack(rows) if rows else np.zeros((0, columns))
+            for first in range(start, stop, cfg.pool_stack):
+                members = range(first, min(first + cfg.pool_stack, stop))
+                nets = [
+                    proxy_network(
+                        pool[i], cfg.channels, cfg.layers, data.num_classes, architecture_seed(seed, i)
+                    )
+                    for i in members
+                ]
+                rows.append(scorer(nets, inputs, targets, cfg.proxies))
+                bar.update(len(members))
+            scores = np.concatenate(rows) if rows else np.zeros((0, columns))
             write_npz(path, {"scores": scores})
         else:
             bar.update(stop - start)

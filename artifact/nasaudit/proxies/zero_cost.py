@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -126,6 +125,25 @@ def synflow(net: nn.Module, inputs: Tensor, targets: Tensor | None = None) -> fl
     return _total((w.detach() * g).abs() for w, g in zip(weights, grads, strict=True))
 
 
+def jacob_cov_of(jacobians: Tensor) -> Tensor:
+    """jacob_cov of K networks from their per-sample input gradients (K, N, ...), as float64 (K,).
+
+    The correlation is ``np.corrcoef``'s (clipped to [-1, 1]); NaN where it is degenerate (a sample
+    whose input gradient is constant). Batched, so a stack of networks is scored in one call.
+    """
+    rows = jacobians.flatten(2).double()
+    centred = rows - rows.mean(dim=2, keepdim=True)
+    covariance = centred @ centred.transpose(1, 2)
+    variance = covariance.diagonal(dim1=1, dim2=2)
+    correlation = (covariance / (variance[:, :, None] * variance[:, None, :]).sqrt()).clamp(-1.0, 1.0)
+    finite = torch.isfinite(correlation).all(dim=2).all(dim=1)
+    eye = torch.eye(rows.shape[1], dtype=rows.dtype, device=rows.device)
+    eigenvalues = torch.linalg.eigvalsh(torch.where(finite[:, None, None], correlation, eye))
+    shifted = eigenvalues + _JACOB_COV_EPS
+    score = -(shifted.log() + 1.0 / shifted).sum(dim=1)
+    return torch.where(finite, score, torch.full_like(score, float("nan")))
+
+
 @PROXIES.register("jacob_cov")
 def jacob_cov(net: nn.Module, inputs: Tensor, targets: Tensor | None = None) -> float:
     """−Σ [log(v + ε) + 1/(v + ε)] over eigenvalues v of the correlation of per-sample input gradients.
@@ -137,10 +155,4 @@ def jacob_cov(net: nn.Module, inputs: Tensor, targets: Tensor | None = None) -> 
     with scoring_mode(net):
         probe = inputs.detach().clone().requires_grad_(True)
         (jacobian,) = torch.autograd.grad(logits_of(net(probe)).sum(), probe)
-    rows = jacobian.reshape(len(jacobian), -1).double().cpu().numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        correlation = np.corrcoef(rows)
-        if not np.isfinite(correlation).all():
-            return float("nan")
-        eigenvalues = np.linalg.eigvalsh(correlation)
-        return float(-np.sum(np.log(eigenvalues + _JACOB_COV_EPS) + 1.0 / (eigenvalues + _JACOB_COV_EPS)))
+    return jacob_cov_of(jacobian[None]).item()

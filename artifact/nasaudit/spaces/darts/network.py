@@ -50,7 +50,9 @@ class Cell(nn.Module):
         self.ops = nn.ModuleList(
             OPS.get(name)(channels, 2 if reduction and inp < 2 else 1, True) for name, inp in pairs
         )
+        self.op_names = [name for name, _ in pairs]
         self.inputs = [inp for _, inp in pairs]
+        self.channels = channels
         self.out_channels = len(self.concat) * channels
 
     def forward(self, s0: Tensor, s1: Tensor, drop_prob: float) -> Tensor:

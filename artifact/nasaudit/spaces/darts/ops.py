@@ -98,6 +98,9 @@ class Zero(nn.Module):
         super().__init__()
         self.stride = stride
 
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
     def forward(self, x: Tensor) -> Tensor:
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
