@@ -166,10 +166,10 @@ def _loss_pass(
         (jacobian,) = torch.autograd.grad(logits.sum(), probe)
         out["jacob_cov"] = jacob_cov_of(jacobian.transpose(0, 1))
     weight_grads = [g.detach() for g in weight_grads]
-    out["grad_norm"] = torch.zeros(k, dtype=torch.float64, device=inputs.device)
-    for layer, g in zip(layers, weight_grads, strict=True):
-        members = layer.members  # type: ignore[union-attr]
-        out["grad_norm"].index_add_(0, members, g.reshape(len(members), -1).norm(dim=1).double())
+    norms = [
+        g.reshape(len(layer.members), -1).norm(dim=1) for layer, g in zip(layers, weight_grads, strict=True)
+    ]
+    out["grad_norm"] = _per_member(k, layers, norms)  # each layer's norm per member, summed over layers
     out["snip"] = _per_member(
         k, layers, [(w.detach() * g).abs() for w, g in zip(weights, weight_grads, strict=True)]
     )

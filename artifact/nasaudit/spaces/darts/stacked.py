@@ -206,12 +206,12 @@ class _Read(nn.Module):
 class StackedCell(nn.Module):
     """K members' versions of one cell position (same reduction, channels and concat; any ops)."""
 
-    def __init__(self, cells: Sequence[Cell], channels: int):
+    def __init__(self, cells: Sequence[Cell]):
         super().__init__()
         if any(cell.concat != cells[0].concat for cell in cells):
             raise NasauditError("cannot stack genotypes whose cells concatenate different nodes")
         everyone = torch.arange(len(cells))
-        self.k, self.channels, self.concat = len(cells), channels, list(cells[0].concat)
+        self.k, self.channels, self.concat = len(cells), cells[0].channels, list(cells[0].concat)
         self.preprocess0 = stack_modules([cell.preprocess0 for cell in cells], everyone)
         self.preprocess1 = stack_modules([cell.preprocess1 for cell in cells], everyone)
         self.slots = nn.ModuleList()
@@ -221,7 +221,7 @@ class StackedCell(nn.Module):
             for k, cell in enumerate(cells):
                 by_stride.setdefault(2 if cell.reduction and cell.inputs[slot] < 2 else 1, []).append(k)
             reads = nn.ModuleList(
-                _Read(cells, slot, stride, ks, channels) for stride, ks in by_stride.items()
+                _Read(cells, slot, stride, ks, self.channels) for stride, ks in by_stride.items()
             )
             self.slots.append(reads)
             unsort.append(torch.tensor([k for read in reads for k in read.order]).argsort())
@@ -275,8 +275,7 @@ class StackedNetworks(nn.Module):
         everyone = torch.arange(self.k)
         self.stem = stack_modules([net.stem for net in nets], everyone)
         self.cells = nn.ModuleList(
-            StackedCell([net.cells[i] for net in nets], nets[0].cells[i].channels)
-            for i in range(len(nets[0].cells))
+            StackedCell([net.cells[i] for net in nets]) for i in range(len(nets[0].cells))
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = StackedLinear([net.classifier for net in nets], everyone)
