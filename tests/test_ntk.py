@@ -86,6 +86,34 @@ def test_batched_equals_per_sample_reference_on_other_convolutions() -> None:
     assert ntk_cond(net, inputs, None, batched=True) == pytest.approx(reference, rel=1e-4)
 
 
+def _pool_and_norm_variants_net() -> nn.Module:
+    """Pools and BNs the scoring net lacks: overlapping max windows (gradients that add up), dilated and
+    ceil-mode max pools, padded averages counting the padding, a divisor override, ceil-mode averages
+    (left to PyTorch), BN without running statistics and without affine weights."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4, track_running_stats=False),
+        nn.MaxPool2d(3, stride=1, padding=1),
+        nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True),
+        nn.MaxPool2d(2, stride=1, dilation=2, ceil_mode=True),
+        nn.AvgPool2d(3, stride=2, padding=1, divisor_override=4),
+        nn.BatchNorm2d(4, affine=False),
+        nn.ReLU(),
+        nn.AvgPool2d(2, ceil_mode=True),
+        nn.Flatten(),
+        nn.LazyLinear(5),
+    )
+
+
+def test_batched_equals_per_sample_reference_on_other_pools_and_norms() -> None:
+    net, inputs = _pool_and_norm_variants_net(), _batch(n=6, size=15)
+    net(inputs)  # materialise the lazy head
+    reference = ntk_cond(net, inputs, None, batched=False)
+    assert 1.0 < reference < 1e5
+    assert ntk_cond(net, inputs, None, batched=True) == pytest.approx(reference, rel=1e-4)
+
+
 class _ScaledLinear(nn.Module):
     """A linear layer times an architecture weight α, returning (logits, aux) like an eval network."""
 
