@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from nasaudit.config import load_profile
 from nasaudit.nas import tenas
 from nasaudit.proxies.ntk import ntk_cond, ntk_weights
+from nasaudit.proxies.ntk_backward import BatchCotangents
 
 
 def _sep_conv(channels: int, kernel: int, dilation: int = 1) -> nn.Sequential:
@@ -179,3 +180,13 @@ def test_reference_path_restores_running_stats() -> None:
     before = {name: b.clone() for name, b in net.named_buffers()}
     ntk_cond(net, inputs, None, batched=False)
     assert all(torch.equal(before[name], b) for name, b in net.named_buffers())
+
+
+def test_rerouted_forward_gives_an_ordinary_backward_the_same_gradients() -> None:
+    # Outside vmap the rerouted backwards see one cotangent and treat it as a batch of one.
+    net, inputs = _darts_like_net(), _batch(n=4).requires_grad_()
+    expected = torch.autograd.grad(net(inputs).square().sum(), [inputs, *net.parameters()])
+    with BatchCotangents():
+        loss = net(inputs).square().sum()
+    actual = torch.autograd.grad(loss, [inputs, *net.parameters()])
+    assert all(torch.allclose(a, e, rtol=1e-4, atol=1e-6) for a, e in zip(actual, expected, strict=True))

@@ -15,19 +15,23 @@ and 56 pools on 1- and 2-channel maps), and what this module does about each:
 - Pool backward: the CPU kernel of the average pool's backward is slow at any batch; it becomes the
   same batched convolution with a ones kernel, and the max pool's a single scatter-add.
 
-What remains is functorch's per-call overhead of the custom functions (~0.1 ms each), the routed
-forward's own overhead, and memory-bound elementwise work on tensors N times the forward's.
+These backwards take the cotangents out of vmap's batched tensor and put the gradients back
+(:func:`_per_cotangent`), sparing functorch's machinery for custom functions (~0.3 ms a call). What
+remains is the routed forward's own overhead, convolution kernels on thin maps, and memory-bound
+elementwise work on tensors N times the forward's.
 :class:`BatchCotangents` reroutes the calls while a forward runs, without touching the modules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch._C import _functorch
 from torch.overrides import TorchFunctionMode
 
 # --- convolution backward for a batch of cotangents -------------------------------------------------
@@ -107,52 +111,49 @@ def _weight_grads(g: Tensor, x: Tensor, w: Tensor, spec: _ConvSpec) -> Tensor:
     return grads.view(groups, b, out_per_group, *w.shape[1:]).transpose(0, 1).reshape(b, *w.shape)
 
 
-class _Conv2dVJP(torch.autograd.Function):
-    """(∂/∂input, ∂/∂weight) of a convolution for one cotangent; under vmap, for all of them at once
-    by the two functions above, where vmap's own rule folds the cotangents into the batch dimension,
-    in which PyTorch's kernels for thin maps are no faster than one call per cotangent.
+def _conv_grads(g: Tensor, x: Tensor, w: Tensor, spec: _ConvSpec) -> tuple[Tensor, Tensor]:
+    return _input_grads(g, x.shape, w, spec), _weight_grads(g, x, w, spec)
 
-    Both are always computed (an input gradient nobody needs is the stem's, a negligible cost), so no
-    output is ever None.
+
+def _per_cotangent(g: Tensor, batched: Callable[..., tuple[Tensor, ...]], *args: Any) -> tuple[Tensor, ...]:
+    """``batched(cotangents, *args)`` (cotangents (B, *g.shape) → gradients (B, …)) applied to a
+    backward's ``g``.
+
+    Under κ_NTK's vmap, ``g`` is functorch's BatchedTensor of all B cotangents: it is unwrapped, so
+    ``batched`` sees them as one plain tensor and vmap's per-op rules never run, and the gradients are
+    wrapped back. An autograd.Function with a ``vmap`` rule does the same, but its Python machinery
+    cost ~0.3 ms a call, more than most of these kernels. (``torch._C._functorch`` is private; the
+    functions used here exist from torch 2.0 on, which the compat tests cover.) The saved ``args``
+    are plain tensors: PyTorch refuses to run these functions' forwards under a transform. Anywhere
+    else ``g`` is one cotangent: a batch of one.
     """
-
-    @staticmethod
-    def forward(g: Tensor, x: Tensor, w: Tensor, spec: _ConvSpec) -> tuple[Tensor, Tensor]:
-        geometry = (spec.stride, spec.padding, spec.dilation, False, [0, 0], spec.groups)
-        dx, dw, _ = torch.ops.aten.convolution_backward(g, x, w, None, *geometry, [True, True, False])
-        return dx, dw
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        """Required for functorch support; the gradients are never differentiated again."""
-
-    @staticmethod
-    def vmap(
-        info: Any, in_dims: tuple[Any, ...], g: Tensor, x: Tensor, w: Tensor, spec: _ConvSpec
-    ) -> tuple[tuple[Tensor, Tensor], tuple[int, int]]:
-        if in_dims[1] is not None or in_dims[2] is not None:
-            raise NotImplementedError("κ_NTK batches only the cotangents of a convolution")
-        g = g.movedim(in_dims[0], 0)
-        return (_input_grads(g, x.shape, w, spec), _weight_grads(g, x, w, spec)), (0, 0)
+    if not _functorch.is_batchedtensor(g):
+        return tuple(grad[0] for grad in batched(g[None], *args))
+    level = _functorch.maybe_get_level(g)
+    cotangents, dim = _functorch._unwrap_batched(g, level)
+    return tuple(
+        _functorch._add_batch_dim(grad, 0, level) for grad in batched(cotangents.movedim(dim, 0), *args)
+    )
 
 
 class _Conv2d(torch.autograd.Function):
-    """``F.conv2d`` with the same forward, whose backward goes through :class:`_Conv2dVJP`."""
+    """``F.conv2d`` with the same forward, whose backward computes (∂/∂input, ∂/∂weight) for all
+    cotangents at once by the two functions above, where vmap's own rule folds the cotangents into
+    the batch dimension, in which PyTorch's kernels for thin maps are no faster than one call per
+    cotangent. Both are always computed (an input gradient nobody needs is the stem's, a negligible
+    cost)."""
 
     @staticmethod
-    def forward(x: Tensor, w: Tensor, bias: Tensor | None, spec: _ConvSpec) -> Tensor:
-        return F.conv2d(x, w, bias, spec.stride, spec.padding, spec.dilation, spec.groups)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        x, w, _, ctx.spec = inputs
+    def forward(ctx: Any, x: Tensor, w: Tensor, bias: Tensor | None, spec: _ConvSpec) -> Tensor:
+        ctx.spec = spec
         ctx.save_for_backward(x, w)
+        return F.conv2d(x, w, bias, spec.stride, spec.padding, spec.dilation, spec.groups)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         x, w = ctx.saved_tensors
         needs_x, needs_w, needs_bias = ctx.needs_input_grad[:3]
-        dx, dw = _Conv2dVJP.apply(g, x, w, ctx.spec) if needs_x or needs_w else (None, None)
+        dx, dw = _per_cotangent(g, _conv_grads, x, w, ctx.spec) if needs_x or needs_w else (None, None)
         return (
             dx if needs_x else None,
             dw if needs_w else None,
@@ -197,20 +198,17 @@ class _BatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None,
+        ctx: Any, x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None,
         bias: Tensor | None, momentum: float, eps: float,
     ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
         statistics = (running_mean, running_var, True, momentum, eps)
         out, mean, rstd = torch.native_batch_norm(x, weight, bias, *statistics)
         per_channel = (1, -1) + (1,) * (x.dim() - 2)
         x_hat = (x - mean.view(per_channel)) * rstd.view(per_channel)
-        return out, x_hat, rstd if weight is None else rstd * weight
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
-        _, x_hat, scale = output
+        scale = rstd if weight is None else rstd * weight
         ctx.save_for_backward(x_hat, scale)
         ctx.mark_non_differentiable(x_hat, scale)
+        return out, x_hat, scale
 
     @staticmethod
     def backward(ctx: Any, g: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
@@ -258,41 +256,22 @@ class _Pool:
         return grads.scatter_add_(3, indices, g.flatten(3)).view(b, *x.shape)
 
 
-class _PoolVJP(torch.autograd.Function):
-    """∂/∂input of a 2-d average or max pool; under vmap for all cotangents at once: the average as
-    the transposed convolution :func:`_input_grads` with a ones kernel, the max as one scatter-add."""
-
-    @staticmethod
-    def forward(g: Tensor, x: Tensor, pool: _Pool) -> Tensor:
-        return pool.input_grads(g[None], x)[0]
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        """Required for functorch support; the gradients are never differentiated again."""
-
-    @staticmethod
-    def vmap(info: Any, in_dims: tuple[Any, ...], g: Tensor, x: Tensor, pool: _Pool) -> Any:
-        if in_dims[1] is not None:
-            raise NotImplementedError("κ_NTK batches only the cotangents of a pool")
-        return pool.input_grads(g.movedim(in_dims[0], 0), x), 0
-
-
 class _Pool2d(torch.autograd.Function):
-    """A pool's output, computed by the caller, with a backward through :class:`_PoolVJP`."""
+    """A pool's output, computed by the caller, with a backward for all cotangents at once: the
+    average's as the convolution :func:`_input_grads` with a ones kernel, the max's as one
+    scatter-add."""
 
     @staticmethod
-    def forward(x: Tensor, out: Tensor, pool: _Pool) -> Tensor:
-        return out
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        x, _, ctx.pool = inputs
+    def forward(ctx: Any, x: Tensor, out: Tensor, pool: _Pool) -> Tensor:
+        ctx.pool = pool
         ctx.save_for_backward(x)
+        return out
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        return _PoolVJP.apply(g, x, ctx.pool), None, None
+        (grads,) = _per_cotangent(g, lambda cotangents, x: (ctx.pool.input_grads(cotangents, x),), x)
+        return grads, None, None
 
 
 def _avg_pool2d(
