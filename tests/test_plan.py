@@ -33,6 +33,7 @@ from conftest import set_toml
 
 PAPER = load_profile("paper")
 FORWARD = 1e-3  # seconds per image of a forward pass under ImageCounter
+KAPPA = 10.0  # seconds per κ_NTK under ImageCounter
 
 
 class ImageCounter(Timer):
@@ -47,6 +48,9 @@ class ImageCounter(Timer):
     def forward_per_image(self, network, build, batch, *, shape=IMAGE) -> float:  # type: ignore[no-untyped-def]
         return FORWARD
 
+    def kappa(self, network, build, batch) -> float:  # type: ignore[no-untyped-def]
+        return KAPPA
+
 
 def test_every_registered_algorithm_attack_defense_and_space_has_a_cost_model() -> None:
     assert set(NAS) <= set(SEARCH_COSTS)
@@ -58,9 +62,9 @@ def test_every_registered_algorithm_attack_defense_and_space_has_a_cost_model() 
 
 
 def test_tenas_scores_332_candidates_with_and_without_each_removal() -> None:
-    """SPEC §5: 196 + 112 + 24 candidates × 3 repeats × 2 nets × (14 backwards of 14 + 3000 crops)."""
+    """SPEC §5: 196 + 112 + 24 candidates × 3 repeats × 2 nets × (one κ_NTK + 3000 crops)."""
     cfg = PAPER.tenas
-    per_net = cfg.batch_size**2 + cfg.lr_batches * cfg.lr_batch_size * FORWARD
+    per_net = KAPPA + cfg.lr_batches * cfg.lr_batch_size * FORWARD
     assert SEARCH_COSTS.get("tenas")(PAPER, 50_000, ImageCounter()) == (332 * 3 * 2 * per_net, 0.0)
 
 
@@ -117,6 +121,9 @@ def test_timer_measures_a_network_once_on_one_cpu_thread() -> None:
     measured = len(builds)
     assert first > 0 and timer.per_image("linear", build, 16) == first and len(builds) == measured
     assert timer.forward_per_image("linear", build, 16) > 0 and len(builds) > measured
+    measured = len(builds)
+    first = timer.kappa("linear", build, 4)
+    assert first > 0 and timer.kappa("linear", build, 4) == first and len(builds) == measured + 1
     assert torch.get_num_threads() == threads
 
 

@@ -3,7 +3,8 @@
 Each stage's cost model times, on this machine, the networks the stage runs at the profile's sizes
 (a training step, or a forward pass where the stage only scores) and multiplies by the images the
 stage pushes through them as the profile configures it: epochs × training set for a training, the
-candidate evaluations of a search, steps × poisons for gradient canceling. On a machine without a
+candidate evaluations of a search (TE-NAS's κ_NTK timed per call, as the search computes it), steps ×
+poisons for gradient canceling. On a machine without a
 GPU the CPU timings are converted with the profile's reference GPU throughput of the retraining
 network, so only their ratios matter; they are taken on one thread, which a busy shared machine
 slows far less than threads that wait on each other. It is an estimate: data loading, CPU-side work
@@ -29,6 +30,7 @@ from nasaudit.config import PDartsConfig, Profile, TenasConfig
 from nasaudit.errors import NasauditError
 from nasaudit.grid.jobs import Grid, Task
 from nasaudit.grid.stages import is_done
+from nasaudit.proxies.ntk import ntk_cond
 from nasaudit.registry import Registry
 
 if TYPE_CHECKING:
@@ -50,7 +52,8 @@ CPU_MIN_SECONDS = 0.05  # below this a CPU step is per-call overhead more than w
 
 
 class Timer:
-    """Seconds per image of a network's training step or forward pass at a batch size, measured once.
+    """Seconds per image of a network's training step or forward pass at a batch size, measured once
+    (and seconds per κ_NTK, TE-NAS's score).
 
     A GPU is timed at the real batch size, the fastest of a few steps after a warm-up one. A CPU,
     whose time grows about linearly with the batch, is timed on a small probe batch (the faster of two
@@ -61,7 +64,7 @@ class Timer:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.warmup, self.steps = (1, 3) if device.type == "cuda" else (0, 2)
-        self._cache: dict[tuple[str, int, bool], float] = {}
+        self._cache: dict[tuple[str, int, str], float] = {}
 
     def per_image(
         self, network: str, build: Callable[[], nn.Module], batch: int, *, shape: tuple[int, ...] = IMAGE
@@ -74,6 +77,17 @@ class Timer:
     ) -> float:
         """A forward pass without gradients, in eval mode (scoring, denoising, feature extraction)."""
         return self._timed(network, build, batch, shape, train=False)
+
+    def kappa(self, network: str, build: Callable[[], nn.Module], batch: int) -> float:
+        """Seconds of one κ_NTK of ``batch`` images (``ntk_cond``, batched as the search runs it), timed
+        at that batch: its Jacobian is one backward per image of the whole batch, so no smaller batch
+        stands in for it."""
+        key = (network, batch, "kappa")
+        if key not in self._cache:
+            with _one_thread(self.device):
+                net, x = build().to(self.device), torch.randn(batch, *IMAGE, device=self.device)
+                self._cache[key] = self._fastest(lambda: ntk_cond(net, x))
+        return self._cache[key]
 
     def _timed(
         self, network: str, build: Callable[[], nn.Module], batch: int, shape: tuple[int, ...], train: bool
@@ -89,7 +103,7 @@ class Timer:
         self, network: str, build: Callable[[], nn.Module], probe: int, shape: tuple[int, ...], train: bool
     ) -> float:
         """One measurement per (network, probe batch, kind), whichever batch sizes ask for it."""
-        key = (network, probe, train)
+        key = (network, probe, "train" if train else "forward")
         if key not in self._cache:
             with _one_thread(self.device):
                 self._cache[key] = self._measure(build().to(self.device).train(train), probe, shape, train)
@@ -99,19 +113,28 @@ class Timer:
         x = torch.randn(probe, *shape, device=self.device)
         y = torch.randint(0, NUM_CLASSES, (probe,), device=self.device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if train else None
-        times = []
-        for _ in range(self.warmup + self.steps):  # a warm-up step allocates and autotunes cuDNN
-            _sync(self.device)
-            start = time.perf_counter()
+
+        def step() -> None:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 if optimizer is None:
                     with torch.no_grad():
                         model(x)
                 else:
                     _train_step(model, optimizer, x, y)
+
+        return self._fastest(step) / probe
+
+    def _fastest(self, step: Callable[[], Any]) -> float:
+        """Seconds of the fastest of ``steps`` calls after ``warmup`` ones (which allocate and
+        autotune cuDNN)."""
+        times = []
+        for _ in range(self.warmup + self.steps):
+            _sync(self.device)
+            start = time.perf_counter()
+            step()
             _sync(self.device)
             times.append(time.perf_counter() - start)
-        return min(times[self.warmup :]) / probe
+        return min(times[self.warmup :])
 
 
 def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -287,12 +310,10 @@ def _tenas_search(profile: Profile, n_train: int, timer: Timer) -> tuple[float, 
     seconds = 0.0
     for round_ in plan(cfg):
         ops = round_.ops if isinstance(round_, OpRound) else 1  # the edge rounds: one op per edge
-        ntk = timer.per_image(f"tenas/ntk{ops}", partial(_tenas_net, cfg, ops, True), cfg.batch_size)
+        kappa = timer.kappa(f"tenas/ntk{ops}", partial(_tenas_net, cfg, ops, True), cfg.batch_size)
         regions = timer.forward_per_image(
             f"tenas/regions{ops}", partial(_tenas_net, cfg, ops, False), cfg.lr_batch_size, shape=crops
         )
-        # κ: one backward per sample through the batch's graph, each about a training step of the batch
-        kappa = cfg.batch_size * cfg.batch_size * ntk
         seconds += round_.size * cfg.repeats * 2 * (kappa + cfg.lr_batches * cfg.lr_batch_size * regions)
     return seconds, 0.0
 
