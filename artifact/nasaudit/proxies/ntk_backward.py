@@ -193,25 +193,23 @@ class _BatchNorm(torch.autograd.Function):
         ∂β = Σ g,  ∂γ = Σ g·x̂,  ∂x = γ·rstd·(g − (∂β + x̂·∂γ) / count),  sums per channel.
 
     vmap batches each of these natively over the cotangents, where its rule for BN's own backward
-    repeats the input per cotangent and runs slower than one call per cotangent. Returns
-    (output, x̂, γ·rstd); only the output is differentiable."""
+    repeats the input per cotangent and runs slower than one call per cotangent. The forward saves
+    x̂ and γ·rstd for it."""
 
     @staticmethod
     def forward(
         ctx: Any, x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None,
         bias: Tensor | None, momentum: float, eps: float,
-    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    ) -> Tensor:  # fmt: skip
         statistics = (running_mean, running_var, True, momentum, eps)
         out, mean, rstd = torch.native_batch_norm(x, weight, bias, *statistics)
         per_channel = (1, -1) + (1,) * (x.dim() - 2)
         x_hat = (x - mean.view(per_channel)) * rstd.view(per_channel)
-        scale = rstd if weight is None else rstd * weight
-        ctx.save_for_backward(x_hat, scale)
-        ctx.mark_non_differentiable(x_hat, scale)
-        return out, x_hat, scale
+        ctx.save_for_backward(x_hat, rstd if weight is None else rstd * weight)
+        return out
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         x_hat, scale = ctx.saved_tensors
         per_channel = (1, -1) + (1,) * (g.dim() - 2)
         summed = [0, *range(2, g.dim())]
@@ -233,7 +231,7 @@ def _batch_norm(
     """Train-mode BN through :class:`_BatchNorm`; None in eval mode, where BN is an affine map."""
     if not training:
         return None
-    return _BatchNorm.apply(x, running_mean, running_var, weight, bias, momentum, eps)[0]
+    return _BatchNorm.apply(x, running_mean, running_var, weight, bias, momentum, eps)
 
 
 @dataclass(frozen=True, eq=False)
