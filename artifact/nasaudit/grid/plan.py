@@ -3,12 +3,12 @@
 Each stage's cost model times, on this machine, the networks the stage runs at the profile's sizes
 (a training step, or a forward pass where the stage only scores) and multiplies by the images the
 stage pushes through them as the profile configures it: epochs × training set for a training, the
-candidate evaluations of a search (TE-NAS's κ_NTK timed per call, as the search computes it), steps ×
-poisons for gradient canceling. On a machine without a
-GPU the CPU timings are converted with the profile's reference GPU throughput of the retraining
-network, so only their ratios matter; they are taken on one thread, which a busy shared machine
-slows far less than threads that wait on each other. It is an estimate: data loading, CPU-side work
-(surrogates, NSGA-II, KMeans) and reporting-only evaluation are not counted.
+candidate evaluations of a search (TE-NAS's κ_NTK timed per call, as the search computes it), steps
+× poisons for gradient canceling. On a machine without a GPU the CPU timings are converted with the
+profile's reference GPU throughput of the retraining network, so only their ratios matter; they are
+taken on one thread, which a busy shared machine slows far less than threads that wait on each
+other. It is an estimate: data loading, CPU-side work (surrogates, NSGA-II, KMeans) and
+reporting-only evaluation are not counted.
 """
 
 from __future__ import annotations
@@ -82,12 +82,12 @@ class Timer:
         """Seconds of one κ_NTK of ``batch`` images (``ntk_cond``, batched as the search runs it), timed
         at that batch: its Jacobian is one backward per image of the whole batch, so no smaller batch
         stands in for it."""
-        key = (network, batch, "kappa")
-        if key not in self._cache:
-            with _one_thread(self.device):
-                net, x = build().to(self.device), torch.randn(batch, *IMAGE, device=self.device)
-                self._cache[key] = self._fastest(lambda: ntk_cond(net, x))
-        return self._cache[key]
+
+        def measure() -> float:
+            net, x = build().to(self.device), torch.randn(batch, *IMAGE, device=self.device)
+            return self._fastest(lambda: ntk_cond(net, x))
+
+        return self._once((network, batch, "kappa"), measure)
 
     def _timed(
         self, network: str, build: Callable[[], nn.Module], batch: int, shape: tuple[int, ...], train: bool
@@ -103,10 +103,16 @@ class Timer:
         self, network: str, build: Callable[[], nn.Module], probe: int, shape: tuple[int, ...], train: bool
     ) -> float:
         """One measurement per (network, probe batch, kind), whichever batch sizes ask for it."""
-        key = (network, probe, "train" if train else "forward")
+        return self._once(
+            (network, probe, "train" if train else "forward"),
+            lambda: self._measure(build().to(self.device).train(train), probe, shape, train),
+        )
+
+    def _once(self, key: tuple[str, int, str], measure: Callable[[], float]) -> float:
+        """``measure()`` on one thread the first time ``key`` is asked for, the cached value after."""
         if key not in self._cache:
             with _one_thread(self.device):
-                self._cache[key] = self._measure(build().to(self.device).train(train), probe, shape, train)
+                self._cache[key] = measure()
         return self._cache[key]
 
     def _measure(self, model: nn.Module, probe: int, shape: tuple[int, ...], train: bool) -> float:

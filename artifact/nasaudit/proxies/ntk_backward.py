@@ -138,10 +138,10 @@ def _per_cotangent(g: Tensor, batched: Callable[..., tuple[Tensor, ...]], *args:
 
 class _Conv2d(torch.autograd.Function):
     """``F.conv2d`` with the same forward, whose backward computes (∂/∂input, ∂/∂weight) for all
-    cotangents at once by the two functions above, where vmap's own rule folds the cotangents into
-    the batch dimension, in which PyTorch's kernels for thin maps are no faster than one call per
-    cotangent. Both are always computed (an input gradient nobody needs is the stem's, a negligible
-    cost)."""
+    cotangents at once by :func:`_input_grads` and :func:`_weight_grads`, where vmap's own rule folds
+    the cotangents into the batch dimension, in which PyTorch's kernels for thin maps are no faster
+    than one call per cotangent. Both are always computed (an input gradient nobody needs is the
+    stem's, a negligible cost)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, w: Tensor, bias: Tensor | None, spec: _ConvSpec) -> Tensor:
