@@ -101,12 +101,19 @@ def test_the_mbv3_baseline_shares_one_supernet_per_dataset_when_it_inherits_weig
 def test_gc_costs_steps_times_poisons_and_shares_gradpc_and_the_clean_gradient() -> None:
     timer, cfg = ImageCounter(), PAPER.gc
     tenas = Task("poison", "cifar10", "tenas", "nas_gc", 0.01, 0)
-    # 500 poisons need several chunks: the two-pass gradient, 3 training steps per poison and GC step
-    assert POISON_COSTS.get("nas_gc")(PAPER, tenas, 50_000, timer) == (cfg.steps * 500 * 3, 2 * 50_000)
-    # 100 poisons fit one chunk of 128; P-DARTS's α are targeted as they are, without GradPC
+    # the per-batch objective: one double backward per batch, 2 training steps per poison and GC step;
+    # GradPC's epoch and g_clean's pass are shared by the budgets
+    assert POISON_COSTS.get("nas_gc")(PAPER, tenas, 50_000, timer) == (cfg.steps * 500 * 2, 2 * 50_000)
+    # the joint objective over several batches takes the two-pass gradient: 3 steps per poison
+    joint = replace(PAPER, gc=replace(cfg, objective="joint"))
+    assert POISON_COSTS.get("nas_gc")(joint, tenas, 50_000, timer)[0] == cfg.steps * 500 * 3
+    one_batch = Task("poison", "cifar10", "tenas", "nas_gc", 0.001, 0)
+    assert POISON_COSTS.get("nas_gc")(joint, one_batch, 50_000, timer)[0] == cfg.steps * 50 * 2
+    # P-DARTS's α are moved by GradPC too; radius 0 crafts at the victim's own parameters
     pdarts = Task("poison", "cifar10", "pdarts", "nas_gc", 0.1, 0)
-    assert POISON_COSTS.get("nas_gc")(PAPER, pdarts, 1_000, timer) == (cfg.steps * 100 * 2, 1_000)
-    assert POISON_COSTS.get("gc")(PAPER, replace(pdarts, attack="gc"), 1_000, timer)[1] == 2 * 1_000
+    assert POISON_COSTS.get("nas_gc")(PAPER, pdarts, 1_000, timer) == (cfg.steps * 100 * 2, 2 * 1_000)
+    no_gradpc = replace(PAPER, gc=replace(cfg, gradpc_radius=0.0))
+    assert POISON_COSTS.get("gc")(no_gradpc, replace(pdarts, attack="gc"), 1_000, timer)[1] == 1_000
 
 
 def test_timer_measures_a_network_once_on_one_cpu_thread() -> None:

@@ -331,16 +331,25 @@ class TenasConfig:
 
 @dataclass(frozen=True)
 class GCConfig:
-    """Gradient canceling (paper Algorithm 2) and GradPC, which perturbs the victim into its target θ."""
+    """Gradient canceling (paper Algorithm 2) and GradPC, which perturbs the victim into its target θ.
+
+    The string settings choose between what the authors ran (crafting/run_gc.py, run_gradpc.py of
+    their NSGANetV2 fork) and Algorithm 2 as printed; docs/fidelity.md lists both.
+    """
 
     steps: int  # S: Adam steps on the perturbations
-    lr: float  # Adam learning rate
+    lr: float  # Adam learning rate, in the units of ``units``
     epsilon_255: int  # ℓ∞ bound of a perturbation, in 1/255 pixel units
-    batch_size: int  # samples per gradient chunk: memory only, the result does not depend on it
+    units: str  # Δ is optimised in "normalised" input units (as run) or in [0, 1] "pixel" units
+    objective: str  # "per_batch": Σ_b ‖(1−p)·g_clean + p·g_b‖² (as run); "joint": ½‖(1−p)·g_clean + p·g_adv‖²
+    model_mode: str  # "train": BN on each batch's statistics (as run); "eval": on running statistics
+    poison_batch_size: int  # poisons per batch, a fixed seeded partition: one BN batch, one per-batch term
     gradpc_lr: float  # length of each L2-normalised gradient-ascent step
-    gradpc_radius: float  # L2 ball around the trained θ0 (all targeted parameters as one vector)
+    gradpc_radius: (
+        float  # L2 ball around the trained θ0 (all targeted parameters as one vector); 0: no GradPC
+    )
     gradpc_epochs: int
-    gradpc_batch_size: int
+    gradpc_batch_size: int  # GradPC's batches and then g_clean's (one shuffled loader, as run)
 
 
 @dataclass(frozen=True)

@@ -456,38 +456,35 @@ def victim_net(profile: Profile, algorithm: str) -> VictimNet:
     )
 
 
-# Training steps one GC step costs per poison. With more poisons than ``[gc] batch_size`` the exact
-# gradient takes two passes: a plain gradient (forward + backward ≈ one step) and a double backward
-# through each chunk's gradient (forward, backward with create_graph, the backward of that ≈ two steps);
-# poisons that fit one chunk need only the second (attacks/gc.py, canceling_loss).
-GC_PASSES_ONE_CHUNK, GC_PASSES_CHUNKED = 2, 3
+# Training steps one GC step costs per poison. The per-batch objective and a joint one whose poisons
+# fit one batch differentiate each batch's gradient once more (forward, backward with create_graph,
+# the backward of that ≈ two steps); a joint objective over several batches adds a plain gradient
+# pass first (≈ one step) for the exact two-pass gradient (attacks/gc.py).
+GC_PASSES_ONE_PASS, GC_PASSES_TWO_PASS = 2, 3
 
 
-def _gc_seconds(
-    profile: Profile, task: Task, n_train: int, timer: Timer, use_gradpc: bool
-) -> tuple[float, float]:
+def _gc_seconds(profile: Profile, task: Task, n_train: int, timer: Timer) -> tuple[float, float]:
     """GC on the task's victim: the steps on its poisons; shared by its budgets, GradPC and g_clean."""
     cfg, victim = profile.gc, victim_net(profile, task.algorithm)
-    step = timer.per_image(victim.name, victim.build, cfg.batch_size)
-    gradpc = cfg.gradpc_epochs * n_train * timer.per_image(victim.name, victim.build, cfg.gradpc_batch_size)
+    step = timer.per_image(victim.name, victim.build, cfg.poison_batch_size)
+    clean_step = timer.per_image(victim.name, victim.build, cfg.gradpc_batch_size)
+    gradpc = cfg.gradpc_epochs * n_train * clean_step if cfg.gradpc_radius > 0 else 0.0
     poisons = round(n_train * task.budget)
-    factor = GC_PASSES_ONE_CHUNK if poisons <= cfg.batch_size else GC_PASSES_CHUNKED
-    return cfg.steps * poisons * factor * step, (gradpc if use_gradpc else 0.0) + n_train * step
+    two_pass = cfg.objective == "joint" and poisons > cfg.poison_batch_size
+    factor = GC_PASSES_TWO_PASS if two_pass else GC_PASSES_ONE_PASS
+    return cfg.steps * poisons * factor * step, gradpc + n_train * clean_step
 
 
 @POISON_COSTS.register("gc")
 def _gc(profile: Profile, task: Task, n_train: int, timer: Timer) -> tuple[float, float]:
     """GC at the victim's weights and biases moved by GradPC."""
-    return _gc_seconds(profile, task, n_train, timer, use_gradpc=True)
+    return _gc_seconds(profile, task, n_train, timer)
 
 
 @POISON_COSTS.register("nas_gc")
 def _nas_gc(profile: Profile, task: Task, n_train: int, timer: Timer) -> tuple[float, float]:
-    """GC at what the victim's kind targets (P-DARTS's α as they are; otherwise GradPC'd weights)."""
-    from nasaudit.attacks.nas_gc import NAS_TARGETS
-
-    rule = NAS_TARGETS.get(victim_net(profile, task.algorithm).kind)
-    return _gc_seconds(profile, task, n_train, timer, use_gradpc=rule.use_gradpc)
+    """GC at what the victim's kind targets (P-DARTS's α, otherwise weights), moved by GradPC."""
+    return _gc_seconds(profile, task, n_train, timer)
 
 
 # --- defenses --------------------------------------------------------------------------------------
