@@ -55,6 +55,7 @@ def write_profile(folder: Path, name: str = "quick", **table1: str) -> Path:
         ("darts_net", "layers"): "3",
         ("random_baseline", "n"): "2",
         ("grid", "victim_attacks"): '["rlf"]',  # rlf ignores its victim; it makes the GC path cheap
+        ("grid", "per_trial_poisons"): "true",
         ("grid", "trial_shared_attacks"): "[]",
         ("grid", "retries"): "0",
         ("grid", "train_subset"): "0",
@@ -125,6 +126,31 @@ def test_expansion_counts(tmp_path, registered) -> None:
     assert jobs == 9 + 15  # both baseline jobs are random's clean trials 0 and 1: shared, not repeated
     assert stages == {"search": jobs, "retrain": jobs, "victim": 2, "poison": 2 * 2 * 3 + 2 * 3}
     # rlf is a victim attack here: one poison per algorithm; gaussian's are shared by the algorithms
+
+
+def test_poisons_are_shared_by_all_trials_as_run(tmp_path, registered) -> None:
+    """As run, every trial searches one poison per (dataset, attack, budget); per_trial_poisons draws
+    one per trial (except trial_shared_attacks)."""
+    profile = load_profile(write_profile(tmp_path))
+    shared = replace(profile, grid=replace(profile.grid, per_trial_poisons=False))
+    for chosen, per_cell in ((shared, 1), (profile, 3)):
+        grid = build_grid(load_experiment("table1", chosen), Layout.of(tmp_path, chosen))
+        poisons = grid.by_stage()["poison"]
+        assert len(poisons) == len(ATTACKS) * 2 * per_cell  # attacks × budgets (× trials)
+        for attack in ATTACKS:
+            searches = [
+                t for t in grid.deps if t.stage == "search" and t.attack == attack and t.budget == 0.5
+            ]
+            used = {dep for t in searches for dep in grid.deps[t]}
+            assert len(searches) == 3 and len(used) == per_cell
+    assert {
+        t.trial
+        for t in build_grid(load_experiment("table1", shared), Layout.of(tmp_path, shared)).by_stage()[
+            "poison"
+        ]
+    } == {-1}
+    path = Layout.of(tmp_path, shared).poison(Task("poison", "tiny", "", "gaussian", 0.5, -1))
+    assert path.name == "all_trials"
 
 
 def test_filters_and_unknown_names(tmp_path, registered) -> None:

@@ -276,7 +276,10 @@ class GridConfig:
 
     samplers: list[str]  # NAS algorithms sampling their space uniformly: each is its space's baseline
     victim_attacks: list[str]  # attacks crafted against the algorithm's clean victim (one poison each)
-    trial_shared_attacks: list[str]  # deterministic attacks: one poison per (dataset, budget) for all trials
+    per_trial_poisons: bool  # false (as run): one poison per (dataset, attack, budget) for all trials
+    trial_shared_attacks: list[
+        str
+    ]  # with per_trial_poisons: attacks still sharing one poison (deterministic)
     train_subset: int  # 0: the whole training set; N: its first N images, for every stage (smoke runs)
     retries: int  # extra attempts of a failed task within one run
     cpu_workers: int  # local runner's worker processes when no GPU is visible

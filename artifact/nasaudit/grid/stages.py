@@ -20,7 +20,16 @@ import torch
 from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset, load_dataset
 from nasaudit.errors import NasauditError
-from nasaudit.grid.jobs import CLEAN, JobKey, Layout, Task, defend_task, poison_task, task_seed
+from nasaudit.grid.jobs import (
+    CLEAN,
+    JobKey,
+    Layout,
+    Task,
+    defend_task,
+    poison_task,
+    shared_poison_attacks,
+    task_seed,
+)
 from nasaudit.grid.state import TaskState, error_line
 from nasaudit.io import write_json
 from nasaudit.registry import Registry
@@ -158,7 +167,7 @@ def _poisoned(key: JobKey, env: Env) -> tuple[ImageDataset, dict[str, Any]]:
     if key.clean:
         return dataset, {"dataset": dataset.name, "poison": None, "train_sha256": dataset.train.sha256}
     grid = env.profile.grid
-    stem = env.layout.poison(poison_task(key, grid.victim_attacks, grid.trial_shared_attacks))
+    stem = env.layout.poison(poison_task(key, grid.victim_attacks, shared_poison_attacks(grid)))
     poison = load_poison(stem, dataset)
     poisoned = apply_poison(poison, dataset)
     provenance = {
@@ -191,7 +200,9 @@ class SearchStage:
             from nasaudit.io import sha256_file
 
             grid = env.profile.grid
-            stem = env.layout.defended(defend_task(task.key, grid.victim_attacks, grid.trial_shared_attacks))
+            stem = env.layout.defended(
+                defend_task(task.key, grid.victim_attacks, shared_poison_attacks(grid))
+            )
             dataset = apply_defended(load_defended(stem, dataset), dataset)
             provenance.update(
                 {
