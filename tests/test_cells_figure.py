@@ -36,6 +36,14 @@ def test_edge_labels_are_the_genotypes_ops() -> None:
     assert node_names == {"$c_{k-2}$", "$c_{k-1}$", "0", "1", "2", "3", "$c_{k}$"}
 
 
+def test_a_node_reading_one_input_twice_shows_both_edges() -> None:
+    fig = cells_figure([("RANDOM_3", load("random_3"))])  # normal node 3: dil_conv_5x5 on input 1, twice
+    labels = {t.get_gid(): t for t in fig.axes[0].texts if t.get_gid()}
+    first, second = labels["normal:3:1"], labels["normal:3:1:again"]
+    assert first.get_text() == second.get_text() == "dil_conv_5x5"
+    assert first.get_position() != second.get_position()
+
+
 def test_one_column_per_architecture() -> None:
     fig = cells_figure([("clean", load("pdarts")), ("poisoned", load("darts_v1"))])
     assert len(fig.axes) == 4

@@ -119,7 +119,16 @@ def test_random_baseline_reports_mean_and_std(tmp_path, capsys, quick_profile) -
     genotypes = [
         json.loads((out / f"arch_{i:03d}" / "result.json").read_text())["description"] for i in (0, 1)
     ]
-    assert genotypes[0]["architecture"] != genotypes[1]["architecture"]
+    from nasaudit.spaces.darts import GENOTYPES
+
+    # the profile lists the authors' random genotypes: trial k retrains the k-th, whatever the seed
+    assert [g["architecture"] for g in genotypes] == [GENOTYPES.get(f"random_{k}").to_json() for k in (1, 2)]
+    assert (
+        main(["random-baseline", "--profile", quick_profile, "--n", "3", "--out", str(tmp_path / "b3")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "[random_baseline] genotypes lists 2" in err and err.count("\n") == 1
+    assert not (tmp_path / "b3").exists()  # refused before any work
 
 
 @pytest.fixture(scope="module")

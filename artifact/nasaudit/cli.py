@@ -226,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"test accuracy {accuracy:.2f}% ({params} parameters) -> {args.out}/result.json")
 
 
-#: The uniform sampler (a NAS registry name) of each space the random baseline supports.
+#: The random sampler (a NAS registry name) of each space the random baseline supports.
 RANDOM_SAMPLERS = {"darts": "random", "mbv3": "random_mbv3"}
 
 
@@ -238,16 +238,19 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
     from nasaudit.io import write_json
     from nasaudit.models import ARCHITECTURES
     from nasaudit.nas import NAS, SearchContext
+    from nasaudit.nas.random_sampling import check_random_baseline
 
     profile = load_profile(args.profile)
-    dataset = load_dataset(args.dataset, args.root)
-    device = _device(args.device)
     n = args.n if args.n is not None else profile.random_baseline.n
     sampler = NAS.get(RANDOM_SAMPLERS[args.space])
+    if sampler.space == "darts":
+        check_random_baseline(profile.random_baseline, n)
+    dataset = load_dataset(args.dataset, args.root)
+    device = _device(args.device)
     accuracies = []
     for i in range(n):
         job = Path(args.out) / f"arch_{i:03d}"
-        arch = sampler(dataset, args.seed + i, SearchContext(profile, device, job))
+        arch = sampler(dataset, args.seed + i, SearchContext(profile, device, job, trial=i))
         genotype = ARCHITECTURES.get(args.space)(arch, job)
         description = {"space": args.space, "architecture": arch, "source": f"random sample {i}"}
         result = _retrain(args.space, genotype, dataset, profile, args.seed + i, device, job, description)
@@ -372,9 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     job_args(p, "job folder (checkpoint, result.json, model.pt)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "random-baseline", help="sample architectures uniformly and retrain each (ΔImp. reference)"
-    )
+    p = sub.add_parser("random-baseline", help="retrain the space's random architectures (ΔImp. reference)")
     p.add_argument("--space", default="darts", choices=sorted(RANDOM_SAMPLERS))
     p.add_argument(
         "--n", type=int, default=None, help="architectures (default: the profile's random_baseline.n)"

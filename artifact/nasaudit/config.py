@@ -73,9 +73,15 @@ class DartsNetConfig:
 
 @dataclass(frozen=True)
 class RandomBaselineConfig:
-    """Architectures sampled uniformly from a space and retrained: the reference for ΔImp."""
+    """Random architectures of a space, retrained: the reference for ΔImp.
+
+    In the DARTS space trial k retrains the k-th of ``genotypes`` (published architectures by name)
+    when it lists any, else a genotype drawn by ``sampling`` (a name in ``SAMPLINGS``).
+    """
 
     n: int
+    sampling: str  # DARTS space: "as_run" (each edge's input drawn independently) or "distinct"
+    genotypes: list[str]  # DARTS space: published genotypes retrained instead of drawing; [] draws
 
 
 @dataclass(frozen=True)

@@ -385,6 +385,10 @@ def _experiment(
             sampler_of[algorithm] = space_sampler[space]
         else:
             unsampled[algorithm] = space
+    if any(NAS.get(s).space == "darts" for s in sampler_of.values()):
+        from nasaudit.nas.random_sampling import check_random_baseline
+
+        check_random_baseline(profile.random_baseline, profile.random_baseline.n)
     baselines = [
         JobKey(dataset, sampler, CLEAN, 0.0, trial)
         for dataset in datasets

@@ -221,6 +221,7 @@ class SearchStage:
             env.layout.search_dir(task.key),
             progress=env.progress,
             cache_dir=env.layout.cache_dir(task.key.searched_on),
+            trial=task.trial,
         )
         run_search(task.algorithm, dataset, task_seed(task), context, provenance)
 

@@ -24,6 +24,7 @@ class SearchContext:
 
     ``cache_dir`` holds artifacts shared across the jobs of one dataset (RoBoT's scored pool, the
     random baseline's supernet); None means ``shared_cache``'s default beside the job folder.
+    ``trial`` is the job's trial: the random baseline's trial k retrains the k-th published genotype.
     """
 
     profile: Profile
@@ -31,6 +32,7 @@ class SearchContext:
     out_dir: Path
     progress: bool = True
     cache_dir: Path | None = None
+    trial: int = 0
 
 
 def shared_cache(context: SearchContext) -> Path:

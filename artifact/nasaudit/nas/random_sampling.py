@@ -1,7 +1,12 @@
-"""Random sampling: an architecture drawn uniformly from a space (the paper's baseline, §4; App. A).
+"""Random sampling: an architecture drawn at random from a space (the paper's baseline, §4; App. A).
 
 It ignores the data by design; retrained, its architectures give the reference accuracy that ΔImp.
 is measured against, so they are retrained with the recipe the searched architectures get. In the
+DARTS space the paper profile retrains the authors' own ten random genotypes (RANDOM_1..10 of their
+genotypes.py, registered as ``random_1``..``random_10``): trial k takes the k-th name of
+``[random_baseline] genotypes``. With none listed, a genotype is drawn by ``[random_baseline]
+sampling``: "as_run" is their random_genotype.py (each edge's input independent), "distinct" draws 2
+distinct inputs per node. In the
 MobileNetV3 space that recipe (``[mbv3] init = "search"``) starts from weights inherited from a
 supernet, so a random architecture inherits its own from a supernet trained by progressive shrinking
 on the data the baseline is drawn for (the clean training set, in the grid and ``nasaudit
@@ -23,23 +28,44 @@ from typing import Any
 
 import numpy as np
 
-from nasaudit.config import Profile
+from nasaudit.config import Profile, RandomBaselineConfig
 from nasaudit.data.datasets import ImageDataset
+from nasaudit.errors import NasauditError
 from nasaudit.io import jsonable, save_torch, write_json
 from nasaudit.nas.base import NAS, SearchContext, shared_cache
 from nasaudit.nas.nsganetv2 import SUBNET  # the inherited weights' file, named as a search names its pick's
-from nasaudit.spaces.darts import random_genotype
+from nasaudit.spaces.darts import GENOTYPES, SAMPLINGS, Genotype, random_genotype
 from nasaudit.spaces.mbv3 import MBV3SuperNet, obtain_supernet, random_arch
 
 SUPERNET_SEED = 0  # the baseline's supernet is one per dataset, whatever seed draws the architecture
 SUPERNET_FORMAT = "nasaudit-baseline-supernet/1"
 
 
+def check_random_baseline(cfg: RandomBaselineConfig, n: int) -> None:
+    """One line before any work if the DARTS baseline's settings cannot give ``n`` architectures."""
+    SAMPLINGS.get(cfg.sampling)
+    for name in cfg.genotypes:
+        GENOTYPES.get(name)
+    if cfg.genotypes and n > len(cfg.genotypes):
+        raise NasauditError(
+            f"the random baseline retrains {n} architectures but [random_baseline] genotypes lists "
+            f"{len(cfg.genotypes)}; list more, lower n, or set genotypes = [] to draw them"
+        )
+
+
+def baseline_genotype(cfg: RandomBaselineConfig, seed: int, trial: int) -> Genotype:
+    """Trial ``trial``'s architecture: the listed published genotype, else one drawn from ``seed``."""
+    if not cfg.genotypes:
+        return random_genotype(np.random.default_rng(seed), sampling=cfg.sampling)
+    check_random_baseline(cfg, trial + 1)
+    return GENOTYPES.get(cfg.genotypes[trial])
+
+
 class RandomSampling:
     space = "darts"
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
-        return random_genotype(np.random.default_rng(seed)).to_json()
+        return baseline_genotype(context.profile.random_baseline, seed, context.trial).to_json()
 
 
 NAS.register("random")(RandomSampling())

@@ -86,6 +86,9 @@ def draw_cell(
     for k, (op, inp) in enumerate(pairs):
         target = k // 2 + 2
         rad, t = _edge_shape(inp, target)
+        repeated = k % 2 == 1 and pairs[k - 1][1] == inp  # a node reading one input twice (random genotypes)
+        if repeated:
+            rad, t = rad + 0.3, 0.5  # the second edge bends away from the first, its label mid-curve
         _arrow(ax, pos[inp], pos[target], rad)
         x, y = _curve_point(pos[inp], pos[target], rad, t)
         label_box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.9}
@@ -97,7 +100,7 @@ def draw_cell(
             va="center",
             fontsize=7,
             zorder=4,
-            gid=f"{cell}:{k // 2}:{inp}",
+            gid=f"{cell}:{k // 2}:{inp}" + (":again" if repeated else ""),
             bbox=label_box,
         )
     ax.set_title(title, fontsize=11)
