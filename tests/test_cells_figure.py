@@ -94,7 +94,10 @@ def test_grid_pair_is_the_best_clean_and_the_worst_rlf_architecture(tmp_path) ->
             json.dumps({"space": "darts", "architecture": load(name).to_json()})
         )
         layout.train_dir(key).mkdir(parents=True)
-        (layout.train_dir(key) / "result.json").write_text(json.dumps({"test_accuracy": accuracy}))
+        log = [{"epoch": 0, "test_acc": accuracy}, {"epoch": 1, "test_acc": accuracy - 10.0}]
+        (layout.train_dir(key) / "result.json").write_text(
+            json.dumps({"test_accuracy": accuracy - 10, "log": log})
+        )
     (clean_label, clean), (rlf_label, rlf) = figure1_architectures(tmp_path, profile)
     assert clean == load(chosen[("none", 1)]) and rlf == load(chosen[("rlf", 1)])
     assert clean_label == "clean (best of 2, 95.00%)" and rlf_label == "RLF p = 50% (worst of 2, 70.00%)"

@@ -362,13 +362,15 @@ def test_slurm_runner_through_submitit_debug_executor(tiny, monkeypatch) -> None
 
 
 def _result(accuracy: float, key: JobKey) -> dict:
-    """A result.json as nasaudit.train writes it."""
+    """A result.json as nasaudit.train writes it; its best epoch was 0.5 points above its last."""
     return {
         "test_accuracy": accuracy,
         "test_loss": 0.5,
+        "best_test_accuracy": accuracy + 0.5,
+        "best_epoch": 0,
         "params": 1000,
         "epochs": 600,
-        "log": [],
+        "log": [{"epoch": 0, "test_acc": accuracy + 0.5}, {"epoch": 1, "test_acc": accuracy}],
         "wall_time": 1.0,
         "seed": task_seed(Task("retrain", *vars(key).values())),
         "dataset": key.dataset,
@@ -402,14 +404,21 @@ def test_table_from_results_has_the_cells_and_marks(tmp_path, registered, capsys
     assert "jobs have no result yet" in capsys.readouterr().err
     fake_results(grid, _accuracy)
     assert main(args) == 0
-    printed = capsys.readouterr().out
-    assert "ΔImp. baseline tiny/fixed: 90.05% (mean of our 2 random architectures)" in printed
+    printed = capsys.readouterr().out  # each trial reports its best epoch ([results] accuracy = "best")
+    assert "ΔImp. baseline tiny/fixed: 90.55% (mean of our 2 random architectures)" in printed
     table = pd.read_csv(out / "table1.csv")
     assert len(table) == 1 + 2 * 2 and (table["n"] == 3).all()
     cell = table.set_index(["attack", "budget"])
-    assert cell.loc[("rlf", 0.5), "mean"] == pytest.approx(92.1)
-    assert cell.loc[("rlf", 0.5), "delta_imp"] == pytest.approx(92.1 - 90.05)
+    assert cell.loc[("rlf", 0.5), "mean"] == pytest.approx(92.6)
+    assert cell.loc[("rlf", 0.5), "delta_imp"] == pytest.approx(92.6 - 90.55)
     assert cell.loc[("rlf", 0.5), "significant"] and table["significant"].sum() == 1
+    final = tmp_path / "final" / path.name  # the same profile name: the same results folder
+    final.parent.mkdir()
+    final.write_text(set_toml(path.read_text(), "results", "accuracy", '"final"'))
+    assert main([*args[:2], "--profile", str(final), *args[4:]]) == 0
+    assert "ΔImp. baseline tiny/fixed: 90.05%" in capsys.readouterr().out
+    cell = pd.read_csv(out / "table1.csv").set_index(["attack", "budget"])
+    assert cell.loc[("rlf", 0.5), "mean"] == pytest.approx(92.1)
     assert (out / "table1.md").read_text().count("<u>**") == 2 and (out / "table1.tex").is_file()
 
     assert main([*args, "--published-baselines"]) == 2  # tiny has no published baseline

@@ -14,7 +14,7 @@ from nasaudit.config import load_profile
 from nasaudit.errors import NasauditError
 from nasaudit.models import MODELS
 from nasaudit.spaces.darts import load
-from nasaudit.train import cosine_lr, train_model
+from nasaudit.train import cosine_lr, reported_accuracy, train_model
 
 PROFILE = load_profile("smoke")
 CFG = dataclasses.replace(PROFILE.train, epochs=3, batch_size=16, eval_every=1, checkpoint_every=1)
@@ -55,6 +55,22 @@ def test_result_records_the_run(tmp_path, tiny_dataset) -> None:
     assert (tmp_path / "model.pt").is_file() and not (tmp_path / "checkpoint.pt").exists()
     # drop-path ramps linearly from 0; the learning rate follows the cosine
     assert [e["lr"] for e in on_disk["log"]] == [cosine_lr(CFG, e) for e in range(3)]
+    # the final and the best evaluated epoch's accuracy (as the authors' train_cifar.py logs it)
+    accuracies = [e["test_acc"] for e in on_disk["log"]]
+    assert on_disk["test_accuracy"] == accuracies[-1] == reported_accuracy(on_disk, "final")
+    assert on_disk["best_test_accuracy"] == max(accuracies) == reported_accuracy(on_disk, "best")
+    assert accuracies[on_disk["best_epoch"]] == max(accuracies)
+    assert accuracies.index(max(accuracies)) == on_disk["best_epoch"]  # the first of equals
+
+
+def test_the_best_epoch_is_among_the_evaluated_ones() -> None:
+    accuracies = {1: 60.0, 2: 70.0, 4: 70.0, 5: 65.0}  # epochs 0 and 3 not evaluated
+    log = [{"epoch": e, **({"test_acc": accuracies[e]} if e in accuracies else {})} for e in range(6)]
+    result = {"test_accuracy": 65.0, "log": log}
+    assert reported_accuracy(result, "best") == 70.0 and reported_accuracy(result, "final") == 65.0
+    assert reported_accuracy({"test_accuracy": 12.5, "log": []}, "best") == 12.5  # no epoch ran
+    with pytest.raises(NasauditError, match=r"unknown \[results\] accuracy 'peak'"):
+        reported_accuracy(result, "peak")
 
 
 def _killed_in_epoch_2(monkeypatch, dataset, out) -> None:  # type: ignore[no-untyped-def]

@@ -214,6 +214,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
     from nasaudit.models import load_architecture
+    from nasaudit.train import reported_accuracy
 
     profile = load_profile(args.profile)
     space, arch = load_architecture(args.arch)
@@ -222,8 +223,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     result = _retrain(
         space, arch, dataset, profile, args.seed, _device(args.device), Path(args.out), description
     )
-    accuracy, params = result["test_accuracy"], result["params"]
-    print(f"test accuracy {accuracy:.2f}% ({params} parameters) -> {args.out}/result.json")
+    final, best = (reported_accuracy(result, which) for which in ("final", "best"))
+    print(
+        f"test accuracy {final:.2f}% final, {best:.2f}% best epoch ({result['params']} parameters) "
+        f"-> {args.out}/result.json"
+    )
 
 
 #: The random sampler (a NAS registry name) of each space the random baseline supports.
@@ -239,6 +243,7 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
     from nasaudit.models import ARCHITECTURES
     from nasaudit.nas import NAS, SearchContext
     from nasaudit.nas.random_sampling import check_random_baseline
+    from nasaudit.train import reported_accuracy
 
     profile = load_profile(args.profile)
     n = args.n if args.n is not None else profile.random_baseline.n
@@ -254,8 +259,8 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
         genotype = ARCHITECTURES.get(args.space)(arch, job)
         description = {"space": args.space, "architecture": arch, "source": f"random sample {i}"}
         result = _retrain(args.space, genotype, dataset, profile, args.seed + i, device, job, description)
-        accuracies.append(result["test_accuracy"])
-        print(f"arch {i}: {result['test_accuracy']:.2f}%")
+        accuracies.append(reported_accuracy(result, profile.results.accuracy))
+        print(f"arch {i}: {accuracies[-1]:.2f}% ({profile.results.accuracy} epoch)")
     summary = {
         "space": args.space,
         "dataset": dataset.name,
@@ -263,6 +268,7 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
         "accuracies": accuracies,
         "mean": float(np.mean(accuracies)),
         "std": float(np.std(accuracies, ddof=1)) if n > 1 else 0.0,
+        "accuracy": profile.results.accuracy,
         "profile": profile.name,
         "seed": args.seed,
     }
@@ -274,8 +280,9 @@ def cmd_victim(args: argparse.Namespace) -> None:
     from nasaudit.config import load_profile
     from nasaudit.victim import best_train_job, victim_from_train_job
 
-    net = load_profile(args.profile).darts_net
-    job = best_train_job(args.train)
+    profile = load_profile(args.profile)
+    net = profile.darts_net
+    job = best_train_job(args.train, profile.results.accuracy)
     channels, layers = args.channels or net.channels, args.layers or net.layers
     path = victim_from_train_job(job, channels, layers, Path(args.out))
     print(f"victim: the most accurate of {len(args.train)} job(s), {job} -> {path}")

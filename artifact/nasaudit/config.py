@@ -362,6 +362,13 @@ class GCConfig:
 
 
 @dataclass(frozen=True)
+class ResultsConfig:
+    """What a trial reports from its retraining (tables, ΔImp., the best clean trial for GC)."""
+
+    accuracy: str  # "best": the best evaluated epoch's test accuracy (as the authors read it); "final"
+
+
+@dataclass(frozen=True)
 class Profile:
     experiment: ExperimentConfig
     darts_net: DartsNetConfig
@@ -383,6 +390,7 @@ class Profile:
     pdarts: PDartsConfig
     tenas: TenasConfig
     gc: GCConfig
+    results: ResultsConfig
     name: str = ""
 
 

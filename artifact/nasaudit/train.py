@@ -29,6 +29,7 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
 from nasaudit.io import environment_manifest, jsonable, save_torch, write_json
+from nasaudit.registry import Registry
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
@@ -116,6 +117,32 @@ def _check_same_run(path: Path, found: dict[str, Any], expected: dict[str, Any])
         )
 
 
+def _best_epoch(log: list[dict[str, Any]], final: float) -> tuple[float, int]:
+    """(accuracy, epoch) of the evaluated epoch with the highest test accuracy, the first of equals;
+    (``final``, −1) when no epoch ran (the untrained network's one evaluation)."""
+    evaluated = [(entry["test_acc"], -entry["epoch"]) for entry in log if "test_acc" in entry]
+    if not evaluated:
+        return final, -1
+    accuracy, negative_epoch = max(evaluated)
+    return accuracy, -negative_epoch
+
+
+#: Which test accuracy a trial reports (``[results] accuracy``): the last epoch's, or the best epoch's
+#: among the evaluated ones, as the authors' train_cifar.py logs it (``Best_valid_acc``).
+REPORTED: Registry[Callable[[dict[str, Any]], float]] = Registry("[results] accuracy")
+REPORTED.register("final")(lambda result: float(result["test_accuracy"]))
+REPORTED.register("best")(lambda result: float(_best_epoch(result["log"], result["test_accuracy"])[0]))
+
+
+def reported_accuracy(result: dict[str, Any], which: str) -> float:
+    """The accuracy a trial reports, from its ``result.json``: ``which`` is "final" or "best".
+
+    "best" is recomputed from the per-epoch log, so a result written before ``best_test_accuracy``
+    existed reports the same value.
+    """
+    return REPORTED.get(which)(result)
+
+
 def train_model(
     build: Callable[[], nn.Module],
     dataset: ImageDataset,
@@ -129,7 +156,8 @@ def train_model(
 ) -> dict[str, Any]:
     """Train ``build()`` on ``dataset.train`` and test on ``dataset.test``; resumable through ``out_dir``.
 
-    Returns (and writes to ``out_dir/result.json``) the test accuracy, the per-epoch log, the parameter
+    Returns (and writes to ``out_dir/result.json``) the final test accuracy (``test_accuracy``), the
+    best evaluated epoch's (``best_test_accuracy``, ``best_epoch``), the per-epoch log, the parameter
     count, wall time, device, seed and manifest. A finished run is never recomputed; a result without
     its weights (left by an older version that saved them last) is trained again.
     """
@@ -192,9 +220,12 @@ def train_model(
         test_loss, test_acc = log[-1]["test_loss"], log[-1]["test_acc"]
     from nasaudit.spaces.darts.network import count_parameters
 
+    best_acc, best_epoch = _best_epoch(log, test_acc)
     result = {
         "test_accuracy": test_acc,
         "test_loss": test_loss,
+        "best_test_accuracy": best_acc,
+        "best_epoch": best_epoch,
         "params": count_parameters(model),
         "epochs": cfg.epochs,
         "log": log,

@@ -296,12 +296,15 @@ def victim_from_train_job(job_dir: Path, channels: int, layers: int, out: Path |
     return save_victim(out, model, kind=job.kind, spec=spec, dataset=dataset, num_classes=num_classes)
 
 
-def best_train_job(job_dirs: Iterable[Path]) -> Path:
-    """The job with the highest test accuracy (paper §4: the best clean architecture across trials)."""
+def best_train_job(job_dirs: Iterable[Path], accuracy: str) -> Path:
+    """The job with the highest test accuracy (paper §4: the best clean architecture across trials),
+    ``accuracy`` saying which one a job reports ("best" epoch or "final")."""
+    from nasaudit.train import reported_accuracy
+
     jobs, accuracies = [Path(j) for j in job_dirs], []
     for job in jobs:
         try:
-            accuracies.append(float(json.loads((job / "result.json").read_text())["test_accuracy"]))
+            accuracies.append(reported_accuracy(json.loads((job / "result.json").read_text()), accuracy))
         except (OSError, ValueError, KeyError, TypeError):
             raise NasauditError(
                 f"{job} has no readable result.json; finish it with `nasaudit train`"

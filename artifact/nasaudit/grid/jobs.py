@@ -192,6 +192,7 @@ class Experiment:
     victim_attacks: frozenset[str] = frozenset()
     trial_shared_attacks: frozenset[str] = frozenset()
     columns: tuple[str, ...] = ()  # key parts the table reports besides (dataset, algorithm, attack, budget)
+    accuracy: str = "best"  # which test accuracy a trial reports ([results] accuracy)
 
     @property
     def jobs(self) -> tuple[JobKey, ...]:
@@ -404,6 +405,7 @@ def _experiment(
         frozenset(profile.grid.victim_attacks),
         shared_poison_attacks(profile.grid),
         columns,
+        profile.results.accuracy,
     )
 
 

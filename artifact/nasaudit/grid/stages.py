@@ -100,7 +100,8 @@ class PoisonStage:
 
 
 class VictimStage:
-    """The GC victim of an algorithm: its best clean trial (paper §4: highest accuracy across trials).
+    """The GC victim of an algorithm: its best clean trial (paper §4: highest accuracy across trials, by
+    the accuracy ``[results] accuracy`` reports).
 
     A search that leaves ``supernet_victim.pt`` in its folder (P-DARTS: the converged supernet, whose
     architecture parameters GC targets) provides its victim itself; otherwise the victim is the
@@ -112,9 +113,13 @@ class VictimStage:
         return layout.victim_dir(task.dataset, task.algorithm) / VICTIM_RECORD
 
     def run(self, task: Task, env: Env) -> None:
+        from nasaudit.train import reported_accuracy
+
         keys = [JobKey(task.dataset, task.algorithm, CLEAN, 0.0, t) for t in range(task.trial)]
+        which = env.profile.results.accuracy
         accuracies = {
-            k.trial: _read_json(env.layout.train_dir(k) / "result.json")["test_accuracy"] for k in keys
+            k.trial: reported_accuracy(_read_json(env.layout.train_dir(k) / "result.json"), which)
+            for k in keys
         }
         best = max(keys, key=lambda k: (accuracies[k.trial], -k.trial))
         supernet = env.layout.search_dir(best) / SUPERNET_VICTIM

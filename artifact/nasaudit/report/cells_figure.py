@@ -149,6 +149,7 @@ def figure1_architectures(
     with the lowest (paper Figure 1: P-DARTS, RLF at p = 50%).
     """
     from nasaudit.grid.jobs import CLEAN, JobKey, Layout
+    from nasaudit.train import reported_accuracy
 
     layout, dataset = Layout.of(results, profile), profile.experiment.datasets[0]
     picked = []
@@ -158,7 +159,7 @@ def figure1_architectures(
             key = JobKey(dataset, algorithm, condition[0], condition[1], trial)
             result = layout.train_dir(key) / "result.json"
             if result.is_file():
-                accuracy = json.loads(result.read_text())["test_accuracy"]
+                accuracy = reported_accuracy(json.loads(result.read_text()), profile.results.accuracy)
                 finished.append((accuracy, trial, layout.search_dir(key) / "architecture.json"))
         if not finished:
             raise NasauditError(
