@@ -606,6 +606,11 @@ def test_table4_defends_the_shared_poison_and_tests_against_the_undefended_job(t
     assert _seen(layout, defended)["n_train"] == 20  # half of each class kept
     record = json.loads((layout.search_dir(defended) / "architecture.json").read_text())["search_data"]
     assert record["defense"] == "sanitize" and record["poison"].endswith("poisons/gaussian/p0.5/trial00.npz")
+    outcome = json.loads(layout.defended(defend).with_suffix(".json").read_text())["poison_outcome"]
+    assert outcome["poisoned"] == 20 and outcome["poisoned_dropped"] + outcome["poisoned_kept"] == 20
+    assert (
+        sum(c["poisoned"] for c in outcome["per_class"].values()) == 20
+    )  # the manifest says what became of it
     relabelled = _seen(layout, JobKey("tiny", "seeing", "rlf", 0.5, 1, defense="relabel"))
     assert relabelled["n_train"] == 40 and relabelled["train_sha256"] != tiny.train.sha256
     fake_results(grid, lambda k: 93.0 + 2.0 * (k.defense == "sanitize") + 0.1 * k.trial)

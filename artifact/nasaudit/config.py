@@ -129,6 +129,7 @@ class DenoiseConfig:
     model: str  # diffusers UNet2DModel + DDPMScheduler: a hub id or a local folder
     sigma: float  # smoothing noise in [0, 1] pixel units (2σ in the DDPM's [-1, 1] units)
     add_noise: bool  # add N(0, (2σ)²) before denoising (denoised smoothing); false: the image is x_t
+    store: str  # denoised images stored as "float32" in [0, 1] (as the authors did) or "uint8" levels
     batch_size: int
 
 

@@ -87,11 +87,21 @@ def cmd_defend(args: argparse.Namespace) -> int:
     context = DefenseContext(
         load_profile(args.profile), _device(args.device), Path(args.cache), source=provenance
     )
-    defended = run_defense(args.method, data, args.seed, context)
+    poisoned = None
+    if args.poison is not None:  # the manifest records what became of the poisoned samples
+        from nasaudit.data.datasets import load_dataset
+        from nasaudit.data.poison import load_poison
+
+        poisoned = load_poison(Path(args.poison), load_dataset(args.dataset, args.root)).indices
+    defended = run_defense(args.method, data, args.seed, context, poisoned=poisoned)
     path = save_defended(defended, Path(args.out))
     print(
         f"{args.method}: {len(defended.keep)} of {defended.n_input} samples kept ({defended.kind}) -> {path}"
     )
+    if defended.poison_outcome is not None:
+        outcome = defended.poison_outcome
+        print(f"  of the {outcome['poisoned']} poisoned samples: {outcome['poisoned_dropped']} dropped, "
+              f"{outcome['poisoned_kept']} kept (per class in the manifest)")  # fmt: skip
     return 0
 
 

@@ -6,15 +6,16 @@ were poisoned. Defenses register in ``DEFENSES``; the CLI and the tests enumerat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset
-from nasaudit.defenses.files import DefendedData
+from nasaudit.defenses.files import DefendedData, poison_outcome
 from nasaudit.registry import Registry
 
 
@@ -36,5 +37,16 @@ class Defense(Protocol):
 DEFENSES: Registry[Defense] = Registry("defense")
 
 
-def run_defense(name: str, data: ImageDataset, seed: int, context: DefenseContext) -> DefendedData:
-    return DEFENSES.get(name)(data, seed, context)
+def run_defense(
+    name: str,
+    data: ImageDataset,
+    seed: int,
+    context: DefenseContext,
+    poisoned: np.ndarray | None = None,
+) -> DefendedData:
+    """Run a defense; with the ``poisoned`` indices (known to the caller, never shown to the defense)
+    its result records how many poisoned and clean samples it dropped and kept, per class."""
+    defended = DEFENSES.get(name)(data, seed, context)
+    if poisoned is None:
+        return defended
+    return replace(defended, poison_outcome=poison_outcome(defended.keep, data.train.labels, poisoned))

@@ -3,9 +3,13 @@
 A defense sees a training split (usually a poisoned one) and returns another: a subset of its samples
 (sanitisation), or every sample with replaced labels (relabelling) or images (denoising). One format
 covers all three: ``NAME.npz`` holds ``keep`` (sorted distinct int64 indices into the input split)
-and optionally ``labels`` and/or ``images`` replacing the kept samples' values, in ``keep`` order;
+and optionally ``labels`` and/or ``images`` replacing the kept samples' values, in ``keep`` order
+(uint8 levels, or float32 in [0, 1] for a denoising stored unquantised, as the authors stored theirs);
 ``NAME.json`` is the manifest (defense, parameters, seed, the sha256 of the npz and of the input split,
-and which poison made that split). Applying it yields a training split of ``len(keep)`` samples.
+which poison made that split and, when the caller knew the poisoned samples (``run_defense``),
+``poison_outcome``: per class of the input split, how many of the poisoned and of the clean samples
+were dropped and kept, so a reader sees whether the defense found the poison; the defense itself never
+sees them). Applying it yields a training split of ``len(keep)`` samples.
 Like poison files, every inconsistency is caught on load with one line naming the file: a defended
 set applied to other data than it was computed on would silently invalidate a Table 4 cell.
 """
@@ -37,15 +41,38 @@ class DefendedData:
     seed: int
     keep: np.ndarray  # int64, distinct, sorted indices into the input split
     labels: np.ndarray | None = None  # int64 replacement labels of the kept samples, and/or
-    images: np.ndarray | None = None  # uint8 K×32×32×3 replacement images
+    images: np.ndarray | None = None  # K×32×32×3 replacement images: uint8, or float32 in [0, 1]
     params: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)  # the poison behind the input split, if any
+    poison_outcome: dict[str, Any] | None = None  # poisoned/clean samples dropped and kept, per class
 
     @property
     def kind(self) -> str:
         """``subset`` when only samples were dropped, else what was replaced."""
         replaced = [name for name in ("labels", "images") if getattr(self, name) is not None]
         return "+".join(replaced) or "subset"
+
+
+def poison_outcome(keep: np.ndarray, labels: np.ndarray, poisoned: np.ndarray) -> dict[str, Any]:
+    """How a defense treated the poison: samples, poisoned ones and how many of the poisoned and of the
+    clean samples it dropped and kept, in all and per class (by the label the defense saw)."""
+    kept = np.zeros(len(labels), dtype=bool)
+    kept[keep] = True
+    hit = np.zeros(len(labels), dtype=bool)
+    hit[poisoned] = True
+
+    def counts(members: np.ndarray) -> dict[str, int]:
+        return {
+            "samples": int(members.sum()),
+            "poisoned": int((members & hit).sum()),
+            "poisoned_dropped": int((members & hit & ~kept).sum()),
+            "poisoned_kept": int((members & hit & kept).sum()),
+            "clean_dropped": int((members & ~hit & ~kept).sum()),
+            "clean_kept": int((members & ~hit & kept).sum()),
+        }
+
+    every = np.ones(len(labels), dtype=bool)
+    return {**counts(every), "per_class": {str(int(c)): counts(labels == c) for c in np.unique(labels)}}
 
 
 def make_defended(
@@ -93,8 +120,10 @@ def _validate(d: DefendedData, num_classes: int, where: str) -> None:
             fail(f"a label is outside 0..{num_classes - 1}")
     if d.images is not None:
         expected = (len(d.keep), *IMAGE_SHAPE)
-        if d.images.dtype != np.uint8 or d.images.shape != expected:
-            fail(f"images must be uint8 {expected}, got {d.images.dtype} {d.images.shape}")
+        if d.images.dtype not in (np.uint8, np.float32) or d.images.shape != expected:
+            fail(f"images must be uint8 or float32 {expected}, got {d.images.dtype} {d.images.shape}")
+        if d.images.dtype == np.float32 and not (d.images.min() >= 0.0 and d.images.max() <= 1.0):
+            fail("float32 images must lie in [0, 1]")
 
 
 def save_defended(defended: DefendedData, path: Path) -> Path:
@@ -116,6 +145,7 @@ def save_defended(defended: DefendedData, path: Path) -> Path:
         "kind": defended.kind,
         "input_sha256": defended.input_sha256,
         "source": defended.source,
+        "poison_outcome": defended.poison_outcome,
         "npz_sha256": sha256_file(npz),
         "environment": environment_manifest(),
     }
@@ -174,6 +204,7 @@ def load_defended(path: Path, data: ImageDataset) -> DefendedData:
         images=arrays.get("images"),
         params=manifest["params"],
         source=manifest["source"],
+        poison_outcome=manifest.get("poison_outcome"),
     )
     _validate(defended, data.num_classes, str(npz))
     return defended

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from nasaudit.config import Profile
@@ -154,23 +155,23 @@ class DefendStage:
     def run(self, task: Task, env: Env) -> None:
         from nasaudit.defenses import DefenseContext, run_defense, save_defended
 
-        poisoned, source = _poisoned(task.key, env)
+        poisoned, source, indices = _poisoned(task.key, env)
         context = DefenseContext(
             env.profile, env.device, env.layout.cache_dir(task.dataset), source=source, progress=env.progress
         )
-        save_defended(
-            run_defense(task.defense, poisoned, task_seed(task), context), env.layout.defended(task)
-        )
+        defended = run_defense(task.defense, poisoned, task_seed(task), context, poisoned=indices)
+        save_defended(defended, env.layout.defended(task))
 
 
-def _poisoned(key: JobKey, env: Env) -> tuple[ImageDataset, dict[str, Any]]:
-    """The job's search data before any defense: its search dataset, with its poison applied."""
+def _poisoned(key: JobKey, env: Env) -> tuple[ImageDataset, dict[str, Any], np.ndarray | None]:
+    """The job's search data before any defense: its search dataset, with its poison applied; its
+    provenance; the indices the poison replaced (None when clean)."""
     from nasaudit.data.poison import apply_poison, load_poison
     from nasaudit.io import sha256_file
 
     dataset = grid_dataset(key.searched_on, env)
     if key.clean:
-        return dataset, {"dataset": dataset.name, "poison": None, "train_sha256": dataset.train.sha256}
+        return dataset, {"dataset": dataset.name, "poison": None, "train_sha256": dataset.train.sha256}, None
     grid = env.profile.grid
     stem = env.layout.poison(poison_task(key, grid.victim_attacks, shared_poison_attacks(grid)))
     poison = load_poison(stem, dataset)
@@ -183,7 +184,7 @@ def _poisoned(key: JobKey, env: Env) -> tuple[ImageDataset, dict[str, Any]]:
         "budget": poison.budget,
         "train_sha256": poisoned.train.sha256,
     }
-    return poisoned, provenance
+    return poisoned, provenance, poison.indices
 
 
 class SearchStage:
@@ -199,7 +200,7 @@ class SearchStage:
         from nasaudit.grid.variants import search_profile
         from nasaudit.nas import SearchContext, run_search
 
-        dataset, provenance = _poisoned(task.key, env)
+        dataset, provenance, _ = _poisoned(task.key, env)
         if task.defense:
             from nasaudit.defenses import apply_defended, load_defended
             from nasaudit.io import sha256_file

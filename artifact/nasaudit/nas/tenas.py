@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from nasaudit.config import TenasConfig
 from nasaudit.data.datasets import ImageDataset
-from nasaudit.data.device import DeviceData
+from nasaudit.data.device import DeviceData, unit_pixels
 from nasaudit.errors import NasauditError
 from nasaudit.io import jsonable, write_json
 from nasaudit.nas.base import NAS, SearchContext
@@ -213,7 +213,7 @@ class Scorer:
         rows = (top[:, None] + offsets)[:, :, None]
         cols = (left[:, None] + offsets)[:, None, :]
         index, rows, cols, channel = (t.to(self.device) for t in (index, rows, cols, channel))
-        crops = self.train.images[index[:, None, None], rows, cols, channel[:, None, None]].float() / 255.0
+        crops = unit_pixels(self.train.images[index[:, None, None], rows, cols, channel[:, None, None]])
         x = (crops - self.mean[channel, None, None]) / self.std[channel, None, None]
         return x[:, None]
 
