@@ -42,10 +42,10 @@ class ImageCounter(Timer):
     def __init__(self) -> None:
         super().__init__(torch.device("cpu"))
 
-    def per_image(self, network, build, batch, *, shape=IMAGE) -> float:  # type: ignore[no-untyped-def]
+    def per_image(self, network, build, batch, *, shape=IMAGE, precision="fp32") -> float:  # type: ignore[no-untyped-def]
         return 1.0
 
-    def forward_per_image(self, network, build, batch, *, shape=IMAGE) -> float:  # type: ignore[no-untyped-def]
+    def forward_per_image(self, network, build, batch, *, shape=IMAGE, precision="fp32") -> float:  # type: ignore[no-untyped-def]
         return FORWARD
 
     def kappa(self, network, build, batch) -> float:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nasaudit.errors import NasauditError
+from nasaudit.precision import check_precision
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,6 +62,10 @@ class TrainConfig:
     augment: AugmentConfig
     eval_every: int  # evaluate on the test split every N epochs (0: only at the end)
     checkpoint_every: int  # write a resumable checkpoint every N epochs
+    precision: str = "fp32"  # forward passes: "fp32" (as run) or "bf16" autocast; nasaudit.precision
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,10 @@ class SupernetConfig:
     dropout: float
     augment: AugmentConfig
     phases: list[ShrinkPhase]
+    precision: str = "fp32"  # forward passes: "fp32" (as run) or "bf16" autocast; nasaudit.precision
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -310,6 +319,10 @@ class PDartsConfig:
     max_skips: int  # skip-connects allowed in the final normal cell
     eval_epochs: int  # last epochs of a stage that also report arch-val accuracy (reporting only)
     augment: AugmentConfig  # of both halves (Table 6 switches it off)
+    precision: str = "fp32"  # forward passes: "fp32" (as run) or "bf16" autocast; nasaudit.precision
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -419,7 +432,10 @@ def _build(cls: type, table: dict[str, Any], prefix: str, source: str) -> Any:
         raise NasauditError(f"{source}: missing key {key!r}")
     present = [f for f in fields if f in table]
     values = {f: _check(table[f], hints[f], f"{prefix}.{f}" if prefix else f, source) for f in present}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except NasauditError as exc:  # a value its section refuses (__post_init__)
+        raise NasauditError(f"{source}: [{prefix}] {exc}") from None
 
 
 def read_toml(path: Path) -> dict[str, Any]:

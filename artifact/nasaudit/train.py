@@ -6,8 +6,8 @@ function of (seed, epoch), and a checkpoint is written atomically every few epoc
 killed and restarted ends with exactly the metrics of an uninterrupted one. The weights are saved
 before ``result.json``, the marker of a finished run, so a finished run always has its weights. A
 cached result or checkpoint is reused only for the same run (recipe, seed, training data,
-architecture), never for whatever an earlier call left in the folder. On CUDA the forward runs in
-bfloat16 autocast with channels_last tensors.
+architecture), never for whatever an earlier call left in the folder. The forward runs in the
+recipe's ``precision`` (fp32 as the authors ran, or bf16 autocast); on CUDA with channels_last tensors.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
 from nasaudit.io import environment_manifest, jsonable, save_torch, write_json
+from nasaudit.precision import autocast
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
@@ -49,10 +50,6 @@ def _split_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return output if isinstance(output, tuple) else (output, None)
 
 
-def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def train_epoch(
     model: nn.Module,
     data: DeviceData,
@@ -67,7 +64,7 @@ def train_epoch(
     total_loss = torch.zeros((), device=data.device)
     correct = torch.zeros((), device=data.device, dtype=torch.long)
     for x, y in data.batches(cfg.batch_size, seed=seed, epoch=epoch, augment=cfg.augment):
-        with _autocast(data.device):
+        with autocast(data.device, cfg.precision):
             logits, aux = _split_output(model(x))
             loss = F.cross_entropy(logits, y)
             if aux is not None and cfg.auxiliary_weight > 0:
@@ -83,12 +80,14 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 500) -> tuple[float, float]:
-    """(mean loss, accuracy in %) in eval mode, without augmentation."""
+def evaluate(
+    model: nn.Module, data: DeviceData, batch_size: int = 500, precision: str = "fp32"
+) -> tuple[float, float]:
+    """(mean loss, accuracy in %) in eval mode, without augmentation, in the training's precision."""
     model.eval()
     total_loss, correct = 0.0, 0
     for x, y in data.batches(batch_size, shuffle=False):
-        with _autocast(data.device):
+        with autocast(data.device, precision):
             logits, _ = _split_output(model(x))
         total_loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
@@ -174,7 +173,7 @@ def train_model(
         entry: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": loss, "train_acc": acc}
         last = epoch == cfg.epochs - 1
         if last or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0):
-            entry["test_loss"], entry["test_acc"] = evaluate(model, test_data)
+            entry["test_loss"], entry["test_acc"] = evaluate(model, test_data, precision=cfg.precision)
         entry["elapsed"] = time.perf_counter() - started
         log.append(entry)
         bar.set_postfix(
@@ -187,7 +186,7 @@ def train_model(
     bar.close()
 
     if not log:  # zero epochs configured
-        test_loss, test_acc = evaluate(model, test_data)
+        test_loss, test_acc = evaluate(model, test_data, precision=cfg.precision)
     else:
         test_loss, test_acc = log[-1]["test_loss"], log[-1]["test_acc"]
     from nasaudit.spaces.darts.network import count_parameters

@@ -16,8 +16,8 @@ stage's final α, active masks and mixing weights), ``supernet_victim.pt`` (the 
 supernet, the victim of NAS-specific gradient canceling), ``pdarts_result.json`` (the genotype before
 and after the skip limit). ``pdarts_checkpoint.pt`` holds the model, both optimisers, stage, epoch and
 log after every epoch; every random draw is keyed by (seed, stage, epoch), so a killed search resumes
-to exactly the result of an uninterrupted one. On CUDA the forward runs in bfloat16 autocast with
-channels_last tensors.
+to exactly the result of an uninterrupted one. The forward runs in ``[pdarts] precision`` (fp32 as
+run; bf16 autocast as an opt-in), on CUDA with channels_last tensors.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
 from nasaudit.io import jsonable, save_torch, write_json, write_npz
 from nasaudit.nas.base import NAS, SearchContext
+from nasaudit.precision import autocast
 from nasaudit.spaces.darts import CELL_TYPES, CONCAT, EDGES, NODES, PRIMITIVES, Genotype, SuperNet
 from nasaudit.train import evaluate
 
@@ -113,26 +114,22 @@ def _cycle(
 # --- one epoch of alternating updates -----------------------------------------------------------------
 
 
-def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def _step(
     model: SuperNet,
     x: torch.Tensor,
     y: torch.Tensor,
     params: list[nn.Parameter],
     optimizer: torch.optim.Optimizer,
-    grad_clip: float,
+    cfg: PDartsConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One update of ``params`` only; gradients of the other group are never computed."""
-    with _autocast(x.device):
+    with autocast(x.device, cfg.precision):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=params)
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(params, grad_clip)
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
     return loss.detach() * len(y), (logits.argmax(1) == y).sum()
 
@@ -163,11 +160,11 @@ def search_epoch(
     for x, y in _batches(train_data, cfg, seed, "train", stage, epoch):
         if train_arch:
             xv, yv = next(val_stream)
-            loss, correct = _step(model, xv, yv, alphas, arch_opt, cfg.grad_clip)
+            loss, correct = _step(model, xv, yv, alphas, arch_opt, cfg)
             sums["arch_loss"] += loss
             sums["arch_correct"] += correct
             arch_seen += len(yv)
-        loss, correct = _step(model, x, y, weights, weight_opt, cfg.grad_clip)
+        loss, correct = _step(model, x, y, weights, weight_opt, cfg)
         sums["loss"] += loss
         sums["correct"] += correct
     n = len(train_data)
@@ -505,7 +502,7 @@ def _run_epoch(
         **metrics,
     }
     if cfg.epochs - epoch <= cfg.eval_epochs:
-        entry["val_loss"], entry["val_acc"] = evaluate(model, val_data)
+        entry["val_loss"], entry["val_acc"] = evaluate(model, val_data, precision=cfg.precision)
     entry["alpha_entropy"] = {t: _entropy(model.mixing_weights(t)) for t in CELL_TYPES}
     entry["genotype"] = model.genotype().to_json()
     return entry

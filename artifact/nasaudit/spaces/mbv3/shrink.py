@@ -31,6 +31,7 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
 from nasaudit.io import save_torch, write_json
+from nasaudit.precision import autocast
 from nasaudit.spaces.mbv3.network import upscale
 from nasaudit.spaces.mbv3.space import (
     DEPTHS,
@@ -126,7 +127,7 @@ def shrink_epoch(
     net.train()
     rng = np.random.default_rng([seed, epoch])
     torch.manual_seed(seed * 1_000_003 + epoch)  # dropout masks
-    autocast = torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=data.device.type == "cuda")
+    in_precision = autocast(data.device, cfg.precision)
     total, count = 0.0, 0
     for x, y in data.batches(cfg.batch_size, seed=seed, epoch=epoch, augment=cfg.augment):
         resolution = int(rng.choice(resolutions))
@@ -134,12 +135,12 @@ def shrink_epoch(
         soft = None
         if teacher is not None:
             teacher.set_active(extreme_arch([resolution], largest=True))
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), in_precision:
                 soft = F.softmax(teacher(x).float(), dim=1)
         optimizer.zero_grad(set_to_none=True)
         for _ in range(phase.subnets_per_step):
             net.set_active(sample_subnet(rng, phase, resolution))
-            with autocast:
+            with in_precision:
                 logits = net(x).float()
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 if soft is not None:
