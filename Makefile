@@ -8,7 +8,7 @@ PROFILE ?= paper
 DATASETS ?= cifar10 cifar100 mnist fashionmnist svhn
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke-test smoke-bless test test-all lint data bench clean table1 table2 table3 table4 table5 \
+.PHONY: help venv smoke-test smoke-bless test test-all lint data bench gpu-check clean table1 table2 table3 table4 table5 \
 	table6 figures
 include mk/docker.mk
 
@@ -101,6 +101,9 @@ figures: $(STAMP)  ## Figure 1: cells of the best clean and worst RLF-50% P-DART
 
 bench: $(STAMP)  ## speed against plain-PyTorch baselines measured in the same run (CPU, and GPU if present)
 	$(PY) -m benchmarks
+
+gpu-check: $(STAMP)  ## on a GPU machine, first: preflight, GPU ratios, fp32 vs bf16, concurrency, GPU-hours (~8 min)
+	$(PY) -m benchmarks.gpu_check --out results/gpu-check
 
 clean:  ## remove results/ and caches (keeps data/ and .venv/)
 	rm -rf results .pytest_cache .ruff_cache
