@@ -36,22 +36,22 @@ from typing import Any
 import torch
 
 REPORT = "report.json"
-DIGITS_EPOCHS, DIGITS_SEEDS = 25, (0, 1)  # the precision section's fixed run
+DIGITS_EPOCHS, DIGITS_SEEDS = 12, (0, 1)  # the precision section's fixed run (~20 s per run on an H200)
 CONCURRENT_JOBS = (1, 2, 4, 8)
 CONCURRENT_STEPS, CONCURRENT_WARMUP = 30, 5
 
 
 @dataclass(frozen=True)
 class Section:
-    run: Callable[[Path], dict[str, Any]]
+    run: Callable[[Path, list[str]], dict[str, Any]]  # (report folder, benchmarks to run: [] all)
     limit_s: int  # wall-clock limit of its child process
 
 
 SECTIONS: dict[str, Section] = {}
 
 
-def section(name: str, limit_s: int) -> Callable[[Callable[[Path], dict[str, Any]]], Callable]:
-    def register(fn: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[str, Any]]:
+def section(name: str, limit_s: int) -> Callable[[Callable[..., dict[str, Any]]], Callable]:
+    def register(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         SECTIONS[name] = Section(fn, limit_s)
         return fn
 
@@ -65,7 +65,7 @@ CUDA = torch.device("cuda")
 
 
 @section("environment", 60)
-def environment(out: Path) -> dict[str, Any]:
+def environment(out: Path, only: list[str]) -> dict[str, Any]:
     props = torch.cuda.get_device_properties(0)
     smi = subprocess.run(
         ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
@@ -89,7 +89,7 @@ def environment(out: Path) -> dict[str, Any]:
 
 
 @section("preflight", 170)
-def preflight(out: Path) -> dict[str, Any]:
+def preflight(out: Path, only: list[str]) -> dict[str, Any]:
     from nasaudit.preflight import run_preflight
 
     from nasaudit.config import load_profile
@@ -98,25 +98,28 @@ def preflight(out: Path) -> dict[str, Any]:
 
 
 @section("benchmarks", 170)
-def benchmarks(out: Path) -> dict[str, Any]:
-    """Each benchmark on its own: one that fails is reported with its error, the others still run."""
+def benchmarks(out: Path, only: list[str]) -> dict[str, Any]:
+    """Each benchmark (``only``: these; [] all) on its own: one that fails is reported with its error,
+    the others still run. Quick ones first; P-DARTS's supernets take longest."""
     from benchmarks import bench_gc, bench_pdarts, bench_proxies, bench_robot, bench_train
     from nasaudit.spaces.darts import PRIMITIVES
 
-    pdarts = {"channels": 16, "ops": PRIMITIVES, "batch_size": 96, "batches": 40}
+    pdarts = {"channels": 16, "batch_size": 96}  # the paper's search supernet (first and last stage)
     runs: dict[str, Callable[[], Any]] = {
         "retrain_fp32": lambda: bench_train.run(CUDA),
         "retrain_bf16": lambda: bench_train.run(CUDA, "bf16"),
-        "pdarts_stage1": lambda: bench_pdarts.run(CUDA, layers=5, **pdarts),
-        "pdarts_stage3": lambda: bench_pdarts.run(
-            CUDA, **{**pdarts, "layers": 17, "ops": bench_pdarts.STAGE3_OPS}
-        ),
         "kappa_ntk": lambda: bench_proxies.run(CUDA),
-        "robot_pool": lambda: bench_robot.run(CUDA, 100, [1, 10, 25, 50]),
         "gc": lambda: bench_gc.run(CUDA),
+        "robot_pool": lambda: bench_robot.run(CUDA, 50, [1, 10, 25, 50]),
+        "pdarts_stage1": lambda: bench_pdarts.run(CUDA, layers=5, ops=PRIMITIVES, batches=20, **pdarts),
+        "pdarts_stage3": lambda: bench_pdarts.run(
+            CUDA, layers=17, ops=bench_pdarts.STAGE3_OPS, batches=8, **pdarts
+        ),
     }
     results: dict[str, Any] = {}
     for name, run in runs.items():
+        if only and name not in only:
+            continue
         start = time.perf_counter()
         try:
             results[name] = {"ok": True, **run()}
@@ -128,7 +131,7 @@ def benchmarks(out: Path) -> dict[str, Any]:
 
 
 @section("precision", 120)
-def precision(out: Path) -> dict[str, Any]:
+def precision(out: Path, only: list[str]) -> dict[str, Any]:
     """The P-DARTS evaluation network at paper size, trained on the embedded digits in fp32 and bf16."""
     import dataclasses
 
@@ -187,7 +190,7 @@ def precision_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]
 
 
 @section("concurrency", 120)
-def concurrency(out: Path) -> dict[str, Any]:
+def concurrency(out: Path, only: list[str]) -> dict[str, Any]:
     """k retraining jobs (separate processes, as the grid runs them) at once, for k = 1, 2, 4, 8."""
     total = torch.cuda.get_device_properties(0).total_memory
     results: dict[str, Any] = {"jobs": {}}
@@ -253,7 +256,7 @@ def concurrent_job(jobs: int) -> None:
 
 
 @section("projection", 120)
-def projection(out: Path) -> dict[str, Any]:
+def projection(out: Path, only: list[str]) -> dict[str, Any]:
     """Plan's GPU-hours of Tables 1 and 5 timed on this GPU (no results counted as done)."""
     import tempfile
 
@@ -282,18 +285,18 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
 
 
-def run_section(name: str, out: Path) -> None:
+def run_section(name: str, out: Path, bench: list[str]) -> None:
     """In the child: run one section and write its JSON (or its error) next to the report."""
     start = time.perf_counter()
     try:
-        entry = {"ok": True, "result": SECTIONS[name].run(out)}
+        entry = {"ok": True, "result": SECTIONS[name].run(out, bench)}
     except Exception as exc:  # the parent reports it; the other sections still run
         entry = {"ok": False, "error": _one_line(exc)}
     entry["seconds"] = time.perf_counter() - start
     (out / f"{name}.json").write_text(json.dumps(entry, indent=1, default=str))
 
 
-def run_all(out: Path, only: list[str]) -> dict[str, Any]:
+def run_all(out: Path, only: list[str], bench: list[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sections": {}}
     for name, sec in SECTIONS.items():
@@ -303,6 +306,7 @@ def run_all(out: Path, only: list[str]) -> dict[str, Any]:
         (out / f"{name}.json").unlink(missing_ok=True)
         start = time.perf_counter()
         command = [sys.executable, "-m", "benchmarks.gpu_check", "--section", name, "--out", str(out)]
+        command += ["--bench", *bench] if bench else []
         try:
             subprocess.run(command, timeout=sec.limit_s, check=False)
             entry = json.loads((out / f"{name}.json").read_text())
@@ -328,6 +332,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/gpu-check"), help="report folder")
     parser.add_argument("--only", nargs="+", default=[], choices=list(SECTIONS), help="only these sections")
+    parser.add_argument("--bench", nargs="+", default=[], help="only these benchmarks (default: all)")
     parser.add_argument("--section", choices=list(SECTIONS), help=argparse.SUPPRESS)  # a child's section
     parser.add_argument("--concurrent-job", type=int, help=argparse.SUPPRESS)  # a concurrency child
     args = parser.parse_args()
@@ -338,9 +343,9 @@ def main() -> int:
         concurrent_job(args.concurrent_job)
         return 0
     if args.section:
-        run_section(args.section, args.out)
+        run_section(args.section, args.out, args.bench)
         return 0
-    report = run_all(args.out, args.only)
+    report = run_all(args.out, args.only, args.bench)
     print((args.out / "report.md").read_text())
     return 0 if all(s["ok"] for s in report["sections"].values()) else 1
 
