@@ -324,6 +324,8 @@ class TenasConfig:
     prune_number: int  # ops removed from each multi-op edge per round (never its last one)
     precision: int  # Δκ, ΔR rounded to this many decimals; ranks compare this many significant figures
     init: str  # "default" (PyTorch's init, as run) or "kaiming" (re-drawn before every repeat)
+    rank_ties: str  # "as_run" (prune_tenas.py: a new rank whenever unrounded means differ) or "rounded"
+    edge_reference: str  # "as_run" (one κ reference net of all 14 edges for the edge stage) or "pruned"
     lr_input_size: int  # linear regions: side of the one-channel crops fed to the stem-less net
     lr_batch_size: int  # crops per train-mode forward
     lr_batches: int  # forwards; R counts the distinct ReLU patterns over all of them
