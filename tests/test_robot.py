@@ -295,9 +295,9 @@ def test_best_weights_are_the_last_to_reach_the_best_accuracy_and_repeats_are_no
     assert [e["arch"] for e in result["evaluations"] if e["phase"] == "greedy"] == [4, 3]
 
 
-def _acquisition_starts(monkeypatch, seeds: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Run one GP-UCB proposal on a synthetic objective; return the L-BFGS-B starts, the random
-    samples the acquisition was evaluated on, and the proposal."""
+def _acquisition_run(monkeypatch, seeds: str) -> dict[str, np.ndarray]:
+    """One GP-UCB proposal on a synthetic objective: the L-BFGS-B starts it used, the random samples
+    the acquisition was evaluated on, the fresh points drawn after them, and the proposal."""
     import scipy.optimize
 
     starts: list[np.ndarray] = []
@@ -317,16 +317,17 @@ def _acquisition_starts(monkeypatch, seeds: str) -> tuple[list[np.ndarray], np.n
     replay = np.random.default_rng([11, 3, 3])  # the step's generator: GP seed, samples, then starts
     replay.integers(2**31 - 1)
     samples = replay.uniform(-1.0, 1.0, (50, 3))
-    return starts, samples, proposal if seeds == "best" else (proposal, replay.uniform(-1.0, 1.0, (4, 3)))
+    fresh = replay.uniform(-1.0, 1.0, (4, 3))
+    return {"starts": np.array(starts), "samples": samples, "fresh": fresh, "proposal": proposal}
 
 
 def test_acquisition_is_refined_from_fresh_random_points_as_bayes_opt_1_2_0(monkeypatch) -> None:
-    starts, samples, (proposal, fresh) = _acquisition_starts(monkeypatch, "random")
-    np.testing.assert_array_equal(np.array(starts), fresh)  # acq_max: new uniform seeds ...
-    assert not any(np.any(np.all(samples == start, axis=1)) for start in starts)  # ... not the best samples
-    assert np.all(np.abs(proposal) <= 1.0)
-    starts, samples, _ = _acquisition_starts(monkeypatch, "best")
-    assert all(np.any(np.all(samples == start, axis=1)) for start in starts)
+    run = _acquisition_run(monkeypatch, "random")
+    np.testing.assert_array_equal(run["starts"], run["fresh"])  # acq_max: new uniform seeds ...
+    assert not any(np.all(run["samples"] == start, axis=1).any() for start in run["starts"])  # ... only
+    assert np.all(np.abs(run["proposal"]) <= 1.0)
+    run = _acquisition_run(monkeypatch, "best")
+    assert all(np.all(run["samples"] == start, axis=1).any() for start in run["starts"])
 
 
 def test_acquisition_keeps_the_last_optimum_among_equals(monkeypatch) -> None:

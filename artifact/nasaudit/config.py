@@ -95,7 +95,7 @@ class RobotConfig:
     bo_steps: int  # GP-UCB proposals after those
     kappa: float  # UCB exploration weight
     acquisition_samples: int  # random points the acquisition is evaluated on
-    acquisition_starts: int  # L-BFGS-B runs refining the best of those
+    acquisition_starts: int  # L-BFGS-B runs that maximise it further
     acquisition_seeds: str  # where they start: "random" (fresh uniform points, as run) or "best" (samples')
     gp_restarts: int  # restarts of the GP's kernel-hyperparameter optimiser
     query: TrainConfig  # a query: short training on one half, accuracy on the other
