@@ -47,7 +47,7 @@ class ExperimentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One from-scratch training run: SGD with momentum, cosine schedule per epoch to ``lr_min``."""
+    """One training run: SGD with momentum, cosine schedule (per epoch, or per step) to ``lr_min``."""
 
     epochs: int
     batch_size: int
@@ -61,6 +61,8 @@ class TrainConfig:
     augment: AugmentConfig
     eval_every: int  # evaluate on the test split every N epochs (0: only at the end)
     checkpoint_every: int  # write a resumable checkpoint every N epochs
+    nesterov: bool = False  # Nesterov momentum (OFA's run manager uses it)
+    lr_per_step: bool = False  # the cosine is evaluated at every step (OFA's run manager), not per epoch
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ class NSGANetV2Config:
     surrogates: list[str]  # accuracy predictors competing by cross-validated Kendall tau
     cv_folds: int
     cart_trees: int  # trees of the CART ensemble
+    gp_trend: str  # regression trend of the GP (kriging) predictor: "linear" (as run) or "constant"
     mlp_max_iter: int  # epochs of the MLP predictor
     pop_size: int  # NSGA-II
     generations: int
@@ -214,6 +217,7 @@ class NSGANetV2Config:
     tradeoff_points: int  # final front: this many highest trade-off points, plus the most accurate
     pick_rank: int  # the architecture returned: this rank by FLOPs (1 = highest) among those
     bn_calibration: int  # training images re-estimating BN statistics of an extracted subnet; 0 off
+    reset_classifier: bool  # candidates get a fresh classifier before fine-tuning (as run), else inherit it
     finetune: TrainConfig  # candidate evaluation: fine-tuning of the inherited weights
     supernet: SupernetConfig
 
