@@ -62,20 +62,28 @@ def _exclusive(path: Path) -> Iterator[None]:
         yield
 
 
+def supernet_source(clean: ImageDataset, context: SearchContext) -> dict[str, Any]:
+    """Where :func:`shared_supernet` takes the supernet from, known before anything is trained: the
+    profile's weights file, or the cache folder and the key that names it."""
+    weights = context.profile.nsganetv2.supernet.weights
+    if weights:
+        return {"weights": weights}
+    key = supernet_key(clean, context.profile)
+    return {"folder": str(supernet_folder(shared_cache(context), key)), "key": key}
+
+
 def shared_supernet(clean: ImageDataset, context: SearchContext) -> tuple[MBV3SuperNet, dict[str, Any]]:
     """The supernet of the CLEAN data ``clean`` (trained on first use and cached), or the profile's
-    weights file; and where it came from, for the job's record."""
-    profile = context.profile
-    weights = profile.nsganetv2.supernet.weights
-    if weights:  # OFA's (or our own) file, used as it is: no training, no cache
-        net = obtain_supernet(clean, profile, seed=SUPERNET_SEED, folder=Path(weights).parent,
+    weights file (OFA's or our own, used as it is); and its :func:`supernet_source`."""
+    profile, source = context.profile, supernet_source(clean, context)
+    if "weights" in source:  # no training, no cache
+        net = obtain_supernet(clean, profile, seed=SUPERNET_SEED, folder=Path(source["weights"]).parent,
                               device=context.device, progress=context.progress)  # fmt: skip
-        return net, {"weights": weights}
-    key = supernet_key(clean, profile)
-    folder = supernet_folder(shared_cache(context), key)
+        return net, source
+    folder = Path(source["folder"])
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "key.json", key)
+    write_json(folder / "key.json", source["key"])
     with _exclusive(folder / "lock"):
         net = obtain_supernet(clean, profile, seed=SUPERNET_SEED, folder=folder, device=context.device,
                               progress=context.progress)  # fmt: skip
-    return net, {"folder": str(folder), "key": key}
+    return net, source

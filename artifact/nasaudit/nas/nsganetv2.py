@@ -70,7 +70,7 @@ from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
 from nasaudit.io import jsonable, save_torch, write_json
 from nasaudit.nas.base import NAS, SearchContext
-from nasaudit.nas.mbv3_supernet import shared_supernet
+from nasaudit.nas.mbv3_supernet import shared_supernet, supernet_source
 from nasaudit.registry import Registry
 from nasaudit.spaces.mbv3 import (
     N_VARS,
@@ -613,9 +613,10 @@ class NSGANetV2:
         cfg, resolutions = profile.nsganetv2, list(profile.mbv3.resolutions)
         check_config(profile)
         split = split_validation(data, cfg.val_size)
+        clean = context.clean_of(data)
+        claim_folder(out, seed, data, profile, supernet_source(clean, context))
         # the dataset's one supernet, of the CLEAN data: no poison reaches the weights inherited
-        supernet, source = shared_supernet(context.clean_of(data), context)
-        claim_folder(out, seed, data, profile, source)
+        supernet, _ = shared_supernet(clean, context)
         flops = FlopsCounter(supernet.plan, data.num_classes)
         evaluate = Evaluator(supernet, split, profile, context.device)
         archive = Archive(out / ARCHIVE, resolutions)
