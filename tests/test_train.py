@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 
 import pytest
@@ -34,6 +35,27 @@ def test_cosine_schedule_runs_from_lr_to_lr_min() -> None:
     assert cosine_lr(CFG, 0) == CFG.lr
     cfg = dataclasses.replace(CFG, epochs=4, lr=1.0, lr_min=0.2)
     assert [round(cosine_lr(cfg, e), 4) for e in range(4)] == [1.0, 0.8828, 0.6, 0.3172]
+
+
+def test_ofa_recipe_steps_the_cosine_every_batch_with_nesterov_momentum(tiny_dataset, monkeypatch) -> None:
+    """OFA's run manager (NSGANetV2's fine-tune): lr = cosine at epoch + batch/batches, Nesterov SGD."""
+    cfg = dataclasses.replace(CFG, epochs=2, lr=0.1, lr_min=0.0, nesterov=True, lr_per_step=True)
+    seen: list[tuple[float, bool]] = []
+    real = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        seen.append((self.param_groups[0]["lr"], self.param_groups[0]["nesterov"]))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    train_model(_build, tiny_dataset, cfg, seed=0, device=CPU, progress=False)
+    steps = -(-len(tiny_dataset.train) // cfg.batch_size)
+    expected = [
+        0.05 * (1 + math.cos(math.pi * (e * steps + b) / (2 * steps))) for e in range(2) for b in range(steps)
+    ]
+    assert len(seen) == 2 * steps > 2 and all(nesterov for _, nesterov in seen)
+    assert [lr for lr, _ in seen] == pytest.approx(expected, rel=1e-12)
+    assert seen[1][0] < seen[0][0] == cfg.lr  # within the first epoch already
 
 
 def test_same_seed_same_metrics_and_another_seed_differs(tiny_dataset) -> None:

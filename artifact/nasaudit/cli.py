@@ -188,7 +188,12 @@ def cmd_search(args: argparse.Namespace) -> None:
     from nasaudit.nas import SearchContext, run_search
 
     data, provenance = _search_data(args)
-    context = SearchContext(load_profile(args.profile), _device(args.device), Path(args.out))
+    clean = None  # the search data is clean itself
+    if args.poison is not None or args.defense is not None:
+        from nasaudit.data.datasets import load_dataset
+
+        clean = load_dataset(args.dataset, args.root)
+    context = SearchContext(load_profile(args.profile), _device(args.device), Path(args.out), clean=clean)
     record = run_search(args.algo, data, args.seed, context, provenance)
     print(f"{args.algo}: architecture -> {Path(args.out) / 'architecture.json'}")
     _print_json(record["architecture"])

@@ -292,7 +292,8 @@ def step_grid(run: SmokeRun) -> dict[str, Any]:
 
 
 def step_nsganetv2(run: SmokeRun) -> dict[str, Any]:
-    """A tiny NSGANetV2 search: its own small supernet (2 shrinking phases), a few evaluated archs."""
+    """A tiny NSGANetV2 search: the dataset's shared small supernet (2 shrinking phases), a few
+    evaluated archs."""
     from nasaudit.nas import SearchContext, run_search
     from nasaudit.spaces.mbv3 import FlopsCounter, channel_plan, count_params, extreme_arch
 
@@ -301,12 +302,13 @@ def step_nsganetv2(run: SmokeRun) -> dict[str, Any]:
     run_search("nsganetv2", run.dataset, SEED, context, {"dataset": run.dataset.name, "poison": None})
     archive = json.loads((out / "archive.json").read_text())
     pick = json.loads((out / "pareto.json").read_text())["pick"]
+    supernet = json.loads((out / "search_state.json").read_text())["supernet"]
     plan, space = channel_plan(run.profile.mbv3.width_mult), run.profile.mbv3
     largest = extreme_arch(space.resolutions, largest=True)
     return {
         "largest_flops": FlopsCounter(plan, run.dataset.num_classes)(largest),
         "largest_params": count_params(largest, plan, run.dataset.num_classes),
-        "supernet_epochs": len(json.loads((out / "supernet" / "log.json").read_text())),
+        "supernet_epochs": len(json.loads((Path(supernet["folder"]) / "supernet" / "log.json").read_text())),
         "evaluated": len(archive),
         "best_val_accuracy": {"value": round(max(e["val_accuracy"] for e in archive), 2), "tol": 15.0},
         "pick_mflops": {"value": round(pick["mflops"], 3), "tol": 5.0},

@@ -1,6 +1,6 @@
 """Training from scratch: the P-DARTS evaluation recipe, for any model of the registry.
 
-SGD with momentum and a per-epoch cosine schedule, gradient clipping, the auxiliary-head loss, a
+SGD with momentum and a per-epoch (or per-step) cosine schedule, gradient clipping, the auxiliary-head loss, a
 linear drop-path ramp, crop/flip/cutout on the device (SPEC §3). Everything a run depends on is a
 function of (seed, epoch), and a checkpoint is written atomically every few epochs, so a run that is
 killed and restarted ends with exactly the metrics of an uninterrupted one. The weights are saved
@@ -41,9 +41,11 @@ _RUN_KEYS = ("config", "seed", "dataset", "train_sha256")
 _ARCHITECTURE_KEYS = ("space", "architecture", "genotype", "model")
 
 
-def cosine_lr(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate of ``epoch`` (0-based): cosine from ``lr`` to ``lr_min`` over the run."""
-    return cfg.lr_min + (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+def cosine_lr(cfg: TrainConfig, epoch: int, step: int = 0, steps: int = 1) -> float:
+    """Learning rate at ``step`` of ``steps`` in ``epoch`` (0-based): cosine from ``lr`` to ``lr_min``
+    over the run (OFA's ``calc_learning_rate`` when steps are counted, run_manager.py:67-76)."""
+    done = (epoch + step / steps) / cfg.epochs
+    return cfg.lr_min + (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * done)) / 2
 
 
 def _split_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -59,11 +61,16 @@ def train_epoch(
     seed: int,
     epoch: int,
 ) -> tuple[float, float]:
-    """One pass over ``data``; returns (mean loss, accuracy in %)."""
+    """One pass over ``data``; returns (mean loss, accuracy in %). With ``cfg.lr_per_step`` the learning
+    rate is set before every step, else the caller sets it once for the epoch."""
     model.train()
     total_loss = torch.zeros((), device=data.device)
     correct = torch.zeros((), device=data.device, dtype=torch.long)
-    for x, y in data.batches(cfg.batch_size, seed=seed, epoch=epoch, augment=cfg.augment):
+    steps = data.num_batches(cfg.batch_size)
+    for step, (x, y) in enumerate(data.batches(cfg.batch_size, seed=seed, epoch=epoch, augment=cfg.augment)):
+        if cfg.lr_per_step:
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(cfg, epoch, step, steps)
         with autocast(data.device, cfg.precision):
             logits, aux = _split_output(model(x))
             loss = F.cross_entropy(logits, y)
@@ -145,7 +152,11 @@ def train_model(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov,
     )
     log: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0

@@ -210,6 +210,7 @@ class SearchStage:
             env.layout.search_dir(task.key),
             progress=env.progress,
             cache_dir=env.layout.cache_dir(task.key.searched_on),
+            clean=grid_dataset(task.key.searched_on, env),
         )
         run_search(task.algorithm, dataset, task_seed(task), context, provenance)
 

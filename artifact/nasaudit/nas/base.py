@@ -23,7 +23,9 @@ class SearchContext:
     """Where a search runs and keeps its resumable state and logs.
 
     ``cache_dir`` holds artifacts shared across the jobs of one dataset (RoBoT's scored pool, the
-    random baseline's supernet); None means ``shared_cache``'s default beside the job folder.
+    MobileNetV3 supernet); None means ``shared_cache``'s default beside the job folder. ``clean`` is
+    the clean dataset the search data was made from (before any poison or defense), for what must
+    never see the poison (NSGANetV2's supernet); None means the search data is clean itself.
     """
 
     profile: Profile
@@ -31,6 +33,11 @@ class SearchContext:
     out_dir: Path
     progress: bool = True
     cache_dir: Path | None = None
+    clean: ImageDataset | None = None
+
+    def clean_of(self, data: ImageDataset) -> ImageDataset:
+        """The clean data behind the search data ``data``."""
+        return self.clean if self.clean is not None else data
 
 
 def shared_cache(context: SearchContext) -> Path:

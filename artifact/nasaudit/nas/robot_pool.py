@@ -42,7 +42,7 @@ from nasaudit.registry import Registry
 from nasaudit.spaces.darts import EDGE_OPS, EDGES, PRIMITIVES, EvalNetwork, Genotype, derive_genotype
 from nasaudit.spaces.darts.stacked import StackedLinear, StackedNetworks, scored_layers
 
-POOL_FORMAT = "nasaudit-robot-pool/1"
+POOL_FORMAT = "nasaudit-robot-pool/2"
 
 #: What the 7 columns of a random weight row mean. As run, RoBoT drew 7 columns but derived them
 #: against the first 7 DARTS primitives, so column 0 is 'none' and dil_conv_5x5 is never sampled.
@@ -71,9 +71,13 @@ def sample_pool(size: int, seed: int, pool_ops: str) -> list[Genotype]:
 
 
 def proxy_batch(data: ImageDataset, seed: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The one fixed batch that scores the whole pool: seeded indices, un-augmented, normalised."""
+    """The one fixed batch that scores the whole pool: seeded indices, un-augmented, normalised.
+
+    Drawn from the first half of the training split, the half the queries train on: as run, it is the
+    first batch of that half's shuffled loader (ztcoalson/RoBoT darts_space/search.py:156-159, 284-285).
+    """
     rng = np.random.default_rng([seed, 1])
-    idx = rng.choice(len(data.train), size=size, replace=False)
+    idx = rng.choice(len(data.train) // 2, size=size, replace=False)
     chosen = DeviceData(Split(data.train.images[idx], data.train.labels[idx]), data, device)
     return chosen.transform(chosen.images), chosen.labels
 
