@@ -213,7 +213,10 @@ def test_verdicts_and_notes(page) -> None:
     assert "table2.csv: run `make table2 PROFILE=smoke`" in text
 
 
-def test_an_empty_results_folder_renders_every_cell_as_missing(tmp_path) -> None:
+def test_an_empty_results_folder_renders_every_cell_as_missing(tmp_path, capsys) -> None:
+    assert main(["report", "--profile", "smoke", "--results", str(tmp_path)]) == 2  # a wrong --results
+    assert "no results of profile 'smoke'" in capsys.readouterr().err
+    (tmp_path / "smoke").mkdir()
     assert main(["report", "--profile", "smoke", "--results", str(tmp_path)]) == 0
     page = Page((tmp_path / "smoke" / "report" / "index.html").read_text())
     assert len(page.rows) == sum(len(pd.read_csv(PUBLISHED_DIR / f"{n}.csv")) for n in TABLES)

@@ -91,6 +91,11 @@ def write_report(
     layout = Layout.of(results, profile)
     out = Path(out) if out is not None else layout.root / "report"
     table2 = Path(table2) if table2 is not None else layout.root / "table2"
+    if not layout.root.is_dir() and not table2.is_dir():
+        raise NasauditError(
+            f"no results of profile {profile.name!r} in {layout.root}: run a table first (`make table1 "
+            f"PROFILE={profile.name}`), or point --results at the folder holding {profile.name}/"
+        )
     evidence = [
         table2_evidence(profile, table2) if name == "table2" else grid_table_evidence(name, profile, layout)
         for name in TABLES
