@@ -8,8 +8,8 @@ PROFILE ?= paper
 DATASETS ?= cifar10 cifar100 mnist fashionmnist svhn
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke-test smoke-bless test test-all lint data bench gpu-check clean table1 table2 table3 table4 table5 \
-	table6 figures
+.PHONY: help venv smoke-test smoke-bless test test-all lint data bench gpu-check clean table1 table2 table3 table4 \
+	table5 table6 figures report
 include mk/docker.mk
 
 help:  ## list the targets
@@ -98,6 +98,9 @@ table2: $(STAMP)  ## Table 2: training-free metrics, clean vs poisoned (p = 50%)
 
 figures: $(STAMP)  ## Figure 1: cells of the best clean and worst RLF-50% P-DARTS architecture of `make table1`
 	$(VENV)/bin/nasaudit figure cells --grid results --profile $(PROFILE) --out results/$(PROFILE)/figures/figure1
+
+report: $(STAMP)  ## one HTML page, no network: every table vs the paper, plots, provenance (results/PROFILE/report)
+	$(VENV)/bin/nasaudit report --profile $(PROFILE) --results results
 
 bench: $(STAMP)  ## speed against plain-PyTorch baselines measured in the same run (CPU, and GPU if present)
 	$(PY) -m benchmarks

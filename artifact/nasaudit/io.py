@@ -104,9 +104,12 @@ def environment_manifest(device: str = "cpu") -> dict[str, Any]:
 
     from nasaudit import __version__
 
+    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
     return {
         "nasaudit": __version__,
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,  # the CUDA torch was built with (None: a CPU-only build)
+        "gpu": gpu,
         "python": platform.python_version(),
         "host": socket.gethostname(),
         "device": device,

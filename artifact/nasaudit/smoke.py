@@ -372,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary.update({f"{name}.{k}": v for k, v in outputs.items()})
     write_json(args.out / "summary.json", summary)
+    from nasaudit.report.html import write_report  # the results page a reviewer opens
+
+    page = write_report(profile, run.out / "grid", out=run.out / "report", table2=run.out / "table2")
+    print(f"[smoke] results page (every table against the paper, plots, provenance) -> {page}")
     if args.bless:
         write_json(args.expected, summary)
         print(f"[smoke] wrote {args.expected}")

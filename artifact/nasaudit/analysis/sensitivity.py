@@ -214,6 +214,11 @@ def metric_groups(metrics: Sequence[str]) -> dict[str, list[str]]:
     return groups
 
 
+def metric_algorithms(metrics: Sequence[str]) -> dict[str, str]:
+    """Each metric's NAS algorithm (Table 2 groups its columns by it)."""
+    return {m: GROUPS.get(g).algorithm for g, ms in metric_groups(metrics).items() for m in ms}
+
+
 def fixed_indices(n_train: int, cfg: SensitivityConfig, seed: int) -> np.ndarray:
     """``samples`` distinct training indices in random order (the first ``tenas_samples`` serve TE-NAS)."""
     if not 0 < cfg.tenas_samples <= cfg.samples <= n_train:
@@ -374,7 +379,7 @@ def run_sensitivity(
     records = [json.loads(p.read_text()) for p in paths]
     if not all(_complete(r, probes, cfg.metrics) for r in records):
         return None
-    algorithms = {m: GROUPS.get(g).algorithm for g, ms in metric_groups(cfg.metrics).items() for m in ms}
+    algorithms = metric_algorithms(cfg.metrics)
     values = [(r["key"]["index"], r["values"]) for r in records]
     table, per_architecture = summarise(values, budgets, algorithms, dataset.name)
     write_outputs(table, per_architecture, Path(out_dir))

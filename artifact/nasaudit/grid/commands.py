@@ -53,13 +53,27 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    import time
+
     import torch
 
-    from nasaudit.grid.plan import estimate
+    from nasaudit.grid.plan import estimate, record_path
+    from nasaudit.io import jsonable, write_json
 
     grid, profile = _grid(args)
     device = None if args.device == "auto" else torch.device(args.device)
-    print(estimate(grid, profile, args.root, device).render(args.experiment, profile.name))
+    result = estimate(grid, profile, args.root, device)
+    print(result.render(args.experiment, profile.name))
+    record = {
+        "experiment": args.experiment,
+        "profile": profile.name,
+        "selection": {"algorithms": args.algo or [], "datasets": args.dataset or []},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **jsonable(result),
+    }
+    print(
+        f"recorded for `nasaudit report` -> {write_json(record_path(grid.layout, args.experiment), record)}"
+    )
     return 0
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from nasaudit.config import PDartsConfig, Profile, TenasConfig
 from nasaudit.errors import NasauditError
-from nasaudit.grid.jobs import Grid, Task
+from nasaudit.grid.jobs import Grid, Layout, Task
 from nasaudit.grid.stages import is_done
 from nasaudit.precision import autocast
 from nasaudit.proxies.ntk import ntk_cond
@@ -715,3 +715,9 @@ def estimate(
             profile.grid.reference_gpu_images_per_second * _retrain_per_image(profile, "darts", timer)
         )
     return Estimate(device.type, factor, stages)
+
+
+def record_path(layout: Layout, experiment: str) -> Path:
+    """Where `nasaudit plan` keeps its latest estimate of an experiment: the report sets it against the
+    compute spent without timing the networks again (a minute per table on a CPU)."""
+    return layout.root / "plan" / f"{experiment}.json"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,10 +293,12 @@ def execute(task: Task, spec: RunSpec, where: str = "local") -> Outcome:
         if stage.output(task, env.layout).is_file():
             return Outcome(task, "skipped")
         state.mark_running(task, where)
+        start = time.perf_counter()
         try:
             stage.run(task, env)
             if not stage.output(task, env.layout).is_file():
                 raise NasauditError(f"{task.id} finished without writing {stage.output(task, env.layout)}")
+            state.mark_done(task, time.perf_counter() - start, where, str(env.device))
         except Exception as exc:  # any failure is this task's, reported and retried
             error = error_line(exc)
             state.mark_failed(task, error, traceback.format_exc())

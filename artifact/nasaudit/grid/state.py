@@ -4,7 +4,9 @@ A task is done when its output file exists (outputs are written atomically, last
 runs a task it holds an exclusive ``flock`` on ``<task>.lock`` and a ``<task>.running`` marker says
 where; the kernel drops the lock when the process dies, so a marker without its lock is a run that
 was killed and counts as pending. A failure leaves ``<task>.failed`` holding the one-line error (and
-``<task>.traceback`` for debugging); it is cleared when the task next starts. Two runners on one
+``<task>.traceback`` for debugging); it is cleared when the task next starts. A finished task leaves
+``<task>.done`` with the seconds its successful attempt took (the compute a report sets against the
+plan's estimate). Two runners on one
 results folder (two containers, a local run beside a cluster run) therefore never run a task twice.
 """
 
@@ -73,6 +75,30 @@ class TaskState:
         write_bytes(self._path(task, "failed"), (one_line(error) + "\n").encode())
         if traceback:
             write_bytes(self._path(task, "traceback"), traceback.encode())
+
+    def mark_done(self, task: Task, seconds: float, where: str, device: str) -> None:
+        write_json(
+            self._path(task, "done"),
+            {
+                "task": task.id,
+                "seconds": seconds,
+                "device": device,
+                "host": socket.gethostname(),
+                "where": where,
+            },
+        )
+
+    def timing(self, task: Task) -> tuple[float, str] | None:
+        """(seconds, device) of the attempt that finished the task; None when untimed (a task finished
+        outside a grid runner, or before runners recorded times)."""
+        path = self._path(task, "done")
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            return float(record["seconds"]), str(record["device"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def failure(self, task: Task) -> str | None:
         """The one-line error of the task's last failed attempt, if that is its state."""

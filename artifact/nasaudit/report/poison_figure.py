@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.poison import Poison
 from nasaudit.errors import NasauditError
@@ -54,6 +55,33 @@ def poison_figure(poisons: Sequence[Poison], dataset: ImageDataset, n: int = 8, 
             ax.set_yticks([])
         axes[r][0].set_ylabel(title, fontsize=9)
     return fig
+
+
+# Appendix C shows GC (Table 1's NAS-specific GC) and Gaussian noise; the label attacks keep the images.
+FIGURE2_ATTACKS = ("nas_gc", "gaussian")
+
+
+def figure2_poisons(
+    results: Path, profile: Profile, data_root: Path | None = None, attacks: Sequence[str] = FIGURE2_ATTACKS
+) -> tuple[list[Poison], ImageDataset]:
+    """The paper's rows from a Table 1 grid: per attack, a finished poison of the grid's first dataset
+    at the largest budget (P-DARTS's victim when the attack has one, as in Figure 1), and its dataset."""
+    from nasaudit.data.datasets import load_dataset
+    from nasaudit.data.poison import load_poison
+    from nasaudit.grid import Layout, build_grid, is_done, load_experiment
+
+    layout, name = Layout.of(results, profile), profile.table1.datasets[0]
+    tasks = build_grid(load_experiment("table1", profile), layout).by_stage().get("poison", [])
+    picked = []
+    for attack in attacks:
+        done = [t for t in tasks if t.dataset == name and t.attack == attack and is_done(t, layout)]
+        if not done:
+            raise NasauditError(
+                f"no finished {attack} poison of {name} under {layout.root}; run `make table1` first"
+            )
+        picked.append(max(done, key=lambda t: (t.budget, t.algorithm == "pdarts", -t.trial)))
+    dataset = load_dataset(name, data_root).first(profile.grid.train_subset)
+    return [load_poison(layout.poison(t), dataset) for t in picked], dataset
 
 
 def save_poison_figure(
