@@ -6,6 +6,8 @@ where; the kernel drops the lock when the process dies, so a marker without its 
 was killed and counts as pending. A failure leaves ``<task>.failed`` holding the one-line error (and
 ``<task>.traceback`` for debugging); it is cleared when the task next starts. Two runners on one
 results folder (two containers, a local run beside a cluster run) therefore never run a task twice.
+The Slurm runner also leaves ``<task>.slurm`` naming the job it submitted, so a restarted driver
+follows that job instead of submitting the task again.
 """
 
 from __future__ import annotations
@@ -73,6 +75,17 @@ class TaskState:
         write_bytes(self._path(task, "failed"), (one_line(error) + "\n").encode())
         if traceback:
             write_bytes(self._path(task, "traceback"), traceback.encode())
+
+    def mark_submitted(self, task: Task, job_id: str, folder: Path) -> None:
+        write_json(self._path(task, "slurm"), {"task": task.id, "job_id": job_id, "folder": str(folder)})
+
+    def submitted(self, task: Task) -> dict | None:
+        """The Slurm job last submitted for the task (job_id, submitit folder), whatever became of it."""
+        path = self._path(task, "slurm")
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
 
     def failure(self, task: Task) -> str | None:
         """The one-line error of the task's last failed attempt, if that is its state."""
