@@ -1,7 +1,7 @@
 """A one-node Slurm cluster on localhost, owned by the process that starts it (``make test-slurm``).
 
 ``LocalSlurm`` writes munge's key and a slurm.conf for this machine (its CPUs and memory as ``slurmd -C``
-reports them, cgroup-free process tracking, two fake GPUs (device files /dev/null and /dev/zero), a default partition and one with a 1-minute
+reports them, cgroup-free process tracking, two fake GPUs, a default partition and one with a 1-minute
 time limit) into a fresh temporary folder, starts munged, slurmctld and slurmd in the foreground as its
 own child processes, and waits until ``sinfo`` shows the node idle. ``stop`` cancels the cluster's jobs,
 ends exactly the processes it started (by pid), then any job process still carrying this cluster's
@@ -13,6 +13,7 @@ installed as a service and nothing under /etc is touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -84,7 +85,9 @@ class Node:
                 int(fields["RealMemory"]),
             )
         except (KeyError, ValueError):
-            raise Refusal(f"cannot read this machine's node line from `slurmd -C`: {text.strip()!r}") from None
+            raise Refusal(
+                f"cannot read this machine's node line from `slurmd -C`: {text.strip()!r}"
+            ) from None
 
 
 def free_port() -> int:
@@ -177,7 +180,9 @@ class LocalSlurm:
         (self.folder / "plugstack.conf").write_text("")
         (self.folder / "gres.conf").write_text(gres_conf())
         user = _user()
-        self.conf.write_text(slurm_conf(self.folder, node, socket.gethostname(), (free_port(), free_port()), user))
+        self.conf.write_text(
+            slurm_conf(self.folder, node, socket.gethostname(), (free_port(), free_port()), user)
+        )
         self._daemon(
             "munged",
             "--foreground",
@@ -190,8 +195,11 @@ class LocalSlurm:
         )
         self._wait(lambda: (self.folder / "munge.socket").exists(), timeout, "munged never opened its socket")
         self._daemon("slurmctld", "-D", "-i", "-f", str(self.conf))
-        self._wait(lambda: self._ok(["scontrol", "ping"]) and "UP" in self._out(["scontrol", "ping"]), timeout,
-                   "slurmctld never answered `scontrol ping`")
+        self._wait(
+            lambda: self._ok(["scontrol", "ping"]) and "UP" in self._out(["scontrol", "ping"]),
+            timeout,
+            "slurmctld never answered `scontrol ping`",
+        )
         self._daemon("slurmd", "-D", "-N", "localhost", "-f", str(self.conf))
         self._wait(lambda: self.node_state() == "idle", timeout, "the node never became idle in sinfo")
 
@@ -199,7 +207,8 @@ class LocalSlurm:
         return self._out(["sinfo", "--noheader", "--nodes=localhost", "--format=%T"]).strip().rstrip("*")
 
     def stop(self, timeout: float = 30) -> None:
-        """Cancel the jobs, end the daemons this object started, then stray job processes; remove the folder."""
+        """Cancel the jobs, end the daemons this object started, then stray job processes; remove the
+        folder."""
         if self.daemons and all(d.poll() is None for d in self.daemons):
             self._ok(["scancel", "--full", f"--user={_user()}"])
             self._wait(lambda: not self._out(["squeue", "--noheader"]).strip(), timeout, None)
@@ -227,7 +236,9 @@ class LocalSlurm:
     def _daemon(self, *command: str) -> None:
         log = open(self.folder / f"{command[0]}.stdout", "ab")  # noqa: SIM115 (kept open by the child)
         self.daemons.append(
-            subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         )
         log.close()
 
@@ -278,10 +289,8 @@ def _end(pid: int, gone, timeout: float) -> None:  # type: ignore[no-untyped-def
     while time.monotonic() < deadline and not gone():
         time.sleep(0.2)
     if not gone():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def main(argv: list[str]) -> int:

@@ -12,7 +12,6 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import shutil
-import signal
 import textwrap
 import time
 from collections.abc import Callable
@@ -229,23 +228,23 @@ def visible_gpus() -> list[str]:
 # --- slurm: job arrays through submitit ---------------------------------------------------------------
 
 
-def _run_slurm(task: Task, spec: RunSpec) -> Outcome:
-    """One array element: as many threads as the job has CPUs, and Slurm's own time limit.
+# submitit always asks Slurm for a warning signal before the time limit (USR2, on which it raises inside
+# the running stage, or kills a process still starting when the limit is short). We ask for SIGURG
+# instead, which a process ignores unless it asks for it: Slurm ends a task at its limit, recorded as
+# TIMEOUT, with the stage's checkpoints on disk for the resubmission.
+WARNING_SIGNAL = "URG@90"
 
-    submitit would raise inside the stage when its signal comes 90 s before the limit; ignoring it lets
-    Slurm end the task at the limit, recorded as TIMEOUT, with the stage's checkpoints on disk for the
-    resubmission. Without cgroups nothing else stops torch from using every core of the node.
-    """
+
+def _run_slurm(task: Task, spec: RunSpec) -> Outcome:
+    """One array element, with as many threads as the job has CPUs: without cgroups nothing else stops
+    torch from using every core of the node."""
     where = f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}"
-    if "SLURM_JOB_ID" in os.environ:
-        import submitit
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
         import torch
 
-        signal.signal(getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}"), signal.SIG_IGN)
-        if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-            torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
-        if "SLURM_ARRAY_JOB_ID" in os.environ:
-            where = f"slurm job {os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        where = f"slurm job {os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     return execute(task, spec, where)
 
 
@@ -279,6 +278,7 @@ class SlurmBackend:
             "mem_gb": cfg.mem_gb,
             "name": f"nasaudit-{spec.profile.name}",
             "slurm_array_parallelism": cfg.array_parallelism,
+            "slurm_additional_parameters": {"signal": WARNING_SIGNAL},
         }
         if cfg.partition:
             params["slurm_partition"] = cfg.partition
