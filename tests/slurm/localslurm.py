@@ -209,7 +209,7 @@ class LocalSlurm:
     def stop(self, timeout: float = 30) -> None:
         """Cancel the jobs, end the daemons this object started, then stray job processes; remove the
         folder."""
-        if self.daemons and all(d.poll() is None for d in self.daemons):
+        if self.conf.is_file() and self.daemons and all(d.poll() is None for d in self.daemons):
             self._ok(["scancel", "--full", f"--user={_user()}"])
             self._wait(lambda: not self._out(["squeue", "--noheader"]).strip(), timeout, None)
         for daemon in reversed(self.daemons):
@@ -261,10 +261,16 @@ class LocalSlurm:
         return f"no log from {name}"
 
     def _ok(self, command: list[str]) -> bool:
-        return subprocess.run(command, env=self.env, capture_output=True).returncode == 0
+        try:
+            return subprocess.run(command, env=self.env, capture_output=True).returncode == 0
+        except OSError:  # not installed
+            return False
 
     def _out(self, command: list[str]) -> str:
-        return subprocess.run(command, env=self.env, capture_output=True, text=True).stdout
+        try:
+            return subprocess.run(command, env=self.env, capture_output=True, text=True).stdout
+        except OSError:
+            return ""
 
     def _check(self, command: list[str]) -> str:
         result = subprocess.run(command, env=self.env, capture_output=True, text=True)
