@@ -95,3 +95,17 @@ def test_stop_ends_exactly_its_processes_and_removes_the_folder(tmp_path) -> Non
         for process in (stray, other):
             process.kill()
             process.wait()
+
+
+def test_make_targets() -> None:
+    """test-slurm installs then runs the marked tests; test-all leaves them to test-slurm, as root only."""
+    from test_docker import make_n
+
+    slurm = [c for c in make_n("test-slurm") if c[:1] == [".venv/bin/python"]]
+    assert slurm[-2:] == [
+        [".venv/bin/python", "tests/slurm/localslurm.py", "install"],
+        [".venv/bin/python", "-m", "pytest", "-q", "-m", "slurm", "tests/slurm"],
+    ]
+    everything = make_n("test-all")
+    assert [".venv/bin/python", "-m", "pytest", "-q", "-m", "not slurm"] in everything
+    assert any(c[:2] == ["if", "["] and "test-slurm;" in c for c in everything)
