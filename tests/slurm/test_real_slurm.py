@@ -35,7 +35,16 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 PROFILE = "slurmtest"
 ARRAY_LIMIT = 3  # below the cluster's MaxArraySize (5): the profile's limit is the one that binds
-RESOURCES = {"gpus_per_task": 1, "cpus_per_task": 1, "mem_gb": 1, "partition": MAIN_PARTITION, "time_min": 30}
+# Two tasks at once, with as many threads each as the local runner's two workers get (cores // 2): the
+# same thread count gives the same floating-point sums, so the two runners' tables can be compared exactly.
+CPUS = max(1, (os.cpu_count() or 2) // 2)
+RESOURCES = {
+    "gpus_per_task": 1,
+    "cpus_per_task": CPUS,
+    "mem_gb": 1,
+    "partition": MAIN_PARTITION,
+    "time_min": 30,
+}
 ARTIFACT = str(Path(nasaudit.__file__).resolve().parents[1])  # jobs import the code under test
 
 
@@ -182,7 +191,7 @@ def test_table1_through_job_arrays_equals_the_local_runner(cluster, table_run, t
             str(out),
         )
         tables.append((out / "table1.csv").read_text())
-    assert tables[0] == tables[1]  # same seeds, one thread each: the same numbers to the last digit
+    assert tables[0] == tables[1]  # same seeds, same threads: the same numbers to the last digit
     assert "pdarts,gaussian,0.5,2," in tables[0] and "pdarts,none,0.0,2," in tables[0]
 
 
@@ -221,7 +230,7 @@ def test_submitted_scripts_carry_the_profile_resources(table_run) -> None:
         lines = set(script.read_text().splitlines())
         expected = {
             "#SBATCH --gpus-per-node=1",
-            "#SBATCH --cpus-per-task=1",
+            f"#SBATCH --cpus-per-task={CPUS}",
             "#SBATCH --mem=1GB",
             f"#SBATCH --partition={MAIN_PARTITION}",
             "#SBATCH --time=30",
@@ -230,7 +239,7 @@ def test_submitted_scripts_carry_the_profile_resources(table_run) -> None:
     for row in table_run.jobs.values():  # and Slurm granted them
         assert (row["gres"], row["cpus"], row["memory"], row["partition"]) == (
             "gres:gpu:1",
-            "1",
+            str(CPUS),
             "1G",
             MAIN_PARTITION,
         )
