@@ -8,8 +8,8 @@ PROFILE ?= paper
 DATASETS ?= cifar10 cifar100 mnist fashionmnist svhn
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke-test smoke-bless test test-all lint data bench gpu-check clean table1 table2 table3 table4 \
-	table5 table6 figures report
+.PHONY: help venv smoke-test smoke-bless test test-all test-slurm lint data bench gpu-check clean table1 table2 \
+	table3 table4 table5 table6 figures report
 include mk/docker.mk
 
 help:  ## list the targets
@@ -37,8 +37,15 @@ lint: $(STAMP) docker-lint  ## ruff, and hadolint on the Dockerfile
 test: lint  ## ruff + the fast test suite (skips tests marked slow)
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: lint  ## ruff + every test, the slow ones too
-	$(PY) -m pytest -q
+test-all: lint  ## ruff + every test, the slow ones too, and test-slurm when root
+	$(PY) -m pytest -q -m "not slurm"
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) test-slurm; else echo "test-all: test-slurm skipped (needs root)"; fi
+
+# A one-node Slurm cluster on localhost (tests/slurm/localslurm.py): installed with apt when missing,
+# started in a temporary folder, stopped (exactly its processes) and removed after the checks.
+test-slurm: $(STAMP)  ## (root) the slurm runner against a real one-node Slurm on localhost; ~15 min on 2 cores
+	$(PY) tests/slurm/localslurm.py install
+	$(PY) -m pytest -q -m slurm tests/slurm
 
 data: $(STAMP)  ## download the real datasets into data/ (needs internet; checksums verified)
 	for d in $(DATASETS); do $(VENV)/bin/nasaudit data download $$d || exit 1; done

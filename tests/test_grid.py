@@ -335,6 +335,52 @@ def test_slurm_runner_through_submitit_debug_executor(tiny, monkeypatch) -> None
         assert ours["test_accuracy"] == theirs["test_accuracy"] and ours["seed"] == theirs["seed"]
 
 
+class AdoptingBackend:
+    """Follows one task an earlier run submitted, and reports every task it runs as killed."""
+
+    capacity = 2
+
+    def __init__(self, earlier: Task) -> None:
+        self.earlier, self.submitted, self.in_flight = earlier, [], []
+
+    def adopt(self, tasks: list[Task]) -> list[Task]:
+        assert self.earlier in tasks
+        self.in_flight.append(self.earlier)
+        return [self.earlier]
+
+    def submit(self, tasks: list[Task]) -> None:
+        self.submitted += tasks
+        self.in_flight += tasks
+
+    def wait(self) -> list:
+        from nasaudit.grid.stages import Outcome
+
+        finished, self.in_flight = self.in_flight, []
+        return [
+            Outcome(t, "failed", f"Slurm job 5 ended FAILED ({t.id})", "last lines:\nKilled")
+            for t in finished
+        ]
+
+    def close(self) -> None:
+        pass
+
+
+def test_schedule_follows_adopted_tasks_and_keeps_a_dead_worker_log(tiny) -> None:
+    from nasaudit.grid.runners import schedule
+
+    _, grid, _ = tiny
+    earlier = next(t for t in grid.deps if not grid.deps[t])
+    backend = AdoptingBackend(earlier)
+    lines, log = _log()
+    report = schedule(grid, backend, retries=0, log=log)
+    assert earlier not in backend.submitted and earlier in report.failed  # followed, not submitted again
+    assert lines[0] == "[grid] following 1 tasks an earlier run submitted (still queued or running)"
+    assert "    last lines:\n    Killed" in "\n".join(lines)
+    state = TaskState(grid.layout.state_dir)
+    assert state.failure(earlier) == f"Slurm job 5 ended FAILED ({earlier.id})"
+    assert (grid.layout.state_dir / f"{earlier.id}.traceback").read_text() == "last lines:\nKilled"
+
+
 def _result(accuracy: float, key: JobKey) -> dict:
     """A result.json as nasaudit.train writes it."""
     return {

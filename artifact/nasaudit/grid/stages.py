@@ -255,11 +255,13 @@ STAGES.register("retrain")(RetrainStage())
 @dataclass(frozen=True)
 class Outcome:
     """How one attempt at a task ended: ``done``, ``skipped`` (already done), ``busy`` (another
-    process holds it) or ``failed`` with the one-line error."""
+    process holds it) or ``failed`` with the one-line error, and ``details`` where the worker died
+    before it could leave a traceback (the last lines of a cluster job's log)."""
 
     task: Task
     status: str
     error: str = ""
+    details: str = ""
 
 
 @dataclass(frozen=True)

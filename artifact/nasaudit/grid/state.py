@@ -8,6 +8,8 @@ was killed and counts as pending. A failure leaves ``<task>.failed`` holding the
 ``<task>.done`` with the seconds its successful attempt took (the compute a report sets against the
 plan's estimate). Two runners on one
 results folder (two containers, a local run beside a cluster run) therefore never run a task twice.
+The Slurm runner also leaves ``<task>.slurm`` naming the job it submitted, so a restarted driver
+follows that job instead of submitting the task again.
 """
 
 from __future__ import annotations
@@ -98,6 +100,17 @@ class TaskState:
             record = json.loads(path.read_text())
             return float(record["seconds"]), str(record["device"])
         except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def mark_submitted(self, task: Task, job_id: str, folder: Path) -> None:
+        write_json(self._path(task, "slurm"), {"task": task.id, "job_id": job_id, "folder": str(folder)})
+
+    def submitted(self, task: Task) -> dict | None:
+        """The Slurm job last submitted for the task (job_id, submitit folder), whatever became of it."""
+        path = self._path(task, "slurm")
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
             return None
 
     def failure(self, task: Task) -> str | None:
