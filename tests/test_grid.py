@@ -38,8 +38,9 @@ from nasaudit.grid import (
     run_grid,
     task_seed,
 )
-from nasaudit.grid.state import TaskState
+from nasaudit.grid.stages import task_state
 from nasaudit.nas import NAS
+from nasaudit.runs import job_lock
 
 from conftest import set_toml
 
@@ -204,6 +205,9 @@ class Flaky:
     def output(self, task, layout):  # type: ignore[no-untyped-def]
         return self.real.output(task, layout)
 
+    def identity(self, task, env):  # type: ignore[no-untyped-def]
+        return self.real.identity(task, env)
+
     def run(self, task, env) -> None:  # type: ignore[no-untyped-def]
         if task.id == self.broken:
             raise RuntimeError("CUDA error: an illegal memory access was encountered\nsecond line")
@@ -221,8 +225,10 @@ def test_a_failed_job_is_reported_not_recorded_and_a_rerun_resumes(tiny, monkeyp
     assert not report.ok and list(report.failed) == [failed]
     assert report.failed[failed] == "RuntimeError: CUDA error: an illegal memory access was encountered"
     assert report.blocked == [Task("retrain", "tiny", "fixed", "gaussian", 0.5, 1)]
-    assert not is_done(failed, grid.layout) and not (grid.layout.search_dir(failed.key)).exists()
-    assert TaskState(grid.layout.state_dir).failure(failed) == report.failed[failed]
+    assert not is_done(failed, grid.layout)  # the folder holds the run's claim and its lock, no result
+    left = {p.name for p in grid.layout.search_dir(failed.key).iterdir()}
+    assert left <= {"job.json", ".architecture.json.lock"}
+    assert task_state(grid.layout).failure(failed) == report.failed[failed]
     done_before = {
         t: STAGES.get(t.stage).output(t, grid.layout).stat().st_mtime_ns
         for t in grid.deps
@@ -237,7 +243,7 @@ def test_a_failed_job_is_reported_not_recorded_and_a_rerun_resumes(tiny, monkeyp
     assert all(
         STAGES.get(t.stage).output(t, grid.layout).stat().st_mtime_ns == m for t, m in done_before.items()
     )
-    assert TaskState(grid.layout.state_dir).failure(failed) is None
+    assert task_state(grid.layout).failure(failed) is None
 
 
 def test_grid_status_counts_and_failures(tmp_path, registered, monkeypatch, capsys) -> None:
@@ -256,12 +262,12 @@ def test_grid_status_counts_and_failures(tmp_path, registered, monkeypatch, caps
         STAGES._items, "retrain", Flaky(STAGES.get("retrain"), "retrain.tiny.fixed.none.p0.t2")
     )
     run_grid(grid, spec, "local", RunnerOptions(workers=0), log=lambda _: None)  # the victim waits on t2
-    state = TaskState(grid.layout.state_dir)
+    state = task_state(grid.layout)
     running = Task("retrain", "tiny", "fixed", "rlf", 0.1, 0)  # blocked by the victim; pretend it runs
     state.mark_running(running, "test")
     stale = Task("retrain", "tiny", "fixed", "rlf", 0.1, 1)
     state.mark_running(stale, "a killed run")  # a marker whose lock nobody holds
-    with state.claim(running) as claimed:
+    with job_lock(STAGES.get("retrain").output(running, grid.layout), wait=False) as claimed:
         assert claimed
         status = grid_status(grid)
     text = render_status(grid, status)

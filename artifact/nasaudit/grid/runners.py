@@ -21,8 +21,8 @@ from typing import Protocol
 from nasaudit.config import SlurmConfig
 from nasaudit.errors import NasauditError
 from nasaudit.grid.jobs import CLEAN, STAGE_ORDER, Grid, Task
-from nasaudit.grid.stages import Outcome, RunSpec, execute, is_done
-from nasaudit.grid.state import TaskState, error_line
+from nasaudit.grid.stages import Outcome, RunSpec, check_done, execute, is_done, task_state
+from nasaudit.grid.state import error_line
 from nasaudit.registry import Registry
 
 POLL_SECONDS = 30  # how often a local run looks at tasks another runner holds; does not change results
@@ -71,7 +71,7 @@ def _priority(task: Task) -> tuple:
 
 def schedule(grid: Grid, backend: Backend, retries: int, log: Callable[[str], None] = print) -> Report:
     """Run every task of ``grid`` whose inputs exist, until nothing more can run."""
-    state = TaskState(grid.layout.state_dir)
+    state = task_state(grid.layout)
     report = Report(total=len(grid.deps))
     done = {t for t in grid.deps if is_done(t, grid.layout)}
     report.already_done = len(done)
@@ -311,6 +311,21 @@ def slurm_runner(grid: Grid, spec: RunSpec, options: RunnerOptions) -> Backend:
     return SlurmBackend(spec, cfg, grid.layout.state_dir / "submitit", options.cluster)
 
 
+def check_finished(grid: Grid, spec: RunSpec) -> None:
+    """Refuse the grid when a finished output was made by another run; the line names the first."""
+    env = spec.env()
+    stale: list[str] = []
+    for task in grid.deps:
+        if is_done(task, grid.layout):
+            try:
+                check_done(task, env)
+            except NasauditError as exc:
+                stale.append(str(exc))
+    if stale:
+        more = f" ({len(stale) - 1} more outputs like it)" if len(stale) > 1 else ""
+        raise NasauditError(f"{stale[0]}{more}")
+
+
 def run_grid(
     grid: Grid,
     spec: RunSpec,
@@ -318,6 +333,12 @@ def run_grid(
     options: RunnerOptions | None = None,
     log: Callable[[str], None] = print,
 ) -> Report:
-    """Run an experiment's grid with the named runner and report what happened."""
+    """Run an experiment's grid with the named runner and report what happened.
+
+    Before anything runs, every finished output is checked to come from this run (``check_done``):
+    a results folder holding another profile's or another version's outputs is refused with one line
+    instead of being built upon.
+    """
+    check_finished(grid, spec)
     backend = RUNNERS.get(runner)(grid, spec, options or RunnerOptions())
     return schedule(grid, backend, spec.profile.grid.retries, log)

@@ -12,12 +12,9 @@ architecture from the shared cache (``SearchContext.cache_dir``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.io import jsonable, save_torch, write_json
 from nasaudit.nas.base import NAS, SearchContext, shared_cache
 from nasaudit.nas.nsganetv2 import SUBNET  # the inherited weights' file, named as a search names its pick's
+from nasaudit.runs import job_lock
 from nasaudit.spaces.darts import random_genotype
 from nasaudit.spaces.mbv3 import MBV3SuperNet, obtain_supernet, random_arch
 
@@ -68,15 +66,6 @@ def supernet_folder(cache_dir: Path, key: dict[str, Any]) -> Path:
     return Path(cache_dir) / "mbv3_supernet" / digest[:20]
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``: jobs started together wait for the one training the
-    supernet and then load it, instead of each training (and checkpointing over) the same one."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def baseline_supernet(data: ImageDataset, context: SearchContext) -> MBV3SuperNet:
     """The supernet random architectures of ``data`` inherit from, trained on first use and cached."""
     profile = context.profile
@@ -84,7 +73,9 @@ def baseline_supernet(data: ImageDataset, context: SearchContext) -> MBV3SuperNe
     folder = supernet_folder(shared_cache(context), key)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "key.json", key)
-    with _exclusive(folder / "lock"):
+    # jobs started together wait for the one training the supernet and then load it, instead of each
+    # training (and checkpointing over) the same one
+    with job_lock(folder / "supernet"):
         return obtain_supernet(
             data,
             profile,
@@ -113,4 +104,4 @@ class RandomMBV3:
         return dataclasses.replace(arch, weights=SUBNET).to_json()
 
 
-NAS.register("random_mbv3")(RandomMBV3())
+NAS.register("random_mbv3", uses=("mbv3", "nsganetv2.supernet"))(RandomMBV3())
