@@ -38,6 +38,7 @@ from nasaudit.grid import (
     run_grid,
     task_seed,
 )
+from nasaudit.grid.runners import check_finished
 from nasaudit.grid.stages import task_state
 from nasaudit.nas import NAS
 from nasaudit.runs import job_lock
@@ -194,6 +195,15 @@ def test_dependencies_put_victims_after_every_clean_trial(tiny) -> None:
         (grid.layout.search_dir(JobKey("tiny", "fixed", "rlf", 0.5, 1)) / "architecture.json").read_text()
     )
     assert search["search_data"]["poison"].endswith("poisons/rlf/fixed/p0.5/trial01.npz")
+    # every finished output records the run that made it: the same profile finds them all its own, an
+    # edit of a section no stage reads changes nothing, an edit of the retraining recipe is refused
+    check_finished(grid, spec)
+    unused = replace(spec.profile, pdarts=replace(spec.profile.pdarts, epochs=99))
+    check_finished(grid, replace(spec, profile=unused))
+    recipe = replace(spec.profile, train=replace(spec.profile.train, lr=0.5))
+    refused = r"result\.json: made by another run \(its config differs .* \(\d+ more outputs like it\)$"
+    with pytest.raises(NasauditError, match=refused):
+        check_finished(grid, replace(spec, profile=recipe))
 
 
 class Flaky:

@@ -151,7 +151,8 @@ def _search_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from nasaudit.data.datasets import load_dataset
     from nasaudit.data.poison import poisoned_data
 
-    data, provenance = poisoned_data(load_dataset(args.dataset, args.root), args.poison and Path(args.poison))
+    poison = Path(args.poison) if args.poison else None
+    data, provenance = poisoned_data(load_dataset(args.dataset, args.root), poison)
     if args.defense is None:
         return data, provenance
     from nasaudit.defenses import defended_data
