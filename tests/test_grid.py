@@ -534,6 +534,7 @@ def _run(path: Path, name: str, results: Path) -> Grid:
     grid = build_grid(load_experiment(name, profile), Layout.of(results, profile))
     spec = RunSpec(profile, results, None, "cpu")
     assert run_grid(grid, spec, "local", RunnerOptions(workers=0), log=lambda _: None).ok
+    check_finished(grid, spec)  # every stage's identity recomputed from files = the one its run recorded
     return grid
 
 
