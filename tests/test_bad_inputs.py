@@ -259,7 +259,9 @@ def _with(first: Callable[[Path, Shared], list[str]], *extra: str):
 
 
 def _claimed_by_another_seed(folder: Path, shared: Shared) -> list[str]:
+    """A P-DARTS folder another seed's search claimed and left state in (a claim alone protects nothing)."""
     write_json(folder / "s" / "job.json", _search_identity("pdarts", 7, shared))
+    write_json(folder / "s" / "pdarts_log.json", {"epochs": []})
     return _pdarts_search(folder, shared)
 
 
