@@ -371,7 +371,7 @@ def test_search_resumes_from_its_log_without_retraining(tmp_path) -> None:
     assert resumed == uninterrupted
     assert len(calls) == len(set(calls)) == 8 and calls[:3] == done
     assert json.loads((tmp_path / LOG).read_text())["evaluations"] == uninterrupted["evaluations"]
-    with pytest.raises(NasauditError, match="belongs to another RoBoT search"):
+    with pytest.raises(NasauditError, match=r"robot_log\.json: made by another run \(its seed differs"):
         robot_search(norm, lambda i: 0.0, cfg, seed=2, log_path=tmp_path / LOG)
 
 

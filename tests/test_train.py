@@ -159,12 +159,13 @@ def test_cached_result_of_another_run_is_refused(tmp_path, tiny_dataset) -> None
     others = {
         "seed": lambda: train(seed=1),
         "config": lambda: train(cfg=dataclasses.replace(CFG, lr=CFG.lr / 2)),
-        "architecture": lambda: train(description={**described, "architecture": {"normal": [2]}}),
+        "trained": lambda: train(description={**described, "architecture": {"normal": [2]}}),
     }
     for field, call in others.items():
-        with pytest.raises(NasauditError, match=rf"result\.json: left by another run \(its {field} differ"):
+        with pytest.raises(NasauditError, match=rf"result\.json: made by another run \(its {field} differs"):
             call()
-    with pytest.raises(NasauditError, match=re.escape(f"another --out or delete {tmp_path}") + "$"):
+    fix = re.escape("delete it to recompute, or choose another output") + "$"
+    with pytest.raises(NasauditError, match=fix):
         train(seed=1)
     again = train(description={**described, "source": "elsewhere/a.json"})  # provenance only: same run
     assert again["description"]["source"] == "a.json"
@@ -172,7 +173,7 @@ def test_cached_result_of_another_run_is_refused(tmp_path, tiny_dataset) -> None
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, tiny_dataset, monkeypatch) -> None:
     _killed_in_epoch_2(monkeypatch, tiny_dataset, tmp_path)
-    with pytest.raises(NasauditError, match=r"checkpoint\.pt: left by another run \(its seed differ"):
+    with pytest.raises(NasauditError, match=r"checkpoint\.pt: made by another run \(its seed differs"):
         _train(tiny_dataset, tmp_path, seed=1)
     assert not (tmp_path / "result.json").exists()
 

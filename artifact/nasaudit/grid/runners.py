@@ -22,7 +22,7 @@ from nasaudit.config import SlurmConfig
 from nasaudit.errors import NasauditError
 from nasaudit.grid import slurm
 from nasaudit.grid.jobs import CLEAN, STAGE_ORDER, Grid, Task
-from nasaudit.grid.stages import Outcome, RunSpec, execute, is_done
+from nasaudit.grid.stages import Outcome, RunSpec, check_done, execute, is_done, task_state
 from nasaudit.grid.state import TaskState, error_line
 from nasaudit.registry import Registry
 
@@ -76,7 +76,7 @@ def _priority(task: Task) -> tuple:
 
 def schedule(grid: Grid, backend: Backend, retries: int, log: Callable[[str], None] = print) -> Report:
     """Run every task of ``grid`` whose inputs exist, until nothing more can run."""
-    state = TaskState(grid.layout.state_dir)
+    state = task_state(grid.layout)
     report = Report(total=len(grid.deps))
     done = {t for t in grid.deps if is_done(t, grid.layout)}
     report.already_done = len(done)
@@ -412,7 +412,22 @@ def slurm_runner(grid: Grid, spec: RunSpec, options: RunnerOptions) -> Backend:
             "no `sbatch` here: run the slurm runner on the cluster's login node (or --cluster local to "
             "try the job-array path on this machine)"
         )
-    return SlurmBackend(spec, cfg, TaskState(grid.layout.state_dir), options.cluster)
+    return SlurmBackend(spec, cfg, task_state(grid.layout), options.cluster)
+
+
+def check_finished(grid: Grid, spec: RunSpec) -> None:
+    """Refuse the grid when a finished output was made by another run; the line names the first."""
+    env = spec.env()
+    stale: list[str] = []
+    for task in grid.deps:
+        if is_done(task, grid.layout):
+            try:
+                check_done(task, env)
+            except NasauditError as exc:
+                stale.append(str(exc))
+    if stale:
+        more = f" ({len(stale) - 1} more outputs like it)" if len(stale) > 1 else ""
+        raise NasauditError(f"{stale[0]}{more}")
 
 
 def run_grid(
@@ -422,6 +437,12 @@ def run_grid(
     options: RunnerOptions | None = None,
     log: Callable[[str], None] = print,
 ) -> Report:
-    """Run an experiment's grid with the named runner and report what happened."""
+    """Run an experiment's grid with the named runner and report what happened.
+
+    Before anything runs, every finished output is checked to come from this run (``check_done``):
+    a results folder holding another profile's or another version's outputs is refused with one line
+    instead of being built upon.
+    """
+    check_finished(grid, spec)
     backend = RUNNERS.get(runner)(grid, spec, options or RunnerOptions())
     return schedule(grid, backend, spec.profile.grid.retries, log)

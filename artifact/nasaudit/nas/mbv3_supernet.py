@@ -12,11 +12,8 @@ is. The search data itself never reaches it: callers pass ``SearchContext.clean`
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.io import jsonable, write_json
 from nasaudit.nas.base import SearchContext, shared_cache
+from nasaudit.runs import job_lock
 from nasaudit.spaces.mbv3 import MBV3SuperNet, obtain_supernet
 
 SUPERNET_SEED = 0  # one supernet per dataset, whatever seed the search or the baseline draws with
@@ -53,15 +51,6 @@ def supernet_folder(cache_dir: Path, key: dict[str, Any]) -> Path:
     return Path(cache_dir) / "mbv3_supernet" / digest[:20]
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``: jobs started together wait for the one training the
-    supernet and then load it, instead of each training (and checkpointing over) the same one."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def supernet_source(clean: ImageDataset, context: SearchContext) -> dict[str, Any]:
     """Where :func:`shared_supernet` takes the supernet from, known before anything is trained: the
     profile's weights file, or the cache folder and the key that names it."""
@@ -83,7 +72,9 @@ def shared_supernet(clean: ImageDataset, context: SearchContext) -> tuple[MBV3Su
     folder = Path(source["folder"])
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "key.json", source["key"])
-    with _exclusive(folder / "lock"):
+    # jobs started together wait for the one training the supernet and then load it, instead of each
+    # training (and checkpointing over) the same one
+    with job_lock(folder / "supernet"):
         net = obtain_supernet(clean, profile, seed=SUPERNET_SEED, folder=folder, device=context.device,
                               progress=context.progress)  # fmt: skip
     return net, source

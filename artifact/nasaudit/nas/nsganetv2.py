@@ -30,7 +30,6 @@ they are evaluated)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -62,16 +61,17 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
 from threadpoolctl import threadpool_limits
 from torch import nn
-from tqdm import tqdm
 
 from nasaudit.config import NSGANetV2Config, Profile
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
-from nasaudit.io import jsonable, save_torch, write_json
+from nasaudit.io import jsonable, read_json, save_torch, write_json
 from nasaudit.nas.base import NAS, SearchContext
 from nasaudit.nas.mbv3_supernet import shared_supernet, supernet_source
+from nasaudit.progress import bar as progress_bar
 from nasaudit.registry import Registry
+from nasaudit.runs import claim
 from nasaudit.spaces.mbv3 import (
     N_VARS,
     FlopsCounter,
@@ -89,6 +89,7 @@ ARCHIVE = "archive.json"
 SUBNET = "subnet.pt"
 FRONT = "pareto.json"
 STATE = "search_state.json"
+_RESTART = "restarts the search from its first evaluation (the supernet is reused)"
 
 # --- accuracy predictors --------------------------------------------------------------------------
 
@@ -541,7 +542,7 @@ class Archive:
 
     def __init__(self, path: Path, resolutions: list[int]):
         self.path, self.resolutions = path, resolutions
-        self.entries: list[dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else []
+        self.entries: list[dict[str, Any]] = read_json(path, _RESTART) if path.is_file() else []
         self.keys = {tuple(e["encoding"]) for e in self.entries}
 
     def __contains__(self, arch: MBV3Arch) -> bool:
@@ -597,12 +598,7 @@ def claim_folder(
             "supernet": supernet,
         }
     )
-    path = out / STATE
-    if path.is_file() and json.loads(path.read_text()) != state:
-        raise NasauditError(
-            f"{out} holds a search with another seed, configuration or data; use another --out"
-        )
-    write_json(path, state)
+    claim(out / STATE, state)
 
 
 class NSGANetV2:
@@ -612,7 +608,7 @@ class NSGANetV2:
         profile, out = context.profile, context.out_dir
         cfg, resolutions = profile.nsganetv2, list(profile.mbv3.resolutions)
         check_config(profile)
-        split = split_validation(data, cfg.val_size)
+        split = split_validation(data, cfg.val_size)  # a bad val_size is refused before any file
         clean = context.clean_of(data)
         claim_folder(out, seed, data, profile, supernet_source(clean, context))
         # the dataset's one supernet, of the CLEAN data: no poison reaches the weights inherited
@@ -623,21 +619,23 @@ class NSGANetV2:
 
         def run(archs: list[MBV3Arch], iteration: int) -> None:
             todo = [a for a in archs if a not in archive]
-            for arch in tqdm(
-                todo, disable=not context.progress, desc=f"nsganetv2 iteration {iteration}", leave=False
-            ):
+            bar = progress_bar(len(todo), desc=f"nsganetv2 iteration {iteration}", unit="arch",
+                               enabled=context.progress)  # fmt: skip
+            for arch in todo:
                 measured = evaluate(arch, seed * 100_003 + len(archive.entries))
                 archive.add(
                     {"index": len(archive.entries), "iteration": iteration, "architecture": arch.to_json(),
                      "encoding": encode(arch, resolutions).tolist(), "mflops": flops(arch) / 1e6, **measured}
                 )  # fmt: skip
+                bar.update(1)
+            bar.close()
 
         run(initial_archs(cfg.initial, np.random.default_rng(seed), resolutions), 0)
         for iteration in range(1, cfg.iterations + 1):
             path = out / "iterations" / f"{iteration:03d}.json"
             if not path.is_file():
                 write_json(path, self.propose(archive, flops, profile, seed * 1000 + iteration, iteration))
-            plan = json.loads(path.read_text())
+            plan = read_json(path, "plans that iteration again")
             run([MBV3Arch.from_json(a) for a in plan["candidates"]], iteration)
         return self.finish(archive, supernet, profile, out)
 
@@ -691,4 +689,4 @@ class NSGANetV2:
         return dataclasses.replace(pick, weights=SUBNET).to_json()
 
 
-NAS.register("nsganetv2")(NSGANetV2())
+NAS.register("nsganetv2", uses=("mbv3", "nsganetv2"))(NSGANetV2())

@@ -52,4 +52,4 @@ class RandomMBV3:
         return dataclasses.replace(arch, weights=SUBNET).to_json()
 
 
-NAS.register("random_mbv3")(RandomMBV3())
+NAS.register("random_mbv3", uses=("mbv3", "nsganetv2.supernet"))(RandomMBV3())

@@ -33,7 +33,7 @@ import torch
 from nasaudit.config import RobotConfig
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.errors import NasauditError
-from nasaudit.io import environment_manifest, write_json
+from nasaudit.io import environment_manifest, read_json, write_json
 from nasaudit.nas.base import NAS, SearchContext, shared_cache
 from nasaudit.nas.robot_pool import (
     POOL_OPS,
@@ -45,6 +45,7 @@ from nasaudit.nas.robot_pool import (
     weighted_scores,
 )
 from nasaudit.proxies import PROXIES
+from nasaudit.runs import check_same_run
 from nasaudit.spaces.darts import EvalNetwork, Genotype
 from nasaudit.train import train_model
 
@@ -131,16 +132,8 @@ def _ucb_argmax(
 def _load_log(path: Path | None, header: dict[str, Any]) -> list[dict[str, Any]]:
     if path is None or not path.is_file():
         return []
-    try:
-        log = json.loads(path.read_text())
-        same = {key: log[key] for key in header} == header
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        same = False
-    if not same:
-        raise NasauditError(
-            f"{path} belongs to another RoBoT search (seed, pool or proxies differ) or is damaged; "
-            "use a fresh --out folder"
-        )
+    log = read_json(path, "restarts the search's queries (trained queries are reused)")
+    check_same_run(path, {key: log.get(key) for key in header} if isinstance(log, dict) else None, header)
     return log["evaluations"]
 
 
@@ -341,4 +334,4 @@ class Robot:
         return pool[result["pick"]].to_json()
 
 
-NAS.register("robot")(Robot())
+NAS.register("robot", uses=("robot",))(Robot())

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from nasaudit.config import RobotConfig
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
 from nasaudit.io import environment_manifest, write_json, write_npz
+from nasaudit.progress import bar as progress_bar
 from nasaudit.proxies import PROXIES
 from nasaudit.proxies.zero_cost import jacob_cov_of
 from nasaudit.registry import Registry
@@ -305,7 +305,7 @@ def score_pool(
         )
     inputs, targets = proxy_batch(data, seed, cfg.proxy_batch, device)
     chunks = []
-    bar = tqdm(total=len(pool), disable=not progress, desc="RoBoT pool", unit="arch", leave=False)
+    bar = progress_bar(len(pool), desc="RoBoT pool", unit="arch", enabled=progress)
     for start in range(0, len(pool), cfg.pool_chunk):
         stop = min(start + cfg.pool_chunk, len(pool))
         path = _chunk_path(folder, start, stop)

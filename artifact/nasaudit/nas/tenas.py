@@ -30,7 +30,6 @@ The linear-region nets are built per candidate on the pruned cell, as in the op 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections import Counter
@@ -50,11 +49,13 @@ from nasaudit.config import TenasConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
-from nasaudit.io import jsonable, write_json
+from nasaudit.io import jsonable, read_json, write_json
 from nasaudit.nas.base import NAS, SearchContext
+from nasaudit.progress import bar
 from nasaudit.proxies.linear_regions import linear_regions
 from nasaudit.proxies.ntk import ntk_cond
 from nasaudit.registry import Registry
+from nasaudit.runs import check_same_run
 from nasaudit.spaces.darts import CELL_TYPES, CONCAT, EDGE_OPS, EDGES, NODES, Genotype, SuperNet
 
 STATE = "tenas_state.json"
@@ -278,8 +279,8 @@ class Scorer:
                 delta_kappa = np.float64((kappa - kappa_without) / kappa)
                 score.delta_kappa.append(float(np.round(delta_kappa, cfg.precision)))
                 score.delta_regions.append(round((regions - regions_without) / regions, cfg.precision))
+                progress.update(1)
             scores.append(score)
-            progress.update(1)
         return scores
 
 
@@ -522,15 +523,10 @@ def _identity(cfg: TenasConfig, data: ImageDataset, seed: int) -> dict[str, Any]
 def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise NasauditError(f"{path} is not a TE-NAS state file; delete it or use another --out") from None
-    if {key: state.get(key) for key in identity} != identity:
-        raise NasauditError(
-            f"{path.parent} holds a TE-NAS search with another seed, [tenas] config or search data; "
-            f"use another --out"
-        )
+    state = read_json(path, "restarts the search from its first round")
+    check_same_run(
+        path, {key: state.get(key) for key in identity} if isinstance(state, dict) else None, identity
+    )
     return state
 
 
@@ -595,13 +591,12 @@ class TeNas:
         }
         candidates = state["candidates"]
         scorer = Scorer(data, cfg, seed, context.device)
-        progress = tqdm(
-            total=sum(r.size for r in rounds),
-            initial=sum(r.size for r in rounds[: state["rounds_done"]]),
-            disable=not context.progress,
+        progress = bar(  # one step per repeat of a candidate's κ_NTK and linear-region measurement
+            sum(r.size for r in rounds) * cfg.repeats,
+            initial=sum(r.size for r in rounds[: state["rounds_done"]]) * cfg.repeats,
+            enabled=context.progress,
             desc="tenas",
-            unit="candidate",
-            leave=False,
+            unit="repeat",
         )
         for index in range(state["rounds_done"], len(rounds)):
             reference = None
@@ -616,4 +611,4 @@ class TeNas:
         return genotype_of(candidates).to_json()
 
 
-NAS.register("tenas")(TeNas())
+NAS.register("tenas", uses=("tenas",))(TeNas())

@@ -6,10 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from nasaudit.options import add_profile, output
+
 
 def cmd_table(args: argparse.Namespace) -> int:
     from nasaudit.report.tables import from_published, to_markdown, write_table
 
+    output(args.out, folder=True)
     if args.from_published:
         table = from_published(args.name)
         print(f"{args.name}: significance recomputed from the published means and stds alone")
@@ -78,8 +81,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Register `table`, `compare` and `report` on the main parser's subcommands."""
     p = sub.add_parser("table", help="a table from the grid's results (or the paper's): NAME.csv/.md/.tex")
-    p.add_argument("name", help="table1, table3, table4, table5, table6 (a grid experiment)")
-    p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
+    p.add_argument("name", help="a grid experiment: {EXPERIMENTS}")
+    add_profile(p, "profile of the grid run")
     p.add_argument("--results", default="results", help="results folder the grid wrote to")
     p.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md and NAME.tex")
     p.add_argument(

@@ -22,6 +22,7 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.poison import Poison
 from nasaudit.errors import NasauditError
 from nasaudit.io import write_bytes
+from nasaudit.options import add_root, add_seed, output, positive
 
 
 def drawn_indices(poisons: Sequence[Poison], n: int, seed: int) -> np.ndarray:
@@ -101,8 +102,8 @@ def cmd_figure_poisons(args: argparse.Namespace) -> int:
     from nasaudit.data.datasets import load_dataset
     from nasaudit.data.poison import load_poison, read_manifest
 
-    if args.n < 1:
-        raise NasauditError(f"--n {args.n}: draw at least one sample")
+    for suffix in (".png", ".pdf"):
+        output(Path(args.out).with_suffix(suffix), folder=False)
     names = {read_manifest(Path(p))["dataset"] for p in args.poison}
     if len(names) > 1:
         raise NasauditError(f"the poisons are for different datasets ({', '.join(sorted(names))}); give one")
@@ -117,8 +118,8 @@ def add_figure_poisons(figure_sub: Any) -> None:
     """Register `figure poisons` on the `figure` group's subcommands."""
     p = figure_sub.add_parser("poisons", help="Figure 2: clean training images and their poisoned versions")
     p.add_argument("--poison", action="append", required=True, help="poison file (repeatable: one row each)")
-    p.add_argument("--n", type=int, default=8, help="samples drawn (columns)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    p.add_argument("--n", type=positive, default=8, help="samples drawn (columns)")
+    add_seed(p)
     p.add_argument("--out", required=True, help="output path without suffix; writes OUT.png and OUT.pdf")
-    p.add_argument("--root", type=Path, default=None, help="data folder (default: $NASAUDIT_DATA or ./data)")
+    add_root(p)
     p.set_defaults(func=cmd_figure_poisons)
