@@ -16,7 +16,7 @@ from nasaudit.cli import main
 from nasaudit.config import PROFILE_DIR, load_profile
 from nasaudit.grid import Layout, RunnerOptions, RunSpec, build_grid, load_experiment, run_grid
 from nasaudit.grid.jobs import JobKey
-from nasaudit.grid.state import TaskState
+from nasaudit.grid.stages import task_state
 from nasaudit.io import environment_manifest
 from nasaudit.report.compare import compare
 from nasaudit.report.evidence import grid_table_evidence
@@ -252,7 +252,7 @@ def test_provenance_of_a_grid_that_ran(tmp_path, registered, capsys) -> None:  #
     grid = build_grid(load_experiment("table1", profile), Layout.of(tmp_path / "r", profile))
     assert run_grid(grid, RunSpec(profile, tmp_path / "r", None, "cpu"), "local", RunnerOptions(workers=0),
                     log=lambda _: None).ok  # fmt: skip
-    state = TaskState(grid.layout.state_dir)
+    state = task_state(grid.layout)
     timings = [state.timing(task) for task in grid.deps]
     assert all(t is not None and t[0] >= 0 and t[1] == "cpu" for t in timings)
     argv = ["plan", "table1", "--profile", str(tmp_path / "quick.toml"), "--results", str(tmp_path / "r")]

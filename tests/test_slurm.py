@@ -16,11 +16,10 @@ import pytest
 
 from nasaudit.config import load_profile
 from nasaudit.errors import NasauditError
-from nasaudit.grid import slurm
+from nasaudit.grid import Layout, slurm
 from nasaudit.grid.jobs import JobKey, Task, retrain_task
 from nasaudit.grid.runners import SlurmBackend
-from nasaudit.grid.stages import RunSpec
-from nasaudit.grid.state import TaskState
+from nasaudit.grid.stages import RunSpec, task_state
 
 PARTITIONS = (
     "PartitionName=main AllowGroups=ALL Default=YES MaxTime=01:00:00 Nodes=localhost State=UP\n"
@@ -155,7 +154,7 @@ def backend(bin_dir, tmp_path) -> SlurmBackend:
     profile = load_profile("smoke")
     spec = RunSpec(profile, tmp_path / "results", None)
     cfg = slurm_config(partition="main", time_min=30, poll_seconds=0)
-    return SlurmBackend(spec, cfg, TaskState(tmp_path / "results" / "smoke" / ".grid"), "slurm")
+    return SlurmBackend(spec, cfg, task_state(Layout.of(tmp_path / "results", profile)), "slurm")
 
 
 def test_jobs_that_ended_without_a_result_are_reported_with_state_and_log(backend, bin_dir, tmp_path) -> None:

@@ -27,7 +27,7 @@ from localslurm import MAIN_PARTITION, SHORT_PARTITION, LocalSlurm, Refusal
 import nasaudit
 from nasaudit.config import PROFILE_DIR, load_profile
 from nasaudit.grid import STAGES, Layout, build_grid, load_experiment
-from nasaudit.grid.state import TaskState
+from nasaudit.grid.stages import task_state
 
 from conftest import set_toml
 
@@ -152,7 +152,7 @@ def table_run(cluster: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> 
     grid = build_grid(
         load_experiment("table1", load_profile(profile)), Layout.of(results, load_profile(profile))
     )
-    state = TaskState(grid.layout.state_dir)
+    state = task_state(grid.layout)
     first = driver(cluster, profile, results, "--runner", "slurm")
 
     def busy() -> bool:  # something finished, something running, something still waiting in the queue
@@ -206,7 +206,7 @@ def test_killed_driver_restarts_without_recomputing_or_losing_tasks(table_run) -
         if at_kill["queue"][j]["state"] in ("PENDING", "RUNNING")
     }
     assert {"PENDING", "RUNNING"} <= {at_kill["queue"][j]["state"] for j in live.values()}
-    state = TaskState(grid.layout.state_dir)
+    state = task_state(grid.layout)
     for task, job in live.items():  # queued or running at the kill: finished by that same job
         assert state.submitted(task)["job_id"] == job
         assert table_run.jobs[job]["state"] == "COMPLETED"
@@ -278,7 +278,7 @@ def test_task_over_the_partition_time_limit_is_reported_timed_out_and_resubmitte
             cluster, profile, results, "--runner", "slurm", "--partition", SHORT_PARTITION, "--time-min", "1"
         )
     )
-    state = TaskState(results / PROFILE / ".grid")
+    state = task_state(Layout.of(results, load_profile(profile)))
     job = state.submitted(task)["job_id"]
     err = results / PROFILE / ".grid" / "submitit" / f"{job}_0_log.err"
     assert code == 1, log
@@ -302,7 +302,7 @@ def test_task_over_the_partition_time_limit_is_reported_timed_out_and_resubmitte
 
 def test_failed_task_is_reported_with_its_log_last_lines(cluster, long_retrain) -> None:
     profile, results, task = long_retrain
-    state = TaskState(results / PROFILE / ".grid")
+    state = task_state(Layout.of(results, load_profile(profile)))
     run = driver(cluster, profile, results, "--runner", "slurm")
     wait_for(lambda: state.running(task) is not None, 300, "the task to start in its job")
     where = state.running(task)

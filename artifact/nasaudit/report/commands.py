@@ -118,7 +118,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "report", help="one self-contained HTML page: every table against the paper, plots, provenance"
     )
-    p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
+    add_profile(p, "the profile whose results to show")
     p.add_argument("--results", default="results", help="results folder the grids wrote to (RESULTS/PROFILE)")
     p.add_argument("--out", default=None, help="folder for index.html (default: RESULTS/PROFILE/report)")
     p.add_argument(

@@ -20,8 +20,8 @@ from nasaudit.config import Profile
 from nasaudit.errors import NasauditError
 from nasaudit.grid import Layout, build_grid, grid_status, load_experiment
 from nasaudit.grid.plan import record_path
-from nasaudit.grid.stages import STAGES
-from nasaudit.grid.state import DONE, TaskState
+from nasaudit.grid.stages import STAGES, task_state
+from nasaudit.grid.state import DONE
 from nasaudit.io import jsonable
 
 ENVIRONMENT_KEYS = ("nasaudit", "torch", "cuda", "gpu", "python", "device", "host")
@@ -72,7 +72,7 @@ def provenance(profile: Profile, layout: Layout, grids: tuple[str, ...]) -> Prov
         except NasauditError as exc:
             records.append(GridRecord(name, (), {}, None, str(exc)))
             continue
-        status, state = grid_status(grid), TaskState(layout.state_dir)
+        status, state = grid_status(grid), task_state(layout)
         plan = _read_plan(layout, name)
         stages = []
         for stage, tasks in grid.by_stage().items():
