@@ -63,7 +63,8 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import epoch_generator
 from nasaudit.data.poison import Poison, make_poison
 from nasaudit.errors import NasauditError
-from nasaudit.io import jsonable, save_torch, sha256_file, write_json
+from nasaudit.io import jsonable, load_torch, save_torch, sha256_file, write_json
+from nasaudit.progress import bar as progress_bar
 from nasaudit.registry import Registry
 from nasaudit.victim import Victim, read_victim
 
@@ -182,7 +183,12 @@ def mean_gradient(
 
 
 def gradpc(
-    problem: GradientProblem, images: Tensor, labels: Tensor, cfg: GCConfig, seed: int
+    problem: GradientProblem,
+    images: Tensor,
+    labels: Tensor,
+    cfg: GCConfig,
+    seed: int,
+    on_step: Callable[[int], object] | None = None,
 ) -> dict[str, Any]:
     """Move θ in place to GradPC's target: ascent on the training CE, projected onto ‖θ − θ0‖₂ ≤ radius.
 
@@ -210,6 +216,8 @@ def gradpc(
                         p.copy_(t0 + d * (cfg.gradpc_radius / distance))
                     distance = cfg.gradpc_radius
             steps += 1
+            if on_step is not None:
+                on_step(1)
     return {"steps": steps, "distance": distance, "radius": cfg.gradpc_radius, "lr": cfg.gradpc_lr,
             "epochs": cfg.gradpc_epochs, "batch_size": cfg.gradpc_batch_size}  # fmt: skip
 
@@ -330,12 +338,14 @@ def craft(
     y: Tensor,
     cfg: GCConfig,
     log: list[dict[str, float]],
+    on_step: Callable[[int], object] | None = None,
 ) -> Tensor:
     """Algorithm 2's loop: Adam on Δ (from 0) for ``steps`` steps, projected; the lowest-loss Δ.
 
     Adam steps the perturbation in ``cfg.units`` (u = Δ/scale, so ∂L/∂u = scale·∂L/∂Δ) and projects it
     there as run_gc.py does: |u| ≤ ε/scale, then x + scale·u into [0, 1]. Returns Δ in pixel units;
-    ``log`` receives loss and cos(g_clean, g_adv) of every iterate, the final one included.
+    ``log`` receives loss and cos(g_clean, g_adv) of every iterate, the final one included;
+    ``on_step(1)`` is called after each (a progress bar's ``update``).
     """
     scale = UNITS.get(cfg.units)(problem)
     bound = (cfg.epsilon_255 / 255.0) / scale
@@ -347,6 +357,8 @@ def craft(
         delta = scale * u.detach()
         loss, cosine, grad = canceling_loss(problem, g_clean, fraction, x, y, delta, cfg, with_grad=not last)
         log.append({"step": step, "loss": loss, "cos": cosine})
+        if on_step is not None:
+            on_step(1)
         if loss < best_loss:
             best_loss, best = loss, delta.clone()
         if last:
@@ -387,7 +399,13 @@ def require_victim(context: AttackContext, attack: str) -> Path:
 
 
 def _target_state(
-    problem: GradientProblem, images: Tensor, labels: Tensor, cfg: GCConfig, seed: int, cache: Path
+    problem: GradientProblem,
+    images: Tensor,
+    labels: Tensor,
+    cfg: GCConfig,
+    seed: int,
+    cache: Path,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Move θ to GradPC's target (none at radius 0) and compute g_clean there; both cached in ``cache``.
 
@@ -395,14 +413,18 @@ def _target_state(
     after GradPC's), so in train mode they compare like with like.
     """
     if cache.is_file():
-        state = torch.load(cache, map_location=images.device, weights_only=True)
+        state = load_torch(cache, "recomputes the target and its clean gradient", map_location=images.device)
         with torch.no_grad():
             for p, value in zip(problem.params, state["target"], strict=True):
                 p.copy_(value)
         return state
     order = loader_order(len(labels), seed, cfg.gradpc_epochs, labels.device)
     victim_loss = mean_loss(problem, images, labels, cfg.gradpc_batch_size, order)
-    log = gradpc(problem, images, labels, cfg, seed) if cfg.gradpc_radius > 0 else None
+    log = None
+    if cfg.gradpc_radius > 0:
+        steps = cfg.gradpc_epochs * len(_chunks(len(labels), cfg.gradpc_batch_size))
+        with progress_bar(steps, desc="GradPC", unit="step", enabled=progress) as bar:
+            log = gradpc(problem, images, labels, cfg, seed, bar.update)
     target_loss, g_clean = mean_gradient(problem, images, labels, cfg.gradpc_batch_size, order)
     state = {
         "names": problem.names,
@@ -460,7 +482,9 @@ def gradient_canceling(
     key_data = {"victim": victim_sha, "train": dataset.train.sha256, "names": problem.names,
                 "mode": cfg.model_mode, "seed": seed, "gradpc": gradpc_settings}  # fmt: skip
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    state = _target_state(problem, images, labels, cfg, seed, context.cache_dir / "gc" / f"{key}.pt")
+    state = _target_state(
+        problem, images, labels, cfg, seed, context.cache_dir / "gc" / f"{key}.pt", context.progress
+    )
     g_clean = [g.to(device) for g in state["g_clean"]]
 
     fraction = len(indices) / len(dataset.train)
@@ -469,7 +493,8 @@ def gradient_canceling(
     idx = torch.from_numpy(batched).to(device)
     x, y = problem.pixels(images[idx]), labels[idx]
     log: list[dict[str, float]] = []
-    delta = craft(problem, g_clean, fraction, x, y, cfg, log)
+    with progress_bar(cfg.steps + 1, desc=attack, unit="step", enabled=context.progress) as bar:
+        delta = craft(problem, g_clean, fraction, x, y, cfg, log, bar.update)
     batched_images = to_uint8(dataset.train.images[batched], delta, cfg.epsilon_255)
     stored = problem.pixels(torch.from_numpy(batched_images).to(device)) - x
     stored_loss, stored_cos, _ = canceling_loss(
@@ -514,7 +539,7 @@ def gradient_canceling(
     return make_poison(attack, dataset, seed, indices, images=poisoned, params=jsonable(params))
 
 
-@ATTACKS.register("gc")
+@ATTACKS.register("gc", uses=("gc",))
 def gc(dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
     """Plain GC: θ = the victim's weights and biases, moved by GradPC (paper §3.2)."""
     victim = read_victim(require_victim(context, "gc"), dataset)

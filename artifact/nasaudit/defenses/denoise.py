@@ -27,13 +27,13 @@ import numpy as np
 import safetensors.torch  # noqa: F401  (diffusers 0.31, the torch 2.0 images' pin, uses it unimported)
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from nasaudit.config import DenoiseConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
 from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
+from nasaudit.progress import bar as progress_bar
 from nasaudit.registry import Registry
 
 NoisePredictor = Callable[[Tensor, Tensor], Tensor]
@@ -92,7 +92,9 @@ def denoise_images(
     out = np.empty(images.shape, dtype=store.dtype)
     starts = range(0, len(images), cfg.batch_size)
     with torch.no_grad():
-        for start in tqdm(starts, desc="denoise", disable=not progress, leave=False):
+        for start in progress_bar(
+            len(starts), desc="denoise", unit="batch", enabled=progress, iterable=starts
+        ):
             batch = torch.from_numpy(images[start : start + cfg.batch_size]).to(device)
             x = batch.permute(0, 3, 1, 2).double() / 127.5 - 1.0
             if cfg.add_noise:
@@ -120,7 +122,7 @@ STORES.register("float32")(Store(np.float32, lambda x0: ((x0 + 1.0) / 2.0).float
 STORES.register("uint8")(Store(np.uint8, lambda x0: torch.round((x0 + 1.0) * 127.5).to(torch.uint8)))
 
 
-@DEFENSES.register("denoise")
+@DEFENSES.register("denoise", uses=("defenses.denoise",))
 def denoise(
     data: ImageDataset,
     seed: int,
