@@ -206,7 +206,9 @@ class DefendStage:
         if not task.key.clean:
             from nasaudit.data.poison import load_poison
 
-            indices = load_poison(_poison_stem(task.key, env), poisoned).indices
+            indices = load_poison(
+                _poison_stem(task.key, env), grid_dataset(task.key.searched_on, env)
+            ).indices
         make_defended_file(
             task.defense, poisoned, task_seed(task), context, env.layout.defended(task), indices
         )
