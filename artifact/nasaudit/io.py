@@ -102,7 +102,7 @@ def environment_manifest(device: str = "cpu") -> dict[str, Any]:
     """What a reviewer needs to know about where a result was produced."""
     import torch
 
-    from nasaudit import __version__
+    from nasaudit import __version__, threads
 
     return {
         "nasaudit": __version__,
@@ -110,5 +110,6 @@ def environment_manifest(device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "host": socket.gethostname(),
         "device": device,
+        "threads": threads.manifest(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
