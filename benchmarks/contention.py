@@ -6,11 +6,13 @@ search time is read from the ``architecture.json`` it writes, with the threads i
 PyTorch's default is what torch picks when nothing is set, the CPUs of the affinity mask, so those runs
 pass ``--threads`` that count; automatic runs pass nothing. The busy process is a Python loop that
 spins on one core. A job "given 1 CPU" gets ``SLURM_CPUS_PER_TASK=1``, as Slurm tells a task its CPUs
-(a container's CPU quota is read the same way, from its cgroup); ``--cgroup`` (root, Linux) also runs
-the job in a real cgroup with one CPU of quota. Default and automatic runs take turns, so a change of
-the machine's load hits both alike; the load average is printed before and after.
+(a container's CPU quota is read the same way, from its cgroup); the ``cgroup`` case (root, cgroup
+v1, not run by default) runs the job in a real cgroup with one CPU of quota. Each case also runs with ``--threads 1``, the manual
+fix. The thread counts take turns, so a change of the machine's load hits them alike; the load
+average is printed before and after. A run still going at ``--limit`` seconds is stopped and counted
+as the limit (shown as ≥).
 
-Run: ``python -m benchmarks.contention [--repeats 3] [--cgroup]``
+Run: ``python -m benchmarks.contention [--repeats 3] [--limit 900] [--only alone,busy,...,cgroup]``
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
 
 @dataclass(frozen=True)
 class Case:
+    key: str  # for --only
     name: str
     busy: int = 0  # spinning processes beside the job
     jobs: int = 1  # identical searches at once (all timed)
@@ -45,13 +48,15 @@ class Case:
     cgroup: bool = False  # run the jobs in a cgroup with one CPU of quota
 
 
+ONE_CPU = {"SLURM_CPUS_PER_TASK": "1"}
 CASES = [
-    Case("alone"),
-    Case("beside a busy process (shared machine, no allotment)", busy=1),
-    Case("beside a busy process, job given 1 CPU", busy=1, env={"SLURM_CPUS_PER_TASK": "1"}),
-    Case("beside a second nasaudit job, each given 1 CPU", jobs=2, env={"SLURM_CPUS_PER_TASK": "1"}),
+    Case("alone", "alone"),
+    Case("busy", "beside a busy process (shared machine, no allotment)", busy=1),
+    Case("busy-1cpu", "beside a busy process, job given 1 CPU", busy=1, env=ONE_CPU),
+    Case("second-job", "beside a second nasaudit job, each given 1 CPU", jobs=2, env=ONE_CPU),
+    Case("cgroup", "beside a busy process, job in a cgroup with 1 CPU of quota", busy=1, cgroup=True),
 ]
-CGROUP_CASE = Case("beside a busy process, job in a cgroup with 1 CPU of quota", busy=1, cgroup=True)
+COLUMNS = {"default": "PyTorch default", "auto": "automatic", "one": "`--threads 1`"}
 
 
 @contextlib.contextmanager
@@ -122,13 +127,12 @@ def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
 
 
-def run(repeats: int = 3, cgroup: bool = False, limit: float = 900.0) -> dict[str, Any]:
-    """Median search seconds (and range, threads used) per case, PyTorch default against automatic.
-
-    Where automatic sizing gives the default's thread count the two are the same command, run once.
-    """
+def run(repeats: int = 3, keys: list[str] | None = None, limit: float = 900.0) -> dict[str, Any]:
+    """Median search seconds (range, threads used) per case: PyTorch's default threads, automatic
+    sizing and ``--threads 1``. Columns with the same thread count are the same computation, run once
+    (automatic sizing, when it gives that count)."""
     default = affinity_cpus()
-    cases = CASES + ([CGROUP_CASE] if cgroup else [])
+    cases = [case for case in CASES if case.key in (keys or [c.key for c in CASES if not c.cgroup])]
     print(f"smoke TE-NAS search, {repeats} runs per cell (at most {limit:.0f} s each); PyTorch's default "
           f"here is {default} threads; load average (1, 5, 15 min) before: {_load()}")  # fmt: skip
     result: dict[str, Any] = {
@@ -139,19 +143,19 @@ def run(repeats: int = 3, cgroup: bool = False, limit: float = 900.0) -> dict[st
     }
     with tempfile.TemporaryDirectory(prefix="nasaudit-contention-") as tmp:
         for case in cases:
-            modes = {"default": default} | ({} if _planned(case) == default else {"auto": None})
-            seconds: dict[str, list[float]] = {mode: [] for mode in modes}
-            used: dict[str, set[int]] = {mode: set() for mode in modes}
-            for _ in range(repeats):  # the modes take turns
-                for mode, threads in modes.items():
-                    for job in _timed(case, threads, Path(tmp), limit):
-                        seconds[mode].append(job["seconds"])
-                        used[mode].add(job["threads"])
-            cell = {mode: _summary(seconds[mode], used[mode], limit) for mode in modes}
-            cell.setdefault("auto", cell["default"])
+            auto = _planned(case)
+            counts = {"default": default, "auto": auto, "one": 1}
+            seconds: dict[int, list[float]] = {n: [] for n in counts.values()}
+            used: dict[int, set[int]] = {n: set() for n in counts.values()}
+            for _ in range(repeats):  # the thread counts take turns
+                for n in seconds:
+                    for job in _timed(case, None if n == auto else n, Path(tmp), limit):
+                        seconds[n].append(job["seconds"])
+                        used[n].add(job["threads"])
+            by_count = {n: _summary(seconds[n], used[n], limit) for n in seconds}
+            cell = {column: by_count[n] for column, n in counts.items()}
             result["cases"][case.name] = cell
-            print(f"  {case.name}: default {_cell(cell['default'])}, automatic {_cell(cell['auto'])}, "
-                  f"{_ratio(cell)}")  # fmt: skip
+            print(f"  {case.name}: " + ", ".join(f"{COLUMNS[c]} {_cell(cell[c])}" for c in COLUMNS))
     result["load_after"] = _load()
     print(f"load average after: {result['load_after']}")
     print(markdown(result))
@@ -164,37 +168,41 @@ def _summary(seconds: list[float], threads: set[int], limit: float) -> dict[str,
 
 
 def _cell(cell: dict[str, Any]) -> str:
+    """Median seconds, range and threads; ≥ where runs were stopped at the limit."""
+    at_least = "≥ " if cell["stopped"] else ""
     threads = "/".join(map(str, cell["threads"]))
-    stopped = f", {cell['stopped']} stopped at the limit" if cell["stopped"] else ""
-    return f"{cell['median']:.1f} s ({cell['min']:.1f}–{cell['max']:.1f}; {threads} thread(s){stopped})"
-
-
-def _ratio(cell: dict[str, Any]) -> str:
-    return f"{cell['default']['median'] / cell['auto']['median']:.2f}×"
+    return f"{at_least}{cell['median']:.0f} s ({cell['min']:.0f}–{cell['max']:.0f}), {threads} thr."
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The README's table."""
     lines = [
-        "| smoke TE-NAS search | PyTorch default | automatic | default / automatic |",
-        "|---|---|---|---|",
+        f"| smoke TE-NAS search | {' | '.join(COLUMNS.values())} | default / automatic |",
+        "|---|" + "---|" * (len(COLUMNS) + 1),
     ]
     for name, cell in result["cases"].items():
-        lines.append(f"| {name} | {_cell(cell['default'])} | {_cell(cell['auto'])} | {_ratio(cell)} |")
+        ratio = cell["default"]["median"] / cell["auto"]["median"]
+        at_least = "≥ " if cell["default"]["stopped"] else ""
+        lines.append(f"| {name} | {' | '.join(_cell(cell[c]) for c in COLUMNS)} | {at_least}{ratio:.1f}× |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per case and mode (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per case and thread count (default 3)")
     parser.add_argument("--limit", type=float, default=900.0, help="seconds a run may take (default 900)")
     parser.add_argument(
-        "--cgroup", action="store_true", help="also run in a 1-CPU cgroup (needs root and cgroup v1's cpu)"
+        "--only",
+        default=None,
+        help=f"comma-separated cases (default: all but cgroup): {', '.join(c.key for c in CASES)}",
     )
     args = parser.parse_args(argv)
-    if args.cgroup and not os.access(CGROUP_V1, os.W_OK):
-        parser.error(f"--cgroup needs write access to {CGROUP_V1} (root, cgroup v1 cpu controller)")
-    return run(args.repeats, args.cgroup, args.limit)
+    keys = args.only.split(",") if args.only else None
+    if unknown := set(keys or ()) - {c.key for c in CASES}:
+        parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
+    if "cgroup" in (keys or ()) and not os.access(CGROUP_V1, os.W_OK):
+        parser.error(f"the cgroup case needs write access to {CGROUP_V1} (root, cgroup v1's cpu controller)")
+    return run(args.repeats, keys, args.limit)
 
 
 if __name__ == "__main__":
