@@ -23,13 +23,13 @@ import numpy as np
 import safetensors.torch  # noqa: F401  (diffusers 0.31, the torch 2.0 images' pin, uses it unimported)
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from nasaudit.config import DenoiseConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
 from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
+from nasaudit.progress import bar as progress_bar
 
 NoisePredictor = Callable[[Tensor, Tensor], Tensor]
 """``(x_t, timesteps) -> ε̂``: a DDPM's noise prediction for a batch (N×3×H×W in [−1, 1] units)."""
@@ -86,7 +86,9 @@ def denoise_images(
     out = np.empty_like(images)
     starts = range(0, len(images), cfg.batch_size)
     with torch.no_grad():
-        for start in tqdm(starts, desc="denoise", disable=not progress, leave=False):
+        for start in progress_bar(
+            len(starts), desc="denoise", unit="batch", enabled=progress, iterable=starts
+        ):
             batch = torch.from_numpy(images[start : start + cfg.batch_size]).to(device)
             x = batch.permute(0, 3, 1, 2).double() / 127.5 - 1.0
             if cfg.add_noise:
@@ -101,7 +103,7 @@ def denoise_images(
     return out
 
 
-@DEFENSES.register("denoise")
+@DEFENSES.register("denoise", uses=("defenses.denoise",))
 def denoise(
     data: ImageDataset,
     seed: int,
