@@ -7,10 +7,10 @@ PyTorch's default is what torch picks when nothing is set, the CPUs of the affin
 pass ``--threads`` that count; automatic runs pass nothing. The busy process is a Python loop that
 spins on one core. A job "given 1 CPU" gets ``SLURM_CPUS_PER_TASK=1``, as Slurm tells a task its CPUs
 (a container's CPU quota is read the same way, from its cgroup); the ``cgroup`` case (root, cgroup
-v1, not run by default) runs the job in a real cgroup with one CPU of quota. Each case also runs with ``--threads 1``, the manual
-fix. The thread counts take turns, so a change of the machine's load hits them alike; the load
-average is printed before and after. A run still going at ``--limit`` seconds is stopped and counted
-as the limit (shown as ≥).
+v1, not run by default) runs the job in a real cgroup with one CPU of quota. Each case also runs with
+``--threads 1``, the manual fix. The thread counts take turns, so a change of the machine's load hits
+them alike; the load average is printed before and after. A run still going at ``--limit`` seconds is
+stopped and counted as the limit (shown as ≥).
 
 Run: ``python -m benchmarks.contention [--repeats 3] [--limit 900] [--only alone,busy,...,cgroup]``
 """
