@@ -147,6 +147,21 @@ def test_local_runner_workers_times_threads_fit_the_cpus(restore_threads) -> Non
     assert threads.local_workers(2, 0, log=None) == 1  # asked for more than there is: one worker
 
 
+def test_local_backend_starts_only_the_workers_that_fit(restore_threads, tmp_path) -> None:
+    from nasaudit.config import PROFILE_DIR, load_profile
+    from nasaudit.grid.runners import LocalBackend
+    from nasaudit.grid.stages import RunSpec
+
+    allot_as(restore_threads, 2)
+    spec = RunSpec(load_profile(PROFILE_DIR / "smoke.toml"), tmp_path, None)
+    backend = LocalBackend(spec, None, [], cpu_workers=4)
+    try:  # 4 asked on 2 CPUs: 2 workers of 1 thread, the other tasks wait
+        assert backend.capacity == 2 and backend.pool._max_workers == 2  # type: ignore[attr-defined]
+        assert backend.spec.device == "cpu"
+    finally:
+        backend.close()
+
+
 def test_local_runner_logs_its_choice_once(restore_threads) -> None:
     allot_as(restore_threads, 2)
     lines: list[str] = []
