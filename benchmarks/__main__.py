@@ -27,6 +27,7 @@ from benchmarks import (
     bench_train,
 )
 from nasaudit import threads
+from nasaudit.errors import NasauditError
 from nasaudit.spaces.darts import PRIMITIVES
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -85,7 +86,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    threads.configure(requested=args.threads)
+    try:
+        threads.configure(requested=args.threads)
+    except NasauditError as exc:  # --threads 0: one line, as every entry point
+        parser.error(str(exc))
     report: dict[str, Any] = {"threads": threads.manifest(), "cpu": {}, "cuda": {}}
     for name in chosen:
         runs = []
