@@ -181,9 +181,12 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|" + "---|" * (len(COLUMNS) + 1),
     ]
     for name, cell in result["cases"].items():
-        ratio = cell["default"]["median"] / cell["auto"]["median"]
-        at_least = "≥ " if cell["default"]["stopped"] else ""
-        lines.append(f"| {name} | {' | '.join(_cell(cell[c]) for c in COLUMNS)} | {at_least}{ratio:.1f}× |")
+        if cell["default"]["threads"] == cell["auto"]["threads"]:  # one run: nothing to compare
+            ratio = "same threads"
+        else:
+            at_least = "≥ " if cell["default"]["stopped"] else ""
+            ratio = f"{at_least}{cell['default']['median'] / cell['auto']['median']:.1f}×"
+        lines.append(f"| {name} | {' | '.join(_cell(cell[c]) for c in COLUMNS)} | {ratio} |")
     return "\n".join(lines)
 
 
