@@ -7,6 +7,13 @@ STAMP := $(VENV)/.installed
 PROFILE ?= paper
 DATASETS ?= cifar10 cifar100 mnist fashionmnist svhn
 
+# THREADS=N: CPU threads per job for every command below (default: the CPUs a job may use, shared among
+# the jobs run at once; see nasaudit/threads.py).
+THREADS ?=
+ifneq ($(THREADS),)
+export NASAUDIT_THREADS := $(THREADS)
+endif
+
 .DEFAULT_GOAL := help
 .PHONY: help venv smoke-test smoke-bless test test-all test-slurm lint data bench gpu-check clean table1 table2 \
 	table3 table4 table5 table6 figures report

@@ -115,35 +115,52 @@ def _search_overhead() -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def main() -> None:
+def run(device: torch.device) -> dict[str, float]:
+    """Per-image costs of each network step (ms), the paper search's hours they add up to, and (CPU) the
+    surrogates + NSGA-II seconds of one iteration."""
     profile = load_profile("paper")
     cfg = profile.nsganetv2
     shrink = cfg.supernet
     evaluations = cfg.initial + cfg.iterations * cfg.per_iteration
     train_images = TRAIN_SIZE - cfg.val_size
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    for device in devices:
-        batch = 4 if device.type == "cpu" else shrink.batch_size
-        size = f"w{profile.mbv3.width_mult}, {RESOLUTION}²"
-        print(f"NSGANetV2 at paper sizes ({size}) on {device}, batch {batch}:")
-        cost = _network_costs(device, batch)
-        for name, (wall, cpu) in cost.items():
-            print(f"  {name:32s} {1e3 * wall:8.2f} ms wall, {1e3 * cpu:8.2f} ms CPU per image")
-        estimates = {}
-        for k in (0, 1):
-            full = shrink.phases[0].epochs * cost["full network, train step"][k]
-            teacher, subnet = cost["full network, teacher forward"][k], cost["random subnet, train step"][k]
-            elastic = sum(p.epochs * (teacher + p.subnets_per_step * subnet) for p in shrink.phases[1:])
-            evaluate = cfg.finetune.epochs * cost["candidate, fine-tune step"][k] * train_images
-            evaluate += cost["candidate, validation forward"][k] * cfg.val_size
-            estimates[k] = ((full + elastic) * train_images, evaluations * evaluate)
-        for label, k in (("wall", 0), ("CPU", 1)):
-            supernet, evaluate = estimates[k]
-            print(f"  paper profile ({label}): supernet {supernet / 3600:8.1f} h, {evaluations} evaluations "
-                  f"{evaluate / 3600:8.1f} h")  # fmt: skip
-    wall, cpu = _search_overhead()
-    print(f"  surrogates + NSGA-II, last iteration: {wall:.1f} s wall, {cpu:.1f} s CPU (×{cfg.iterations})")
+    batch = 4 if device.type == "cpu" else shrink.batch_size
+    size = f"w{profile.mbv3.width_mult}, {RESOLUTION}²"
+    print(f"NSGANetV2 at paper sizes ({size}) on {device}, batch {batch}:")
+    cost = _network_costs(device, batch)
+    result = {}
+    for name, (wall, cpu) in cost.items():
+        print(f"  {name:32s} {1e3 * wall:8.2f} ms wall, {1e3 * cpu:8.2f} ms CPU per image")
+        result[f"{name} (ms wall)"] = 1e3 * wall
+    estimates = {}
+    for k in (0, 1):
+        full = shrink.phases[0].epochs * cost["full network, train step"][k]
+        teacher, subnet = cost["full network, teacher forward"][k], cost["random subnet, train step"][k]
+        elastic = sum(p.epochs * (teacher + p.subnets_per_step * subnet) for p in shrink.phases[1:])
+        evaluate = cfg.finetune.epochs * cost["candidate, fine-tune step"][k] * train_images
+        evaluate += cost["candidate, validation forward"][k] * cfg.val_size
+        estimates[k] = ((full + elastic) * train_images, evaluations * evaluate)
+    for label, k in (("wall", 0), ("CPU", 1)):
+        supernet, evaluate = estimates[k]
+        print(f"  paper profile ({label}): supernet {supernet / 3600:8.1f} h, {evaluations} evaluations "
+              f"{evaluate / 3600:8.1f} h")  # fmt: skip
+        result.update({f"supernet_{label}_h": supernet / 3600, f"evaluations_{label}_h": evaluate / 3600})
+    if device.type == "cpu":
+        wall, cpu = _search_overhead()
+        print(
+            f"  surrogates + NSGA-II, last iteration: {wall:.1f} s wall, {cpu:.1f} s CPU (×{cfg.iterations})"
+        )
+        result.update(surrogates_nsga2_wall_s=wall, surrogates_nsga2_cpu_s=cpu)
+    return result
+
+
+def main() -> None:
+    run(torch.device("cpu"))
+    if torch.cuda.is_available():
+        run(torch.device("cuda"))
 
 
 if __name__ == "__main__":
+    from nasaudit.threads import configure
+
+    configure()  # as every nasaudit job: NASAUDIT_THREADS / OMP_NUM_THREADS, else the usable CPUs
     main()

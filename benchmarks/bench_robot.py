@@ -125,6 +125,9 @@ def main(archs: int | None = None, stacks: list[int] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from nasaudit.threads import configure
+
+    configure()  # as every nasaudit job: NASAUDIT_THREADS / OMP_NUM_THREADS, else the usable CPUs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--archs", type=int, default=None, help="architectures to time (default 4 CPU, 100 GPU)"

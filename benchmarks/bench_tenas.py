@@ -41,30 +41,40 @@ def _seconds_per_repeat(scorer: Scorer, ops_per_edge: int, device: torch.device)
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def main() -> None:
+def run(device: torch.device) -> dict[str, float]:
+    """Seconds per candidate repeat at 7, 4 and 1 op(s) per edge, and the paper search they add up to."""
     cfg = load_profile("paper").tenas
-    data = load_dataset("digits")
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    for device in devices:
-        scorer = Scorer(data, dataclasses.replace(cfg, repeats=1), 0, device)
-        print(f"TE-NAS at paper sizes on {device} ({torch.get_num_threads()} CPU threads):")
-        wall = cpu = 0.0
-        cost: dict[int, tuple[float, float]] = {}
-        for round_ in plan(cfg):
-            ops = round_.ops if isinstance(round_, OpRound) else 1
-            if ops not in cost:
-                cost[ops] = _seconds_per_repeat(scorer, ops, device)
-                print(f"  {ops} op(s) per edge: {cost[ops][0]:6.2f} s wall, {cost[ops][1]:6.2f} s CPU "
-                      f"per candidate and repeat")  # fmt: skip
-            wall += round_.size * cfg.repeats * cost[ops][0]
-            cpu += round_.size * cfg.repeats * cost[ops][1]
-        edges = sum(r.size for r in plan(cfg) if isinstance(r, EdgeRound))
-        evaluations = sum(r.size for r in plan(cfg))
-        print(
-            f"  estimated search: {evaluations} candidates ({evaluations - edges} ops + {edges} edges) "
-            f"× {cfg.repeats} repeats ≈ {wall / 60:.0f} min wall ({cpu / 60:.0f} min CPU)"
-        )
+    scorer = Scorer(load_dataset("digits"), dataclasses.replace(cfg, repeats=1), 0, device)
+    print(f"TE-NAS at paper sizes on {device} ({torch.get_num_threads()} CPU threads):")
+    wall = cpu = 0.0
+    cost: dict[int, tuple[float, float]] = {}
+    for round_ in plan(cfg):
+        ops = round_.ops if isinstance(round_, OpRound) else 1
+        if ops not in cost:
+            cost[ops] = _seconds_per_repeat(scorer, ops, device)
+            print(f"  {ops} op(s) per edge: {cost[ops][0]:6.2f} s wall, {cost[ops][1]:6.2f} s CPU "
+                  f"per candidate and repeat")  # fmt: skip
+        wall += round_.size * cfg.repeats * cost[ops][0]
+        cpu += round_.size * cfg.repeats * cost[ops][1]
+    edges = sum(r.size for r in plan(cfg) if isinstance(r, EdgeRound))
+    evaluations = sum(r.size for r in plan(cfg))
+    print(
+        f"  estimated search: {evaluations} candidates ({evaluations - edges} ops + {edges} edges) "
+        f"× {cfg.repeats} repeats ≈ {wall / 60:.0f} min wall ({cpu / 60:.0f} min CPU)"
+    )
+    result = {f"repeat_{ops}ops_wall_s": w for ops, (w, _) in cost.items()}
+    result.update({f"repeat_{ops}ops_cpu_s": c for ops, (_, c) in cost.items()})
+    return {**result, "search_wall_min": wall / 60, "search_cpu_min": cpu / 60}
+
+
+def main() -> None:
+    run(torch.device("cpu"))
+    if torch.cuda.is_available():
+        run(torch.device("cuda"))
 
 
 if __name__ == "__main__":
+    from nasaudit.threads import configure
+
+    configure()  # as every nasaudit job: NASAUDIT_THREADS / OMP_NUM_THREADS, else the usable CPUs
     main()

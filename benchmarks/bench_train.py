@@ -137,4 +137,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from nasaudit.threads import configure
+
+    configure()  # as every nasaudit job: NASAUDIT_THREADS / OMP_NUM_THREADS, else the usable CPUs
     main()

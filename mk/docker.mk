@@ -9,9 +9,11 @@ DOCKER_IMAGE ?= nasaudit
 # Set CUDA_VARIANT (e.g. cu117 for a driver older than CUDA 11.8's) to build against another wheel index.
 CUDA_VARIANT ?=
 GRID_ARGS ?=
-# The host's data/ and results/ are the container's, and files are written as the calling user.
+# The host's data/ and results/ are the container's, and files are written as the calling user; THREADS
+# reaches the container (without it, nasaudit sizes its threads to the container's CPU quota).
 DOCKER_RUN = $(DOCKER_BIN) run --rm --gpus all --ipc=host --user $(shell id -u):$(shell id -g) \
-	-v $(CURDIR)/data:/workspace/data -v $(CURDIR)/results:/workspace/results
+	-v $(CURDIR)/data:/workspace/data -v $(CURDIR)/results:/workspace/results \
+	$(if $(THREADS),-e NASAUDIT_THREADS=$(THREADS))
 
 docker-build: $(addprefix docker-build-,$(DOCKER_ALGOS))  ## build every algorithm's image (docker-build-ALGO: one)
 

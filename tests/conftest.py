@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from pathlib import Path
@@ -13,6 +14,9 @@ import torch
 from nasaudit.data.datasets import ImageDataset, Split, load_dataset, make_dataset
 
 torch.set_num_threads(1)
+# Every entry point sizes its threads (nasaudit.threads), and respects OMP_NUM_THREADS: the commands
+# tests run in this process and the workers they start keep to one thread, as the tests themselves do.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -398,7 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile(p, "the profile the jobs were trained with")
     p.add_argument("--out", required=True, help="victim file (for `nasaudit poison --victim`)")
     p.set_defaults(func=cmd_victim)
+    from nasaudit.threads import add_argument as add_threads_argument
+
+    add_threads_argument(parser)
     return parser
+
+
+def _log_on_terminal(line: str) -> None:
+    """Informational lines go to a terminal only: piped stdout stays data, bad input stays one line."""
+    if sys.stderr.isatty():
+        print(line, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version (0) or a usage error already printed (2)
         return exc.code if isinstance(exc.code, int) else 0
     try:
+        from nasaudit.threads import configure
+
+        configure(requested=args.threads, log=_log_on_terminal)
         status = args.func(args)  # a handler may return a non-zero exit status (a failed comparison)
     except NasauditError as exc:
         print(f"nasaudit: error: {exc}", file=sys.stderr)

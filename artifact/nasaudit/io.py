@@ -173,7 +173,7 @@ def environment_manifest(device: str = "cpu") -> dict[str, Any]:
     """What a reviewer needs to know about where a result was produced."""
     import torch
 
-    from nasaudit import __version__
+    from nasaudit import __version__, threads
 
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
     return {
@@ -184,5 +184,6 @@ def environment_manifest(device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "host": socket.gethostname(),
         "device": device,
+        "threads": threads.manifest(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

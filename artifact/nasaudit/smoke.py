@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from nasaudit import threads
 from nasaudit.config import Profile, load_profile
 from nasaudit.data.datasets import ImageDataset, load_dataset
+from nasaudit.errors import NasauditError
 from nasaudit.io import sha256_arrays, write_json
 
 DATASET = "digits"
@@ -346,7 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expected", type=Path, default=Path("expected_results/smoke/summary.json"))
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--bless", action="store_true", help="write this run's outputs as the expected ones")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per job (default: automatic)")
     args = parser.parse_args(argv)
+    try:
+        threads.configure(requested=args.threads)
+    except NasauditError as exc:
+        parser.error(str(exc))
 
     torch.manual_seed(SEED)
     np.random.seed(SEED)

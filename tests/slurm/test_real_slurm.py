@@ -86,7 +86,9 @@ def write_profile(folder: Path, **values: str) -> Path:
 
 def driver(cluster: LocalSlurm, profile: Path, results: Path, *args: str) -> subprocess.Popen:
     """``nasaudit grid run table1`` as its own process (output to results/driver-N.log)."""
-    env = {**cluster.env, "OMP_NUM_THREADS": "1", "PYTHONPATH": ARTIFACT, "PYTHONUNBUFFERED": "1"}
+    # no thread override: Slurm tasks size themselves from SLURM_CPUS_PER_TASK, local workers from their share
+    env = {k: v for k, v in cluster.env.items() if k not in ("OMP_NUM_THREADS", "NASAUDIT_THREADS")}
+    env |= {"PYTHONPATH": ARTIFACT, "PYTHONUNBUFFERED": "1"}
     results.mkdir(parents=True, exist_ok=True)
     log = results / f"driver-{len(list(results.glob('driver-*.log')))}.log"
     command = ["grid", "run", "table1", "--profile", str(profile), "--results", str(results), *args]
@@ -192,6 +194,12 @@ def test_table1_through_job_arrays_equals_the_local_runner(cluster, table_run, t
         )
         tables.append((out / "table1.csv").read_text())
     assert tables[0] == tables[1]  # same seeds, same threads: the same numbers to the last digit
+    for results, slurm_cpus in ((table_run.results, CPUS), (local, None)):
+        for task in (t for t in table_run.grid.deps if t.stage == "search"):
+            path = _output(table_run.grid, task).relative_to(table_run.results)
+            recorded = json.loads((results / path).read_text())
+            threads = recorded["manifest"]["threads"]  # a Slurm task computes with its cpus_per_task
+            assert (threads["torch"], threads["allotment"]["slurm"]) == (CPUS, slurm_cpus), task.id
     assert "pdarts,gaussian,0.5,2," in tables[0] and "pdarts,none,0.0,2," in tables[0]
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from nasaudit import threads
 from nasaudit.config import SlurmConfig
 from nasaudit.errors import NasauditError
 from nasaudit.grid import slurm
@@ -140,14 +141,12 @@ def _blocked(grid: Grid, failed: set[Task]) -> set[Task]:
 # --- local: worker processes ------------------------------------------------------------------------
 
 
-def _init_worker(devices: multiprocessing.Queue, threads: int) -> None:
-    """Pin a worker to its GPU before torch touches CUDA, or size its CPU thread pool."""
+def _init_worker(devices: multiprocessing.Queue, workers: int) -> None:
+    """Pin a worker to its GPU before torch touches CUDA, and size its thread pools as one of ``workers``."""
     device = devices.get()
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
-    import torch
-
-    torch.set_num_threads(threads)
+    threads.configure(jobs=workers, log=None)  # the driver logged the choice
 
 
 def _run_local(task: Task, spec: RunSpec) -> Outcome:
@@ -176,16 +175,16 @@ class LocalBackend:
         if workers == 0:
             self.capacity, self.pool = 1, _InlineExecutor()
             return
-        self.capacity = workers or (len(gpus) if gpus else cpu_workers)
+        asked = workers or (len(gpus) if gpus else cpu_workers)
+        self.capacity = threads.local_workers(asked, len(gpus))
         context = multiprocessing.get_context("spawn")
         devices = context.Queue()
         for i in range(self.capacity):
             devices.put(gpus[i % len(gpus)] if gpus else None)
-        threads = 1 if gpus else max(1, (os.cpu_count() or 1) // self.capacity)
         if not gpus:
             self.spec = replace(spec, device="cpu")
         self.pool = cf.ProcessPoolExecutor(
-            self.capacity, mp_context=context, initializer=_init_worker, initargs=(devices, threads)
+            self.capacity, mp_context=context, initializer=_init_worker, initargs=(devices, self.capacity)
         )
 
     def submit(self, tasks: list[Task]) -> None:
@@ -237,12 +236,10 @@ WARNING_SIGNAL = "URG@90"
 
 def _run_slurm(task: Task, spec: RunSpec) -> Outcome:
     """One array element, with as many threads as the job has CPUs: without cgroups nothing else stops
-    torch from using every core of the node."""
+    torch from using every core of the node (``threads``: SLURM_CPUS_PER_TASK, the cpus_per_task the
+    task asked for, unless the submission's environment overrides it as anywhere else)."""
+    threads.configure()
     where = f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}"
-    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        import torch
-
-        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     if "SLURM_ARRAY_JOB_ID" in os.environ:
         where = f"slurm job {os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     return execute(task, spec, where)
