@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nasaudit.attacks.base import ATTACKS, AttackContext, choose_indices
+from nasaudit.batch_cap import capped
 from nasaudit.config import GCConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import epoch_generator
@@ -115,7 +116,7 @@ def _chunks(n: int, size: int) -> list[slice]:
 def mean_loss(problem: GradientProblem, images: Tensor, labels: Tensor, batch_size: int) -> float:
     total = sum(
         float(problem.loss_sum(problem.pixels(images[s]), labels[s]))
-        for s in _chunks(len(labels), batch_size)
+        for s in capped(_chunks(len(labels), batch_size))
     )
     return total / len(labels)
 
@@ -126,7 +127,7 @@ def mean_gradient(
     """(mean CE, mean CE gradient at θ) over uint8 ``images``: Algorithm 2 line 3's g_clean."""
     total = [torch.zeros_like(p) for p in problem.params]
     loss = 0.0
-    for s in _chunks(len(labels), batch_size):
+    for s in capped(_chunks(len(labels), batch_size)):
         x, y = problem.pixels(images[s]), labels[s]
         batch_loss = problem.loss_sum(x, y)
         for t, g in zip(total, torch.autograd.grad(batch_loss, problem.params), strict=True):
@@ -149,7 +150,7 @@ def gradpc(
         order = torch.randperm(
             len(labels), device=labels.device, generator=epoch_generator(seed, epoch, labels.device)
         )
-        for s in _chunks(len(labels), cfg.gradpc_batch_size):
+        for s in capped(_chunks(len(labels), cfg.gradpc_batch_size)):
             idx = order[s]
             grads = problem.gradient(problem.pixels(images[idx]), labels[idx])
             norm = math.sqrt(float(_dot(grads, grads)))
@@ -194,15 +195,15 @@ def canceling_loss(
         (grad,) = torch.autograd.grad(loss, d)
         return float(loss.detach()), _cosine(g_clean, [a.detach() for a in g_adv]), grad
     g_adv = [torch.zeros_like(c) for c in g_clean]
-    for s in chunks:
+    for s in capped(chunks):
         for total, g in zip(g_adv, problem.gradient(x[s] + delta[s].detach(), y[s]), strict=True):
             total += g / m
     r = [(1 - fraction) * c + fraction * a for c, a in zip(g_clean, g_adv, strict=True)]
     loss, cosine = 0.5 * float(_dot(r, r)), _cosine(g_clean, g_adv)
     if not with_grad:
         return loss, cosine, None
-    grad = torch.empty_like(delta)
-    for s in chunks:
+    grad = torch.zeros_like(delta)  # rows a batch cap skips keep a zero gradient
+    for s in capped(chunks):
         d = delta[s].detach().requires_grad_()
         g = problem.gradient(x[s] + d, y[s], create_graph=True)
         (grad[s],) = torch.autograd.grad(_dot(r, g) * (fraction / m), d)

@@ -13,14 +13,19 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from nasaudit.batch_cap import capped
 from nasaudit.config import AugmentConfig
 from nasaudit.data.datasets import ImageDataset, Split
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """A generator that depends only on (seed, epoch): the key to bit-identical resumption."""
+    """A generator that depends only on (seed, epoch): the key to bit-identical resumption.
+
+    The value is reduced modulo 2⁶³ (torch's seed range; smaller values are unchanged): NSGANetV2's
+    per-candidate seeds (a 31-bit job seed × 100,003) would otherwise overflow it.
+    """
     g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + epoch)
+    g.manual_seed((seed * 1_000_003 + epoch) % 2**63)
     return g
 
 
@@ -60,7 +65,7 @@ class DeviceData:
             if shuffle
             else torch.arange(n, device=self.device)
         )
-        for b in range(self.num_batches(batch_size, drop_last)):
+        for b in capped(range(self.num_batches(batch_size, drop_last))):
             idx = order[b * batch_size : (b + 1) * batch_size]
             yield self.transform(self.images[idx], augment, g), self.labels[idx]
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from nasaudit.batch_cap import capped
 from nasaudit.config import DenoiseConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
@@ -83,8 +84,8 @@ def denoise_images(
     signal = math.sqrt(float(alphas_cumprod[t]))
     noise_scale = math.sqrt(1.0 - float(alphas_cumprod[t]))
     rng = np.random.default_rng(seed)
-    out = np.empty_like(images)
-    starts = range(0, len(images), cfg.batch_size)
+    out = images.copy()  # every batch is overwritten (a batch cap leaves the ones it skips as they were)
+    starts = capped(range(0, len(images), cfg.batch_size))
     with torch.no_grad():
         for start in tqdm(starts, desc="denoise", disable=not progress, leave=False):
             batch = torch.from_numpy(images[start : start + cfg.batch_size]).to(device)

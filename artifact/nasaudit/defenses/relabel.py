@@ -21,6 +21,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 from tqdm import tqdm
 
+from nasaudit.batch_cap import capped, fill_skipped
 from nasaudit.config import RelabelConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
@@ -78,7 +79,7 @@ def pretrained_features(data: ImageDataset, seed: int, context: DefenseContext) 
     features = []
     with torch.no_grad():
         for batch in tqdm(
-            images.split(cfg.batch_size), desc="features", disable=not context.progress, leave=False
+            capped(images.split(cfg.batch_size)), desc="features", disable=not context.progress, leave=False
         ):
             x = batch.to(context.device).permute(0, 3, 1, 2).float().div_(255.0)
             if x.shape[-1] != cfg.image_size:
@@ -86,7 +87,7 @@ def pretrained_features(data: ImageDataset, seed: int, context: DefenseContext) 
                     x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False
                 )
             features.append(model((x - mean) / std).float().cpu())
-    result = torch.cat(features).numpy()
+    result = fill_skipped(torch.cat(features).numpy(), len(images))
     write_npz(cache, {"features": result})
     return result
 

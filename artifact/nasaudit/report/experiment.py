@@ -16,6 +16,7 @@ import pandas as pd
 
 from nasaudit.errors import NasauditError
 from nasaudit.grid.jobs import Experiment, JobKey, Layout
+from nasaudit.preflight.synthetic import is_synthetic
 from nasaudit.report.published import PUBLISHED_DIR, load_baselines
 from nasaudit.report.tables import DESIGNS, build_table
 
@@ -32,11 +33,17 @@ def _accuracy(layout: Layout, key: JobKey) -> float | None:
     if not path.is_file():
         return None
     try:
-        return float(json.loads(path.read_text())["test_accuracy"])
+        result = json.loads(path.read_text())
+        accuracy, dataset = float(result["test_accuracy"]), str(result.get("dataset", ""))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise NasauditError(
             f"{path}: not a readable training result ({exc}); delete it to rerun the job"
         ) from None
+    if is_synthetic(dataset):
+        raise NasauditError(
+            f"{path}: trained on {dataset}, synthetic data of `nasaudit preflight`; it is no result"
+        )
+    return accuracy
 
 
 # The table column of each optional key part (Table 3 names the search dataset also for its reference

@@ -1,0 +1,233 @@
+"""One preflight task in a child process: run it under the batch cap, time it, take its peak memory.
+
+The parent (``preflight.run``) starts a worker with ``multiprocessing``'s spawn and sends it items one
+at a time; a crash or an out-of-memory kill of the worker costs only the item it was running. A
+worker measures each item from a clean slate: the peak resident set size is reset before the item
+(Linux ``clear_refs``), the CUDA allocator's peak too, and the synthetic data the item reads are
+generated before its clock starts. The last message asks for the timings of every item: the
+stage's cost model (``grid.plan``) times the networks it names on this device.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasaudit.batch_cap import batch_cap
+from nasaudit.config import Profile
+from nasaudit.data.datasets import DATASETS
+from nasaudit.errors import NasauditError
+from nasaudit.grid.jobs import Layout, Task
+from nasaudit.grid.plan import CHARGES, Timer, gpu_factor
+from nasaudit.grid.stages import STAGES, Env, grid_dataset
+from nasaudit.grid.state import error_line
+from nasaudit.io import write_bytes
+from nasaudit.preflight.kinds import Item
+from nasaudit.preflight.synthetic import SyntheticDatasets
+
+GIB = 2**30
+TRACEBACKS = "tracebacks"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a worker needs besides the items: plain data, pickled to the spawned process."""
+
+    profile: Profile  # bounded, with its stand-in models
+    full: Profile  # the profile as given: what the projections are of
+    root: Path  # the preflight's layout root
+    device: str
+    batches: int  # the batch cap
+    seed: int
+
+
+def serve(conn: Connection, setup: Setup) -> None:
+    """The worker's loop: ``("item", Item)`` → its result, ``("timings", items)`` → theirs, None → exit."""
+    if setup.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(setup.device))
+    while (message := conn.recv()) is not None:
+        what, payload = message
+        conn.send(run_item(payload, setup) if what == "item" else timings(payload, setup))
+
+
+def environment(setup: Setup) -> Env:
+    datasets = SyntheticDatasets(setup.seed, setup.profile.grid.train_subset)
+    return Env(setup.profile, Layout(setup.root), None, torch.device(setup.device), datasets=datasets)
+
+
+def run_item(item: Item, setup: Setup) -> dict[str, Any]:
+    """Run one item; never raises: a failure is ``ok: False`` with the grid's one-line error."""
+    env = environment(setup)
+    device = env.device
+    result: dict[str, Any] = {"ok": False, "error": None}
+    try:
+        for name in _datasets(item, env):
+            grid_dataset(name, env)  # generated before the clock starts
+        _reset_peaks(device)
+        start = time.perf_counter()
+        try:
+            with batch_cap(setup.batches):
+                if item.task is None:
+                    _table2(item, env)
+                else:
+                    _stage(item.task, env)
+            result["ok"] = True
+        finally:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            result["wall_s"] = time.perf_counter() - start
+            result.update(_peaks(device))
+    except Exception as exc:  # reported as this item's failure; the worker goes on
+        result["error"] = error_line(exc)
+        name = item.id.replace("/", "+") + ".txt"
+        write_bytes(setup.root / TRACEBACKS / name, traceback.format_exc().encode())
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def _datasets(item: Item, env: Env) -> list[str]:
+    if item.task is None:
+        return [env.profile.experiment.datasets[0]]
+    return sorted({item.task.dataset, item.task.key.searched_on})
+
+
+def _stage(task: Task, env: Env) -> None:
+    stage = STAGES.get(task.stage)
+    stage.run(task, env)
+    if not stage.output(task, env.layout).is_file():
+        raise NasauditError(f"{task.id} finished without writing {stage.output(task, env.layout)}")
+
+
+def _table2(item: Item, env: Env) -> None:
+    """Table 2's scoring (``nasaudit sensitivity``) on the grid poisons the item names."""
+    from nasaudit.analysis.sensitivity import run_sensitivity
+
+    dataset = grid_dataset(env.profile.experiment.datasets[0], env)
+    poisons = {attack: env.layout.poison(task) for attack, task in item.poisons.items()}
+    table = run_sensitivity(
+        dataset,
+        poisons,
+        env.profile.sensitivity,
+        seed=0,
+        pool_ops=env.profile.robot.pool_ops,
+        device=env.device,
+        out_dir=env.layout.root / "table2",
+        progress=False,
+    )
+    if table is None:
+        raise NasauditError("Table 2's scoring finished without writing its table")
+
+
+# --- memory ----------------------------------------------------------------------------------------
+
+
+def _reset_peaks(device: torch.device) -> None:
+    """Start the item's peak memory from what the process holds now."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: reset the peak resident set size (VmHWM)
+    except OSError:
+        pass  # elsewhere the peak is the process's (a fresh process per item keeps it the item's)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peaks(device: torch.device) -> dict[str, float | None]:
+    peaks: dict[str, float | None] = {"peak_rss_gib": _peak_rss() / GIB, "peak_cuda_gib": None}
+    if device.type == "cuda":
+        peaks["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+        peaks["peak_cuda_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
+    return peaks
+
+
+def _peak_rss() -> int:
+    """Bytes: VmHWM of /proc/self/status, else ``getrusage`` (kilobytes on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+# --- step times and projections --------------------------------------------------------------------
+
+
+class RecordingTimer(Timer):
+    """``grid.plan.Timer`` that also lists every network a cost model asks it to time."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
+        self.calls: list[dict[str, Any]] = []
+
+    def per_image(self, network: str, build: Any, batch: int, **kwargs: Any) -> float:
+        seconds = super().per_image(network, build, batch, **kwargs)
+        self.calls.append({"network": network, "batch": batch, "kind": "train", "per_image_s": seconds})
+        return seconds
+
+    def forward_per_image(self, network: str, build: Any, batch: int, **kwargs: Any) -> float:
+        seconds = super().forward_per_image(network, build, batch, **kwargs)
+        self.calls.append({"network": network, "batch": batch, "kind": "forward", "per_image_s": seconds})
+        return seconds
+
+    def kappa(self, network: str, build: Any, batch: int) -> float:
+        seconds = super().kappa(network, build, batch)
+        self.calls.append({"network": network, "batch": batch, "kind": "kappa", "per_image_s": seconds / batch})
+        return seconds
+
+
+def timings(items: list[Item], setup: Setup) -> dict[str, Any]:
+    """Per item: its main network's seconds per step and the projected hours of the full task."""
+    device = torch.device(setup.device)
+    profile, timer = setup.full, RecordingTimer(device)
+    factor = gpu_factor(profile, timer)
+    out: dict[str, Any] = {"gpu_factor": factor, "items": {}}
+    for item in items:
+        out["items"][item.id] = _projection(item, profile, timer, factor)
+    return out
+
+
+def _projection(item: Item, profile: Profile, timer: RecordingTimer, factor: float) -> dict[str, Any]:
+    task = item.task
+    if task is None or task.stage not in CHARGES:
+        what = "Table 2's scoring" if task is None else "a victim (picked from finished jobs)"
+        return {"projected_hours": None, "step": None, "projection": f"no cost model: {what}"}
+    sizes = {d: _train_size(d, profile) for d in {task.dataset, task.key.searched_on}}
+    timer.calls.clear()
+    try:
+        charge = CHARGES[task.stage](task, profile, sizes, timer)
+        if charge.what not in charge.registry:
+            return {"projected_hours": None, "step": None, "projection": f"no cost model for {charge.what}"}
+        per_task, shared = charge.seconds(charge.registry.get(charge.what))
+    except Exception as exc:  # a cost model that cannot time its networks here
+        return {"projected_hours": None, "step": None, "projection": f"timing failed: {error_line(exc)}"}
+    calls = list(timer.calls)
+    step = max(calls, key=lambda c: (c["kind"] == "train", c["per_image_s"] * c["batch"]), default=None)
+    if step is not None:
+        step = {**step, "seconds": step["per_image_s"] * step["batch"]}
+    return {
+        "projected_hours": (per_task + shared) * factor / 3600,
+        "step": step,
+        "networks": calls,
+        "projection": "grid.plan cost model (this task + its shared part)",
+    }
+
+
+def _train_size(name: str, profile: Profile) -> int:
+    shape = DATASETS.get(name).shape
+    size = shape.train if shape is not None else 0
+    subset = profile.grid.train_subset
+    return min(size, subset) if subset > 0 else size
