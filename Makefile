@@ -8,7 +8,7 @@ PROFILE ?= paper
 DATASETS ?= cifar10 cifar100 mnist fashionmnist svhn
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke-test smoke-bless test test-all lint data bench clean table1 table2 table3 table4 table5 \
+.PHONY: help venv smoke-test smoke-bless test test-all lint data bench preflight clean table1 table2 table3 table4 table5 \
 	table6 figures
 include mk/docker.mk
 
@@ -34,10 +34,10 @@ lint: $(STAMP) docker-lint  ## ruff, and hadolint on the Dockerfile
 	$(VENV)/bin/ruff check artifact tests benchmarks
 	$(VENV)/bin/ruff format --check artifact tests benchmarks
 
-test: lint  ## ruff + the fast test suite (skips tests marked slow)
-	$(PY) -m pytest -q -m "not slow"
+test: lint  ## ruff + the fast test suite (skips tests marked slow, and those marked cuda)
+	$(PY) -m pytest -q -m "not slow and not cuda"
 
-test-all: lint  ## ruff + every test, the slow ones too
+test-all: lint  ## ruff + every test, the slow ones too, and on a GPU machine those marked cuda
 	$(PY) -m pytest -q
 
 data: $(STAMP)  ## download the real datasets into data/ (needs internet; checksums verified)
@@ -101,6 +101,12 @@ figures: $(STAMP)  ## Figure 1: cells of the best clean and worst RLF-50% P-DART
 
 bench: $(STAMP)  ## speed against plain-PyTorch baselines measured in the same run (CPU, and GPU if present)
 	$(PY) -m benchmarks
+
+# Every kind of task of every table at PROFILE's sizes for a few steps on synthetic data (docs/preflight.md);
+# exit 1 if any fails. PREFLIGHT_ARGS=--device cuda | --only TEXT ... | --list
+PREFLIGHT_ARGS ?=
+preflight: $(STAMP)  ## every kind of task at PROFILE's sizes, a few steps on synthetic data (CPU ≤ 20 min)
+	$(VENV)/bin/nasaudit preflight --profile $(PROFILE) --out results/preflight $(PREFLIGHT_ARGS)
 
 clean:  ## remove results/ and caches (keeps data/ and .venv/)
 	rm -rf results .pytest_cache .ruff_cache

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nasaudit.attacks.base import ATTACKS, AttackContext, choose_indices
-from nasaudit.batch_cap import capped
+from nasaudit.batch_cap import capped, capped_size
 from nasaudit.config import GCConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import epoch_generator
@@ -109,6 +109,7 @@ def _cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
 
 
 def _chunks(n: int, size: int) -> list[slice]:
+    size = capped_size(size)
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 

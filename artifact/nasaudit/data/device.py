@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from nasaudit.batch_cap import capped
+from nasaudit.batch_cap import capped, capped_size
 from nasaudit.config import AugmentConfig
 from nasaudit.data.datasets import ImageDataset, Split
 
@@ -57,7 +57,9 @@ class DeviceData:
         augment: AugmentConfig | None = None,
         drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield normalised float batches (N×3×H×W) and labels for one epoch."""
+        """Yield normalised float batches (N×3×H×W) and labels for one epoch (under a batch cap,
+        ``nasaudit.batch_cap``, its first batches only)."""
+        batch_size = capped_size(batch_size)
         g = epoch_generator(seed, epoch, self.device)
         n = len(self)
         order = (

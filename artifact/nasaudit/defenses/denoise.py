@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from nasaudit.batch_cap import capped
+from nasaudit.batch_cap import capped, capped_size
 from nasaudit.config import DenoiseConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
@@ -85,10 +85,11 @@ def denoise_images(
     noise_scale = math.sqrt(1.0 - float(alphas_cumprod[t]))
     rng = np.random.default_rng(seed)
     out = images.copy()  # every batch is overwritten (a batch cap leaves the ones it skips as they were)
-    starts = capped(range(0, len(images), cfg.batch_size))
+    size = capped_size(cfg.batch_size)
+    starts = capped(range(0, len(images), size))
     with torch.no_grad():
         for start in tqdm(starts, desc="denoise", disable=not progress, leave=False):
-            batch = torch.from_numpy(images[start : start + cfg.batch_size]).to(device)
+            batch = torch.from_numpy(images[start : start + size]).to(device)
             x = batch.permute(0, 3, 1, 2).double() / 127.5 - 1.0
             if cfg.add_noise:
                 delta = torch.from_numpy(rng.standard_normal(x.shape)).to(device)

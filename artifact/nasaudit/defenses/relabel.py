@@ -21,7 +21,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 from tqdm import tqdm
 
-from nasaudit.batch_cap import capped, fill_skipped
+from nasaudit.batch_cap import capped, capped_size, fill_skipped
 from nasaudit.config import RelabelConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
@@ -79,7 +79,10 @@ def pretrained_features(data: ImageDataset, seed: int, context: DefenseContext) 
     features = []
     with torch.no_grad():
         for batch in tqdm(
-            capped(images.split(cfg.batch_size)), desc="features", disable=not context.progress, leave=False
+            capped(images.split(capped_size(cfg.batch_size))),
+            desc="features",
+            disable=not context.progress,
+            leave=False,
         ):
             x = batch.to(context.device).permute(0, 3, 1, 2).float().div_(255.0)
             if x.shape[-1] != cfg.image_size:

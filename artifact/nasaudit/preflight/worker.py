@@ -10,6 +10,8 @@ stage's cost model (``grid.plan``) times the networks it names on this device.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import resource
 import sys
 import time
@@ -35,6 +37,7 @@ from nasaudit.preflight.synthetic import SyntheticDatasets
 
 GIB = 2**30
 TRACEBACKS = "tracebacks"
+LOG = "workers.log"  # the workers' own output
 
 
 @dataclass(frozen=True)
@@ -45,17 +48,52 @@ class Setup:
     full: Profile  # the profile as given: what the projections are of
     root: Path  # the preflight's layout root
     device: str
-    batches: int  # the batch cap
+    batches: int  # the batch cap: batches per loop,
+    images: int | None  # and images per batch (None: the profile's batch sizes)
     seed: int
 
 
 def serve(conn: Connection, setup: Setup) -> None:
-    """The worker's loop: ``("item", Item)`` → its result, ``("timings", items)`` → theirs, None → exit."""
-    if setup.device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(setup.device))
+    """The worker's loop: ``("item", Item)`` → its result, ``("timings", items)`` → theirs, None → exit.
+
+    An error outside an item's own run (a CUDA error sticks to the process's context) is sent back
+    with ``restart``, and the worker exits: the parent starts a fresh one for the next item.
+    """
+    _die_with_parent()
+    _output_to(setup.root / LOG)
+    device = torch.device(setup.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
     while (message := conn.recv()) is not None:
         what, payload = message
-        conn.send(run_item(payload, setup) if what == "item" else timings(payload, setup))
+        try:
+            reply = run_item(payload, setup) if what == "item" else timings(payload, setup)
+        except Exception as exc:
+            conn.send({"ok": False, "error": error_line(exc), "restart": True})
+            return
+        conn.send(reply)
+
+
+def _output_to(path: Path) -> None:
+    """Send this process's stdout and stderr (progress bars, warnings, a crash's last words) to ``path``:
+    the parent prints one line per item."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+        os.dup2(log, stream.fileno())
+    os.close(log)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when its parent dies (a killed preflight leaves no worker
+    holding the GPU); elsewhere the worker ends at its next message, when the pipe is closed."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):  # no prctl: the pipe ends the worker
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def environment(setup: Setup) -> Env:
@@ -71,10 +109,10 @@ def run_item(item: Item, setup: Setup) -> dict[str, Any]:
     try:
         for name in _datasets(item, env):
             grid_dataset(name, env)  # generated before the clock starts
-        _reset_peaks(device)
+        rss_is_the_items = _reset_peaks(device)
         start = time.perf_counter()
         try:
-            with batch_cap(setup.batches):
+            with batch_cap(setup.batches, setup.images):
                 if item.task is None:
                     _table2(item, env)
                 else:
@@ -84,7 +122,8 @@ def run_item(item: Item, setup: Setup) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             result["wall_s"] = time.perf_counter() - start
-            result.update(_peaks(device))
+            result["load_avg"] = os.getloadavg()[0]  # the machine's: other work slows the item down
+            result.update(_peaks(device, rss_is_the_items))
     except Exception as exc:  # reported as this item's failure; the worker goes on
         result["error"] = error_line(exc)
         name = item.id.replace("/", "+") + ".txt"
@@ -131,19 +170,26 @@ def _table2(item: Item, env: Env) -> None:
 # --- memory ----------------------------------------------------------------------------------------
 
 
-def _reset_peaks(device: torch.device) -> None:
-    """Start the item's peak memory from what the process holds now."""
+_ITEMS_RUN = [0]  # items this worker process has started
+
+
+def _reset_peaks(device: torch.device) -> bool:
+    """Start the item's peak memory from what the process holds now; False if the resident-set peak
+    could not be reset (then it is the process's, the item's only for its first item)."""
+    _ITEMS_RUN[0] += 1
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # Linux: reset the peak resident set size (VmHWM)
+        return True
     except OSError:
-        pass  # elsewhere the peak is the process's (a fresh process per item keeps it the item's)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        return _ITEMS_RUN[0] == 1
 
 
-def _peaks(device: torch.device) -> dict[str, float | None]:
-    peaks: dict[str, float | None] = {"peak_rss_gib": _peak_rss() / GIB, "peak_cuda_gib": None}
+def _peaks(device: torch.device, rss_is_the_items: bool) -> dict[str, float | None]:
+    rss = _peak_rss() / GIB if rss_is_the_items else None
+    peaks: dict[str, float | None] = {"peak_rss_gib": rss, "peak_cuda_gib": None}
     if device.type == "cuda":
         peaks["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / GIB
         peaks["peak_cuda_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
@@ -185,7 +231,8 @@ class RecordingTimer(Timer):
 
     def kappa(self, network: str, build: Any, batch: int) -> float:
         seconds = super().kappa(network, build, batch)
-        self.calls.append({"network": network, "batch": batch, "kind": "kappa", "per_image_s": seconds / batch})
+        per_image = seconds / batch
+        self.calls.append({"network": network, "batch": batch, "kind": "kappa", "per_image_s": per_image})
         return seconds
 
 
