@@ -40,7 +40,7 @@ def test_the_plan_covers_every_kind_of_task_of_every_grid(name: str, tmp_path: P
     layout = Layout.of(tmp_path, profile)
     grid_kinds = _grid_kinds(profile, layout)
     bounded, _ = bounded_profile(profile, CUDA)
-    items = plan_items(bounded, layout)
+    items = plan_items(bounded, layout).items
     planned = {item.kind for item in items if item.task is not None}
     assert planned == set(grid_kinds)
     assert {kind.split("/")[0] for kind in planned} == set(STAGE_ORDER)
@@ -56,6 +56,22 @@ def test_the_plan_covers_every_kind_of_task_of_every_grid(name: str, tmp_path: P
     table2 = items[-1]
     assert table2.task is None and set(table2.poisons) == set(profile.sensitivity.attacks)
     assert all(p.budget == profile.sensitivity.budget for p in table2.poisons.values())
+
+
+def test_a_cpu_leaves_only_the_costly_searches_on_other_data_to_a_gpu(tmp_path: Path) -> None:
+    profile = load_profile("paper")
+    layout = Layout.of(tmp_path, profile)
+    bounded, _ = bounded_profile(profile, CPU)
+    plan = plan_items(bounded, layout, cpu=True)
+    planned = {item.kind for item in plan.items if item.task is not None}
+    assert planned | set(plan.left_out) == set(_grid_kinds(profile, layout))
+    assert not planned & set(plan.left_out)
+    for kind in plan.left_out:  # a P-DARTS or TE-NAS search on another dataset or defended data
+        stage, what, dataset = kind.split("/")
+        assert stage == "search" and what.split("+")[0] in ("pdarts", "tenas")
+        assert dataset != "cifar10" or what.split("+")[1] in ("denoise", "relabel", "sanitize")
+    assert "search/pdarts/cifar100" in planned  # the CIFAR-100 supernet victim needs it
+    assert {"search/robot/svhn", "search/robot+denoise/cifar10", "search/tenas/cifar10"} <= planned
 
 
 def test_paper_kinds_include_each_victim_kind_and_the_attacks_on_it(tmp_path: Path) -> None:

@@ -158,8 +158,9 @@ def pdarts(cfg: PDartsConfig) -> PDartsConfig:
 
 
 def tenas(cfg: TenasConfig) -> TenasConfig:
-    """One repeat per candidate removal; every round still runs, so the pruned genotype is complete."""
-    return replace(cfg, repeats=1)
+    """One repeat per candidate removal, one batch of linear-region crops, and one op round (pruning
+    to one op per edge at once) before the edge rounds: the pruned genotype is still complete."""
+    return replace(cfg, repeats=1, lr_batches=1, prune_number=max(len(cfg.ops) - 1, 1))
 
 
 def gc(cfg: GCConfig) -> GCConfig:

@@ -24,6 +24,12 @@ from nasaudit.errors import NasauditError
 from nasaudit.grid.jobs import EXPERIMENTS, STAGE_ORDER, Layout, Task, build_grid, load_experiment
 
 TABLE2 = "table2"
+# Searches whose runs on other data than the profile's first dataset (Table 1's CIFAR-100, Table 3's
+# search datasets, Table 4's defended data) a CPU leaves to a GPU: at the paper's sizes a bounded TE-NAS
+# search takes minutes of CPU (126 candidate removals, each two κ_NTK and two region counts) and a
+# P-DARTS one about a minute, eight and nine of them. Each runs on the first dataset, and the data's
+# path into a search (the dataset, its poison, its defense) runs with RoBoT on every variant.
+CPU_DATA_VARIANTS = ("pdarts", "tenas")
 
 
 @dataclass(frozen=True)
@@ -64,10 +70,18 @@ def kind_of(task: Task, profile: Profile) -> str:
     return f"{task.stage}/{what}/{dataset}"
 
 
-def plan_items(profile: Profile, layout: Layout, only: Iterable[str] = ()) -> list[Item]:
-    """The preflight's items in an order that runs every dependency first.
+@dataclass(frozen=True)
+class Plan:
+    items: list[Item]  # in an order that runs every dependency first
+    left_out: dict[str, str]  # kind -> why this machine does not run it
 
-    ``only``: keep the kinds containing one of these substrings (and what they depend on).
+
+def plan_items(profile: Profile, layout: Layout, only: Iterable[str] = (), cpu: bool = False) -> Plan:
+    """The preflight's items: one per kind of every grid, their dependencies, Table 2's scoring.
+
+    ``only``: keep the kinds containing one of these substrings (and what they depend on). ``cpu``:
+    leave ``CPU_DATA_VARIANTS``' searches on other data than the first dataset to a GPU run (unless
+    another kind needs one).
     """
     deps: dict[Task, tuple[Task, ...]] = {}
     tables: dict[Task, list[str]] = {}
@@ -84,6 +98,14 @@ def plan_items(profile: Profile, layout: Layout, only: Iterable[str] = ()) -> li
     run_table2 = not only or any(part in table2 for part in only)
     if not wanted and not run_table2:
         raise NasauditError(f"no kind of task matches --only {' '.join(only)}; `--list` shows them all")
+    first = profile.experiment.datasets[0]
+    left_out = {
+        kind: f"left to a GPU run: {tasks[0].algorithm} on other data than {first} (on a CPU it runs on "
+        f"{first}, and RoBoT on these data)"
+        for kind, tasks in wanted.items()
+        if cpu and _data_variant(tasks[0], first)
+    }
+    wanted = {k: tasks for k, tasks in wanted.items() if k not in left_out}
 
     chosen: dict[Task, str] = {}  # task -> the kind it represents
     selected: set[Task] = set()
@@ -111,6 +133,11 @@ def plan_items(profile: Profile, layout: Layout, only: Iterable[str] = ()) -> li
             selected |= closure(poison)
 
     order = {task: i for i, task in enumerate(deps)}  # the grids' topological order
+    for task in selected:  # a left-out kind that another one needs runs after all
+        kind = kind_of(task, profile)
+        if kind in left_out:
+            del left_out[kind]
+            chosen[task] = kind
     items = [
         Item(
             chosen.get(task) or kind_of(task, profile),
@@ -126,7 +153,13 @@ def plan_items(profile: Profile, layout: Layout, only: Iterable[str] = ()) -> li
         items.append(
             Item(table2, table2, None, tuple(p.id for p in poisons.values()), (TABLE2,), "kind", poisons)
         )
-    return items
+    return Plan(items, left_out)
+
+
+def _data_variant(task: Task, first: str) -> bool:
+    """A search of ``CPU_DATA_VARIANTS`` on other data than ``first``: another dataset or defended."""
+    other = task.key.searched_on != first or bool(task.defense)
+    return task.stage == "search" and task.algorithm in CPU_DATA_VARIANTS and other
 
 
 def _inputs(task: Task, waits: tuple[Task, ...]) -> tuple[Task, ...]:

@@ -84,6 +84,8 @@ def render_summary(report: dict[str, Any]) -> str:
         f"{len(report['tasks'])} tasks ok in {report['wall_s']:.0f} s{_load_text(report)}; projected "
         f"hours are {unit}",
     ]
+    if report.get("left_out"):
+        lines.append(f"not run on this machine ({len(report['left_out'])}): {', '.join(report['left_out'])}")
     if report["failed"]:
         folder = Path(report["folder"]) / "tracebacks"
         lines.append(f"PREFLIGHT FAILED: {report['failed']} task(s); tracebacks in {folder}")
@@ -107,4 +109,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         tabulate(_rows(report), headers=HEADERS, tablefmt="github"),
         "",
     ]
+    if report.get("left_out"):
+        lines += ["Not run on this machine:", ""]
+        lines += [f"- `{kind}`: {why}" for kind, why in report["left_out"].items()] + [""]
     return "\n".join(lines)

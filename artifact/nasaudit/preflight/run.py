@@ -65,7 +65,8 @@ def run_preflight(
     fresh_process = (not cuda) if fresh_process is None else fresh_process
     root = _claim(Path(out), profile)
     bounded, notes = bounded_profile(profile, device)
-    items = plan_items(bounded, Layout(root), only)
+    plan = plan_items(bounded, Layout(root), only, cpu=not cuda)
+    items = plan.items
     bounded, stand_in_notes = stand_in_models(bounded, root, {s for i in items for s in _sections(i)})
     notes.update(stand_in_notes)
     setup = Setup(bounded, profile, root, str(device), batches, images or None, seed)
@@ -83,6 +84,7 @@ def run_preflight(
         "datasets": {name: synthetic_name(name) for name in sorted({_dataset(i, bounded) for i in items})},
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "folder": str(root),
+        "left_out": plan.left_out,  # kind -> why this machine does not run it (a CPU's data variants)
         "tasks": [],
     }
     started, order = time.perf_counter(), [item.id for item in items]
@@ -193,8 +195,13 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     device = _device(args.device)
     if args.list:
         bounded, _ = bounded_profile(profile, device)
-        for item in plan_items(bounded, Layout.of(Path(args.out), profile), tuple(args.only or ())):
+        plan = plan_items(
+            bounded, Layout.of(Path(args.out), profile), tuple(args.only or ()), device.type == "cpu"
+        )
+        for item in plan.items:
             print(f"{item.kind:<45} {item.role:<10} {item.id}")
+        for kind, reason in plan.left_out.items():
+            print(f"{kind:<45} {'not run':<10} {reason}")
         return 0
     report = run_preflight(
         profile,
