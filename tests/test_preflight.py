@@ -109,7 +109,7 @@ def test_the_bounded_profile_keeps_every_size_and_bounds_the_counts() -> None:
     assert all(cfg.epochs == 1 for cfg in trains)
     assert bounded.pdarts.epochs == bounded.pdarts.warmup_epochs + 1  # α steps run
     assert bounded.gc.steps == 1 and bounded.tenas.repeats == 1 and bounded.table1.trials == 1
-    assert bounded.robot.pool_size == 2 * profile.robot.pool_stack
+    assert bounded.robot.pool_size == profile.robot.pool_stack
     assert all(phase.epochs == 1 for phase in bounded.nsganetv2.supernet.phases)
     rates = bounded.pdarts.skip_dropout_by_dataset  # the stand-in of CIFAR-100 gets CIFAR-100's rates
     assert rates["synthetic-cifar100"] == profile.pdarts.skip_dropout_by_dataset["cifar100"]
@@ -229,3 +229,27 @@ def test_a_smoke_preflight_on_a_gpu_runs_in_one_worker_and_takes_the_gpus_peak(t
             assert task["peak_cuda_gib"] > 0 and task["peak_cuda_reserved_gib"] >= task["peak_cuda_gib"]
     gc = next(t for t in report["tasks"] if t["kind"] == "poison/nas_gc@darts_network/digits")
     assert gc["step"]["network"] == "retrain/darts" and gc["projected_hours"] > 0
+
+
+def test_plan_estimates_from_a_preflights_measured_times(tmp_path: Path, capsys, monkeypatch) -> None:
+    from nasaudit.grid.plan import Timer, estimate
+    from nasaudit.preflight.timings import MeasuredTimer, RecordingTimer
+
+    # a distinct made-up time per measurement instead of timing the networks (seconds of CPU)
+    monkeypatch.setattr(Timer, "_once", lambda self, key, measure: 1e-3 * len(str(key)))
+    profile = load_profile("smoke")
+    grid = build_grid(load_experiment("table6", profile), Layout.of(tmp_path, profile))
+    recording = RecordingTimer(CPU)
+    here = estimate(grid, profile, None, timer=recording)
+    report = {"profile": "smoke", "device": "cuda", "tasks": [{"networks": recording.calls}]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    replayed = estimate(grid, profile, None, timer=MeasuredTimer(tmp_path / "report.json", profile))
+    assert replayed.device == "cuda" and replayed.gpu_factor == 1.0  # the report's device: GPU-hours
+    assert [s.seconds for s in replayed.stages] == [s.seconds for s in here.stages]
+    assert sum(s.seconds for s in here.stages) > 0
+    first = recording.calls[0]
+    report["tasks"] = [{"networks": [c for c in recording.calls if c["network"] != first["network"]]}]
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    argv = ["plan", "table6", "--profile", "smoke", "--results", str(tmp_path)]
+    assert main([*argv, "--timings", str(tmp_path / "report.json")]) == 2
+    assert "has no time of" in capsys.readouterr().err

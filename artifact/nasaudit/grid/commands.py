@@ -59,7 +59,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     grid, profile = _grid(args)
     device = None if args.device == "auto" else torch.device(args.device)
-    print(estimate(grid, profile, args.root, device).render(args.experiment, profile.name))
+    timer = None
+    if args.timings:
+        from nasaudit.preflight.timings import MeasuredTimer
+
+        timer = MeasuredTimer(Path(args.timings), profile)
+    print(estimate(grid, profile, args.root, device, timer).render(args.experiment, profile.name))
     return 0
 
 
@@ -108,4 +113,10 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("plan", help="task counts per stage and an estimate of the GPU-hours left")
     selection(p)
     p.add_argument("--device", default="auto", help="device to time the training steps on (auto, cpu, cuda)")
+    p.add_argument(
+        "--timings",
+        default=None,
+        metavar="REPORT",
+        help="a preflight's report.json: its measured step times (say, a GPU's) instead of timing here",
+    )
     p.set_defaults(func=cmd_plan)

@@ -640,11 +640,18 @@ CHARGES: dict[str, Callable[[Task, Profile, Sizes, Timer], _Charge]] = {
 
 
 def estimate(
-    grid: Grid, profile: Profile, data_root: Path | None, device: torch.device | None = None
+    grid: Grid,
+    profile: Profile,
+    data_root: Path | None,
+    device: torch.device | None = None,
+    timer: Timer | None = None,
 ) -> Estimate:
-    """Count the grid's tasks per stage and estimate the device time of those not done yet."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    timer = Timer(device)
+    """Count the grid's tasks per stage and estimate the device time of those not done yet.
+
+    ``timer`` replaces timing on ``device``: a preflight's measured times (``plan --timings``).
+    """
+    timer = timer or Timer(device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device = timer.device
     datasets = {d for t in grid.deps for d in (t.dataset, t.key.searched_on)}
     sizes = {d: train_size(d, data_root, profile.grid.train_subset) for d in datasets}
     stages, shared_done = [], set()

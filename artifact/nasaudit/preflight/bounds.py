@@ -67,12 +67,12 @@ def training(cfg: TrainConfig) -> TrainConfig:
 
 
 def robot(cfg: RobotConfig, device: torch.device, notes: dict[str, list[str]]) -> RobotConfig:
-    """Two stacks of the pool on a GPU, one of at most two networks that fit the memory on a CPU;
-    three queries: the random one, one BO proposal (GP fit and acquisition) and one of the greedy
-    phase; a smaller acquisition search (CPU-side)."""
-    stack, stacks = cfg.pool_stack, 2
+    """A pool of one stack (the profile's on a GPU; on a CPU at most two networks that fit the
+    memory); three queries: the random one, one BO proposal (GP fit and acquisition) and one of the
+    greedy phase; a smaller acquisition search (CPU-side)."""
+    stack = cfg.pool_stack
     if device.type != "cuda":
-        stack, stacks = min(stack, CPU_STACK, _cpu_stack()), 1
+        stack = min(stack, CPU_STACK, _cpu_stack())
         if stack < cfg.pool_stack:
             notes.setdefault("robot", []).append(
                 f"pool_stack {cfg.pool_stack} lowered to {stack} on a CPU (≈ {ROBOT_NET_GIB} GiB and "
@@ -80,7 +80,7 @@ def robot(cfg: RobotConfig, device: torch.device, notes: dict[str, list[str]]) -
             )
     return replace(
         cfg,
-        pool_size=stack * stacks,
+        pool_size=stack,
         pool_chunk=stack,
         pool_stack=stack,
         queries=3,

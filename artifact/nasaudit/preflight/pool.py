@@ -77,9 +77,14 @@ class Pool:
         return done
 
     def call(self, message: tuple[str, Any]) -> dict[str, Any]:
-        """``message`` on a worker of its own, waited for (the timings after the items)."""
-        slot = _Slot()
-        self._spawn(slot)
+        """``message`` once no item runs (the timings), on the first slot's worker if it was kept (a
+        GPU's, whose CUDA is started), else a new one; waited for, then the worker is stopped."""
+        slot = self.slots[0]
+        assert self.busy == 0, "call() waits for the items"
+        if slot.process is not None and not slot.process.is_alive():
+            self._stop(slot)
+        if slot.process is None:
+            self._spawn(slot)
         try:
             slot.conn.send(message)
             wait([slot.conn, slot.process.sentinel])

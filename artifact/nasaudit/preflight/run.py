@@ -42,6 +42,7 @@ def run_preflight(
     batches: int | None = None,
     images: int | None = None,
     workers: int | None = None,
+    all_data: bool | None = None,
     fresh_process: bool | None = None,
     seed: int = 0,
     echo: bool = True,
@@ -52,6 +53,8 @@ def run_preflight(
     caps every loop (default 1 on a CPU, 2 on a GPU) and ``images`` every batch (default 8 on a CPU,
     0 on a GPU; 0 keeps the profile's batch sizes). ``workers`` run items side by side, each on one
     thread (default: one per core on a CPU, 1 on a GPU, whose worker keeps its threads).
+    ``all_data`` runs P-DARTS and TE-NAS on every dataset and defended data (default on a GPU; a CPU
+    leaves those to a GPU, ``kinds.CPU_DATA_VARIANTS``).
     ``fresh_process`` starts a worker per item (default on a CPU, where a process's peak resident
     memory is only its own in a fresh process) rather than keeping it (on a GPU, where the
     allocator's peak resets and starting CUDA costs more than most items). ``report["ok"]`` is False
@@ -65,7 +68,7 @@ def run_preflight(
     fresh_process = (not cuda) if fresh_process is None else fresh_process
     root = _claim(Path(out), profile)
     bounded, notes = bounded_profile(profile, device)
-    plan = plan_items(bounded, Layout(root), only, cpu=not cuda)
+    plan = plan_items(bounded, Layout(root), only, cpu=not (cuda if all_data is None else all_data))
     items = plan.items
     bounded, stand_in_notes = stand_in_models(bounded, root, {s for i in items for s in _sections(i)})
     notes.update(stand_in_notes)
@@ -195,9 +198,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     device = _device(args.device)
     if args.list:
         bounded, _ = bounded_profile(profile, device)
-        plan = plan_items(
-            bounded, Layout.of(Path(args.out), profile), tuple(args.only or ()), device.type == "cpu"
-        )
+        cpu = not (device.type == "cuda" if args.all_data is None else args.all_data)
+        plan = plan_items(bounded, Layout.of(Path(args.out), profile), tuple(args.only or ()), cpu)
         for item in plan.items:
             print(f"{item.kind:<45} {item.role:<10} {item.id}")
         for kind, reason in plan.left_out.items():
@@ -211,6 +213,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         batches=args.batches,
         images=args.images,
         workers=args.workers,
+        all_data=args.all_data,
     )
     return 0 if report["ok"] else 1
 
@@ -235,6 +238,12 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--workers", type=int, default=None, help="items run side by side (default: cores on CPU, 1 on GPU)"
+    )
+    p.add_argument(
+        "--all-data",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="P-DARTS and TE-NAS on every dataset and defended data (default: on a GPU, not on a CPU)",
     )
     p.add_argument("--list", action="store_true", help="list the tasks it would run, and stop")
     p.set_defaults(func=cmd_preflight)

@@ -4,8 +4,8 @@ The parent (``preflight.run``) starts a worker with ``multiprocessing``'s spawn 
 at a time; a crash or an out-of-memory kill of the worker costs only the item it was running. A
 worker measures each item from a clean slate: the peak resident set size is reset before the item
 (Linux ``clear_refs``), the CUDA allocator's peak too, and the synthetic data the item reads are
-generated before its clock starts. The last message asks for the timings of every item: the
-stage's cost model (``grid.plan``) times the networks it names on this device.
+generated before its clock starts. The last message asks for the timings of every item
+(``preflight.timings``).
 """
 
 from __future__ import annotations
@@ -25,17 +25,16 @@ import torch
 
 from nasaudit.batch_cap import batch_cap
 from nasaudit.config import Profile
-from nasaudit.data.datasets import DATASETS
 from nasaudit.errors import NasauditError
 from nasaudit.grid.jobs import Layout, Task
-from nasaudit.grid.plan import CHARGES, Timer, gpu_factor
 from nasaudit.grid.stages import STAGES, Env, grid_dataset
 from nasaudit.grid.state import error_line
 from nasaudit.io import write_bytes
+from nasaudit.preflight.bounds import GIB
 from nasaudit.preflight.kinds import Item
 from nasaudit.preflight.synthetic import SyntheticDatasets
+from nasaudit.preflight.timings import timings
 
-GIB = 2**30
 TRACEBACKS = "tracebacks"
 LOG = "workers.log"  # the workers' own output
 
@@ -67,7 +66,7 @@ def serve(conn: Connection, setup: Setup) -> None:
     while (message := conn.recv()) is not None:
         what, payload = message
         try:
-            reply = run_item(payload, setup) if what == "item" else timings(payload, setup)
+            reply = run_item(payload, setup) if what == "item" else timings(payload, setup.full, device)
         except Exception as exc:
             conn.send({"ok": False, "error": error_line(exc), "restart": True})
             return
@@ -207,74 +206,3 @@ def _peak_rss() -> int:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
-
-
-# --- step times and projections --------------------------------------------------------------------
-
-
-class RecordingTimer(Timer):
-    """``grid.plan.Timer`` that also lists every network a cost model asks it to time."""
-
-    def __init__(self, device: torch.device) -> None:
-        super().__init__(device)
-        self.calls: list[dict[str, Any]] = []
-
-    def per_image(self, network: str, build: Any, batch: int, **kwargs: Any) -> float:
-        seconds = super().per_image(network, build, batch, **kwargs)
-        self.calls.append({"network": network, "batch": batch, "kind": "train", "per_image_s": seconds})
-        return seconds
-
-    def forward_per_image(self, network: str, build: Any, batch: int, **kwargs: Any) -> float:
-        seconds = super().forward_per_image(network, build, batch, **kwargs)
-        self.calls.append({"network": network, "batch": batch, "kind": "forward", "per_image_s": seconds})
-        return seconds
-
-    def kappa(self, network: str, build: Any, batch: int) -> float:
-        seconds = super().kappa(network, build, batch)
-        per_image = seconds / batch
-        self.calls.append({"network": network, "batch": batch, "kind": "kappa", "per_image_s": per_image})
-        return seconds
-
-
-def timings(items: list[Item], setup: Setup) -> dict[str, Any]:
-    """Per item: its main network's seconds per step and the projected hours of the full task."""
-    device = torch.device(setup.device)
-    profile, timer = setup.full, RecordingTimer(device)
-    factor = gpu_factor(profile, timer)
-    out: dict[str, Any] = {"gpu_factor": factor, "items": {}}
-    for item in items:
-        out["items"][item.id] = _projection(item, profile, timer, factor)
-    return out
-
-
-def _projection(item: Item, profile: Profile, timer: RecordingTimer, factor: float) -> dict[str, Any]:
-    task = item.task
-    if task is None or task.stage not in CHARGES:
-        what = "Table 2's scoring" if task is None else "a victim (picked from finished jobs)"
-        return {"projected_hours": None, "step": None, "projection": f"no cost model: {what}"}
-    sizes = {d: _train_size(d, profile) for d in {task.dataset, task.key.searched_on}}
-    timer.calls.clear()
-    try:
-        charge = CHARGES[task.stage](task, profile, sizes, timer)
-        if charge.what not in charge.registry:
-            return {"projected_hours": None, "step": None, "projection": f"no cost model for {charge.what}"}
-        per_task, shared = charge.seconds(charge.registry.get(charge.what))
-    except Exception as exc:  # a cost model that cannot time its networks here
-        return {"projected_hours": None, "step": None, "projection": f"timing failed: {error_line(exc)}"}
-    calls = list(timer.calls)
-    step = max(calls, key=lambda c: (c["kind"] == "train", c["per_image_s"] * c["batch"]), default=None)
-    if step is not None:
-        step = {**step, "seconds": step["per_image_s"] * step["batch"]}
-    return {
-        "projected_hours": (per_task + shared) * factor / 3600,
-        "step": step,
-        "networks": calls,
-        "projection": "grid.plan cost model (this task + its shared part)",
-    }
-
-
-def _train_size(name: str, profile: Profile) -> int:
-    shape = DATASETS.get(name).shape
-    size = shape.train if shape is not None else 0
-    subset = profile.grid.train_subset
-    return min(size, subset) if subset > 0 else size
