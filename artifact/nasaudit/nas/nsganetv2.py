@@ -148,7 +148,7 @@ SURROGATES.register("gp")(
             ConstantKernel() * RBF(length_scale=float(np.sqrt(N_VARS)), length_scale_bounds=(1e-2, 1e3)),
             alpha=1e-6,
             normalize_y=True,
-            random_state=seed,
+            random_state=seed % 2**32,  # scikit-learn's range; a grid job's seeds × 10⁶ exceed it
         ),
         lambda d: 2,
     )
@@ -162,7 +162,7 @@ SURROGATES.register("mlp")(
                 hidden_layer_sizes=(400, 400),
                 learning_rate_init=8e-4,
                 max_iter=cfg.mlp_max_iter,
-                random_state=seed,
+                random_state=seed % 2**32,
             ),
         ),
         lambda d: 2,
