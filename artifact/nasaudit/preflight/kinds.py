@@ -128,7 +128,7 @@ def plan_items(profile: Profile, layout: Layout, only: Iterable[str] = (), cpu: 
 
     poisons: dict[str, Task] = {}
     if run_table2:
-        poisons = _table2_poisons(profile, deps, selected)
+        poisons = _table2_poisons(profile, deps, tables, selected)
         for poison in poisons.values():
             selected |= closure(poison)
 
@@ -187,10 +187,11 @@ def _table2_kind(profile: Profile) -> str:
 
 
 def _table2_poisons(
-    profile: Profile, deps: dict[Task, tuple[Task, ...]], selected: set[Task]
+    profile: Profile, deps: dict[Task, tuple[Task, ...]], tables: dict[Task, list[str]], selected: set[Task]
 ) -> dict[str, Task]:
-    """Per attack Table 2 compares, a grid poison of its dataset at its budget (one already selected
-    when there is one): Table 2 reads poisons as the grids write them."""
+    """Per attack Table 2 compares, a grid poison of its dataset at its budget: one already selected,
+    and of Table 1's grid (DARTS-space victims, the space Table 2's metrics score), when there is one.
+    Table 2 reads poisons as the grids write them."""
     cfg, dataset = profile.sensitivity, profile.experiment.datasets[0]
     poisons = {}
     for attack in cfg.attacks:
@@ -204,5 +205,5 @@ def _table2_poisons(
                 f"Table 2 compares {attack} at p = {cfg.budget:g} on {dataset}, but no grid makes that "
                 "poison; add the attack and budget to a table of the profile"
             )
-        poisons[attack] = min(candidates, key=lambda t: (t not in selected, t))
+        poisons[attack] = min(candidates, key=lambda t: (t not in selected, "table1" not in tables[t], t))
     return poisons

@@ -22,6 +22,7 @@ def write(report: dict[str, Any], root: Path, started: float, order: list[str]) 
     report["wall_s"] = time.perf_counter() - started
     report["ok"] = all(t["ok"] for t in report["tasks"])
     report["failed"] = sum(not t["ok"] for t in report["tasks"])
+    report["cpu_s"] = sum(t.get("cpu_s", 0.0) for t in report["tasks"])
     loads = [t["load_avg"] for t in report["tasks"] if t.get("load_avg") is not None]
     report["load_avg"] = [min(loads), max(loads)] if loads else None
     write_json(root / REPORT, jsonable(report))
@@ -53,7 +54,7 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
                 f"{t.get('wall_s', 0.0):.1f}",
                 f"{step['seconds']:.3g} ({step['network']} @ {step['batch']})" if step else "-",
                 _memory(t).replace("memory not measured", "-"),
-                f"{hours:,.1f}" if hours is not None else "-",
+                "-" if hours is None else f"{hours:,.1f}" if hours >= 1 else f"{hours:.2g}",
                 "; ".join(filter(None, [t.get("error") or "", *t.get("notes", [])])),
             ]
         )
@@ -81,7 +82,8 @@ def render_summary(report: dict[str, Any]) -> str:
         tabulate(_rows(report), headers=HEADERS, tablefmt="simple"),
         f"preflight of profile {report['profile']!r} on {report['device']} ({report['device_name']}), "
         f"synthetic data, {_cap_text(report)}: {len(report['tasks']) - report['failed']} of "
-        f"{len(report['tasks'])} tasks ok in {report['wall_s']:.0f} s{_load_text(report)}; projected "
+        f"{len(report['tasks'])} tasks ok in {report['wall_s']:.0f} s ({report['cpu_s']:.0f} s of CPU)"
+        f"{_load_text(report)}; projected "
         f"hours are {unit}",
     ]
     if report.get("left_out"):

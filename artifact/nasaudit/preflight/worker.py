@@ -109,7 +109,7 @@ def run_item(item: Item, setup: Setup) -> dict[str, Any]:
         for name in _datasets(item, env):
             grid_dataset(name, env)  # generated before the clock starts
         rss_is_the_items = _reset_peaks(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             with batch_cap(setup.batches, setup.images):
                 if item.task is None:
@@ -121,6 +121,7 @@ def run_item(item: Item, setup: Setup) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             result["wall_s"] = time.perf_counter() - start
+            result["cpu_s"] = time.process_time() - cpu  # all its threads: what the load does not change
             result["load_avg"] = os.getloadavg()[0]  # the machine's: other work slows the item down
             result.update(_peaks(device, rss_is_the_items))
     except Exception as exc:  # reported as this item's failure; the worker goes on
