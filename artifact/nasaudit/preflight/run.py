@@ -100,7 +100,10 @@ def run_preflight(
             print(reporting.progress_line(results[item.id], len(results), len(items)), flush=True)
         reporting.write(report, root, started, order)
 
-    pending = list(items)
+    depth: dict[str, int] = {}
+    for item in items:  # deeper items first once ready: chains (search, retrain, victim, GC) start early
+        depth[item.id] = 1 + max((depth[d] for d in item.deps), default=-1)
+    pending = sorted(items, key=lambda i: -depth[i.id])
     with Pool(setup, workers, fresh_process, threads=None if cuda else 1) as pool:
         while pending or pool.busy:
             for item in [i for i in pending if all(d in results for d in i.deps)]:
