@@ -105,7 +105,7 @@ bench: $(STAMP)  ## speed against plain-PyTorch baselines measured in the same r
 # Every kind of task of every table at PROFILE's sizes for a few steps on synthetic data (docs/preflight.md);
 # exit 1 if any fails. PREFLIGHT_ARGS=--device cuda | --only TEXT ... | --list
 PREFLIGHT_ARGS ?=
-preflight: $(STAMP)  ## every kind of task at PROFILE's sizes, a few steps on synthetic data (CPU ≤ 20 min)
+preflight: $(STAMP)  ## every kind of task at PROFILE's sizes, a few steps on synthetic data (docs/preflight.md)
 	$(VENV)/bin/nasaudit preflight --profile $(PROFILE) --out results/preflight $(PREFLIGHT_ARGS)
 
 clean:  ## remove results/ and caches (keeps data/ and .venv/)

@@ -266,6 +266,7 @@ def test_plan_estimates_from_a_preflights_measured_times(tmp_path: Path, capsys,
     assert "has no time of" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_nsganetv2s_surrogates_take_the_seeds_a_grid_job_gives_them() -> None:
     """Found by the preflight: a grid job's 31-bit seed × 1000 × 1000 (iteration, fold) was out of
     scikit-learn's random_state range, so every NSGANetV2 job of Table 5 failed at its first iteration."""
