@@ -38,8 +38,10 @@ from nasaudit.grid import (
     run_grid,
     task_seed,
 )
-from nasaudit.grid.state import TaskState
+from nasaudit.grid.runners import check_finished
+from nasaudit.grid.stages import task_state
 from nasaudit.nas import NAS
+from nasaudit.runs import job_lock
 
 from conftest import set_toml
 
@@ -193,6 +195,15 @@ def test_dependencies_put_victims_after_every_clean_trial(tiny) -> None:
         (grid.layout.search_dir(JobKey("tiny", "fixed", "rlf", 0.5, 1)) / "architecture.json").read_text()
     )
     assert search["search_data"]["poison"].endswith("poisons/rlf/fixed/p0.5/trial01.npz")
+    # every finished output records the run that made it: the same profile finds them all its own, an
+    # edit of a section no stage reads changes nothing, an edit of the retraining recipe is refused
+    check_finished(grid, spec)
+    unused = replace(spec.profile, pdarts=replace(spec.profile.pdarts, epochs=99))
+    check_finished(grid, replace(spec, profile=unused))
+    recipe = replace(spec.profile, train=replace(spec.profile.train, lr=0.5))
+    refused = r"result\.json: made by another run \(its config differs .* \(\d+ more outputs like it\)$"
+    with pytest.raises(NasauditError, match=refused):
+        check_finished(grid, replace(spec, profile=recipe))
 
 
 class Flaky:
@@ -203,6 +214,9 @@ class Flaky:
 
     def output(self, task, layout):  # type: ignore[no-untyped-def]
         return self.real.output(task, layout)
+
+    def identity(self, task, env):  # type: ignore[no-untyped-def]
+        return self.real.identity(task, env)
 
     def run(self, task, env) -> None:  # type: ignore[no-untyped-def]
         if task.id == self.broken:
@@ -221,8 +235,10 @@ def test_a_failed_job_is_reported_not_recorded_and_a_rerun_resumes(tiny, monkeyp
     assert not report.ok and list(report.failed) == [failed]
     assert report.failed[failed] == "RuntimeError: CUDA error: an illegal memory access was encountered"
     assert report.blocked == [Task("retrain", "tiny", "fixed", "gaussian", 0.5, 1)]
-    assert not is_done(failed, grid.layout) and not (grid.layout.search_dir(failed.key)).exists()
-    assert TaskState(grid.layout.state_dir).failure(failed) == report.failed[failed]
+    assert not is_done(failed, grid.layout)  # the folder holds the run's claim and its lock, no result
+    left = {p.name for p in grid.layout.search_dir(failed.key).iterdir()}
+    assert left <= {"job.json", ".architecture.json.lock"}
+    assert task_state(grid.layout).failure(failed) == report.failed[failed]
     done_before = {
         t: STAGES.get(t.stage).output(t, grid.layout).stat().st_mtime_ns
         for t in grid.deps
@@ -237,7 +253,7 @@ def test_a_failed_job_is_reported_not_recorded_and_a_rerun_resumes(tiny, monkeyp
     assert all(
         STAGES.get(t.stage).output(t, grid.layout).stat().st_mtime_ns == m for t, m in done_before.items()
     )
-    assert TaskState(grid.layout.state_dir).failure(failed) is None
+    assert task_state(grid.layout).failure(failed) is None
 
 
 def test_grid_status_counts_and_failures(tmp_path, registered, monkeypatch, capsys) -> None:
@@ -256,12 +272,12 @@ def test_grid_status_counts_and_failures(tmp_path, registered, monkeypatch, caps
         STAGES._items, "retrain", Flaky(STAGES.get("retrain"), "retrain.tiny.fixed.none.p0.t2")
     )
     run_grid(grid, spec, "local", RunnerOptions(workers=0), log=lambda _: None)  # the victim waits on t2
-    state = TaskState(grid.layout.state_dir)
+    state = task_state(grid.layout)
     running = Task("retrain", "tiny", "fixed", "rlf", 0.1, 0)  # blocked by the victim; pretend it runs
     state.mark_running(running, "test")
     stale = Task("retrain", "tiny", "fixed", "rlf", 0.1, 1)
     state.mark_running(stale, "a killed run")  # a marker whose lock nobody holds
-    with state.claim(running) as claimed:
+    with job_lock(STAGES.get("retrain").output(running, grid.layout), wait=False) as claimed:
         assert claimed
         status = grid_status(grid)
     text = render_status(grid, status)
@@ -333,6 +349,52 @@ def test_slurm_runner_through_submitit_debug_executor(tiny, monkeypatch) -> None
             json.loads(STAGES.get("retrain").output(task, g.layout).read_text()) for g in (grid, again)
         )
         assert ours["test_accuracy"] == theirs["test_accuracy"] and ours["seed"] == theirs["seed"]
+
+
+class AdoptingBackend:
+    """Follows one task an earlier run submitted, and reports every task it runs as killed."""
+
+    capacity = 2
+
+    def __init__(self, earlier: Task) -> None:
+        self.earlier, self.submitted, self.in_flight = earlier, [], []
+
+    def adopt(self, tasks: list[Task]) -> list[Task]:
+        assert self.earlier in tasks
+        self.in_flight.append(self.earlier)
+        return [self.earlier]
+
+    def submit(self, tasks: list[Task]) -> None:
+        self.submitted += tasks
+        self.in_flight += tasks
+
+    def wait(self) -> list:
+        from nasaudit.grid.stages import Outcome
+
+        finished, self.in_flight = self.in_flight, []
+        return [
+            Outcome(t, "failed", f"Slurm job 5 ended FAILED ({t.id})", "last lines:\nKilled")
+            for t in finished
+        ]
+
+    def close(self) -> None:
+        pass
+
+
+def test_schedule_follows_adopted_tasks_and_keeps_a_dead_worker_log(tiny) -> None:
+    from nasaudit.grid.runners import schedule
+
+    _, grid, _ = tiny
+    earlier = next(t for t in grid.deps if not grid.deps[t])
+    backend = AdoptingBackend(earlier)
+    lines, log = _log()
+    report = schedule(grid, backend, retries=0, log=log)
+    assert earlier not in backend.submitted and earlier in report.failed  # followed, not submitted again
+    assert lines[0] == "[grid] following 1 tasks an earlier run submitted (still queued or running)"
+    assert "    last lines:\n    Killed" in "\n".join(lines)
+    state = task_state(grid.layout)
+    assert state.failure(earlier) == f"Slurm job 5 ended FAILED ({earlier.id})"
+    assert (grid.layout.state_dir / f"{earlier.id}.traceback").read_text() == "last lines:\nKilled"
 
 
 def _result(accuracy: float, key: JobKey) -> dict:
@@ -518,6 +580,7 @@ def _run(path: Path, name: str, results: Path) -> Grid:
     grid = build_grid(load_experiment(name, profile), Layout.of(results, profile))
     spec = RunSpec(profile, results, None, "cpu")
     assert run_grid(grid, spec, "local", RunnerOptions(workers=0), log=lambda _: None).ok
+    check_finished(grid, spec)  # every stage's identity recomputed from files = the one its run recorded
     return grid
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 
 import pytest
@@ -34,6 +35,27 @@ def test_cosine_schedule_runs_from_lr_to_lr_min() -> None:
     assert cosine_lr(CFG, 0) == CFG.lr
     cfg = dataclasses.replace(CFG, epochs=4, lr=1.0, lr_min=0.2)
     assert [round(cosine_lr(cfg, e), 4) for e in range(4)] == [1.0, 0.8828, 0.6, 0.3172]
+
+
+def test_ofa_recipe_steps_the_cosine_every_batch_with_nesterov_momentum(tiny_dataset, monkeypatch) -> None:
+    """OFA's run manager (NSGANetV2's fine-tune): lr = cosine at epoch + batch/batches, Nesterov SGD."""
+    cfg = dataclasses.replace(CFG, epochs=2, lr=0.1, lr_min=0.0, nesterov=True, lr_per_step=True)
+    seen: list[tuple[float, bool]] = []
+    real = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        seen.append((self.param_groups[0]["lr"], self.param_groups[0]["nesterov"]))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    train_model(_build, tiny_dataset, cfg, seed=0, device=CPU, progress=False)
+    steps = -(-len(tiny_dataset.train) // cfg.batch_size)
+    expected = [
+        0.05 * (1 + math.cos(math.pi * (e * steps + b) / (2 * steps))) for e in range(2) for b in range(steps)
+    ]
+    assert len(seen) == 2 * steps > 2 and all(nesterov for _, nesterov in seen)
+    assert [lr for lr, _ in seen] == pytest.approx(expected, rel=1e-12)
+    assert seen[1][0] < seen[0][0] == cfg.lr  # within the first epoch already
 
 
 def test_same_seed_same_metrics_and_another_seed_differs(tiny_dataset) -> None:
@@ -137,12 +159,13 @@ def test_cached_result_of_another_run_is_refused(tmp_path, tiny_dataset) -> None
     others = {
         "seed": lambda: train(seed=1),
         "config": lambda: train(cfg=dataclasses.replace(CFG, lr=CFG.lr / 2)),
-        "architecture": lambda: train(description={**described, "architecture": {"normal": [2]}}),
+        "trained": lambda: train(description={**described, "architecture": {"normal": [2]}}),
     }
     for field, call in others.items():
-        with pytest.raises(NasauditError, match=rf"result\.json: left by another run \(its {field} differ"):
+        with pytest.raises(NasauditError, match=rf"result\.json: made by another run \(its {field} differs"):
             call()
-    with pytest.raises(NasauditError, match=re.escape(f"another --out or delete {tmp_path}") + "$"):
+    fix = re.escape("delete it to recompute, or choose another output") + "$"
+    with pytest.raises(NasauditError, match=fix):
         train(seed=1)
     again = train(description={**described, "source": "elsewhere/a.json"})  # provenance only: same run
     assert again["description"]["source"] == "a.json"
@@ -150,7 +173,7 @@ def test_cached_result_of_another_run_is_refused(tmp_path, tiny_dataset) -> None
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, tiny_dataset, monkeypatch) -> None:
     _killed_in_epoch_2(monkeypatch, tiny_dataset, tmp_path)
-    with pytest.raises(NasauditError, match=r"checkpoint\.pt: left by another run \(its seed differ"):
+    with pytest.raises(NasauditError, match=r"checkpoint\.pt: made by another run \(its seed differs"):
         _train(tiny_dataset, tmp_path, seed=1)
     assert not (tmp_path / "result.json").exists()
 

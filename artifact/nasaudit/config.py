@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nasaudit.errors import NasauditError
+from nasaudit.precision import check_precision
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +48,7 @@ class ExperimentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One from-scratch training run: SGD with momentum, cosine schedule per epoch to ``lr_min``."""
+    """One training run: SGD with momentum, cosine schedule (per epoch, or per step) to ``lr_min``."""
 
     epochs: int
     batch_size: int
@@ -61,6 +62,12 @@ class TrainConfig:
     augment: AugmentConfig
     eval_every: int  # evaluate on the test split every N epochs (0: only at the end)
     checkpoint_every: int  # write a resumable checkpoint every N epochs
+    nesterov: bool = False  # Nesterov momentum (OFA's run manager uses it)
+    lr_per_step: bool = False  # the cosine is evaluated at every step (OFA's run manager), not per epoch
+    precision: str = "fp32"  # forward passes: "fp32" (as run) or "bf16" autocast; nasaudit.precision
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,8 @@ class RobotConfig:
     bo_steps: int  # GP-UCB proposals after those
     kappa: float  # UCB exploration weight
     acquisition_samples: int  # random points the acquisition is evaluated on
-    acquisition_starts: int  # best of those refined with L-BFGS-B
+    acquisition_starts: int  # L-BFGS-B runs that maximise it further
+    acquisition_seeds: str  # where they start: "random" (fresh uniform points, as run) or "best" (samples')
     gp_restarts: int  # restarts of the GP's kernel-hyperparameter optimiser
     query: TrainConfig  # a query: short training on one half, accuracy on the other
 
@@ -190,6 +198,10 @@ class SupernetConfig:
     dropout: float
     augment: AugmentConfig
     phases: list[ShrinkPhase]
+    precision: str = "fp32"  # forward passes: "fp32" (as run) or "bf16" autocast; nasaudit.precision
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -203,6 +215,7 @@ class NSGANetV2Config:
     surrogates: list[str]  # accuracy predictors competing by cross-validated Kendall tau
     cv_folds: int
     cart_trees: int  # trees of the CART ensemble
+    gp_trend: str  # regression trend of the GP (kriging) predictor: "linear" (as run) or "constant"
     mlp_max_iter: int  # epochs of the MLP predictor
     pop_size: int  # NSGA-II
     generations: int
@@ -213,6 +226,7 @@ class NSGANetV2Config:
     tradeoff_points: int  # final front: this many highest trade-off points, plus the most accurate
     pick_rank: int  # the architecture returned: this rank by FLOPs (1 = highest) among those
     bn_calibration: int  # training images re-estimating BN statistics of an extracted subnet; 0 off
+    reset_classifier: bool  # candidates get a fresh classifier before fine-tuning (as run), else inherit it
     finetune: TrainConfig  # candidate evaluation: fine-tuning of the inherited weights
     supernet: SupernetConfig
 
@@ -310,6 +324,10 @@ class PDartsConfig:
     max_skips: int  # skip-connects allowed in the final normal cell
     eval_epochs: int  # last epochs of a stage that also report arch-val accuracy (reporting only)
     augment: AugmentConfig  # of both halves (Table 6 switches it off)
+    precision: str = "fp32"  # forward passes: "fp32" (as run) or "bf16" autocast; nasaudit.precision
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -324,6 +342,8 @@ class TenasConfig:
     prune_number: int  # ops removed from each multi-op edge per round (never its last one)
     precision: int  # Δκ, ΔR rounded to this many decimals; ranks compare this many significant figures
     init: str  # "default" (PyTorch's init, as run) or "kaiming" (re-drawn before every repeat)
+    rank_ties: str  # "as_run" (prune_tenas.py: a new rank whenever unrounded means differ) or "rounded"
+    edge_reference: str  # "as_run" (one κ reference net of all 14 edges for the edge stage) or "pruned"
     lr_input_size: int  # linear regions: side of the one-channel crops fed to the stem-less net
     lr_batch_size: int  # crops per train-mode forward
     lr_batches: int  # forwards; R counts the distinct ReLU patterns over all of them
@@ -419,7 +439,10 @@ def _build(cls: type, table: dict[str, Any], prefix: str, source: str) -> Any:
         raise NasauditError(f"{source}: missing key {key!r}")
     present = [f for f in fields if f in table]
     values = {f: _check(table[f], hints[f], f"{prefix}.{f}" if prefix else f, source) for f in present}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except NasauditError as exc:  # a value its section refuses (__post_init__)
+        raise NasauditError(f"{source}: [{prefix}] {exc}") from None
 
 
 def read_toml(path: Path) -> dict[str, Any]:

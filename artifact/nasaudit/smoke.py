@@ -60,8 +60,8 @@ LEARNED_ATTACKS = ("clf", "gc", "nas_gc")
 def step_poison(run: SmokeRun) -> dict[str, Any]:
     """Every attack at the first budget; GC's victim is the smoke-trained P-DARTS network (shared with
     the retrain step, which then finds the job finished), CLF trains its surrogate into the cache."""
-    from nasaudit.attacks import ATTACKS, AttackContext, run_attack
-    from nasaudit.data.poison import apply_poison, load_poison, save_poison
+    from nasaudit.attacks import ATTACKS, AttackContext, make_poison_file
+    from nasaudit.data.poison import apply_poison, load_poison
     from nasaudit.spaces.darts import load
     from nasaudit.victim import victim_from_train_job
 
@@ -69,11 +69,11 @@ def step_poison(run: SmokeRun) -> dict[str, Any]:
     net = run.profile.darts_net
     victim = victim_from_train_job(run.out / "train" / "pdarts_reference", net.channels, net.layers,
                                    run.out / "victim.pt")  # fmt: skip
-    context = AttackContext(run.profile, run.device, run.out / "cache", victim)
+    context = AttackContext(run.profile, run.device, run.out / "cache", victim, progress=False)
     budget = run.profile.experiment.budgets[0]
     outputs: dict[str, Any] = {}
     for name in ATTACKS:
-        path = save_poison(run_attack(name, run.dataset, budget, SEED, context), run.out / "poisons" / name)
+        path, _ = make_poison_file(name, run.dataset, budget, SEED, context, run.out / "poisons" / name)
         poison = load_poison(path, run.dataset)
         poisoned = apply_poison(poison, run.dataset).train
         changed = (poisoned.labels != run.dataset.train.labels) | (
@@ -113,18 +113,11 @@ def step_stream(run: SmokeRun) -> dict[str, Any]:
 
 
 def _retrain(run: SmokeRun, name: str, genotype: Any) -> dict[str, Any]:
-    from nasaudit.models import MODELS
-    from nasaudit.train import train_model
+    from nasaudit.models import retrain
 
-    def build() -> torch.nn.Module:
-        return MODELS.get("darts")(genotype, run.dataset.num_classes, run.profile)
-
-    cfg = run.profile.train
-    description = {"space": "darts", "architecture": genotype.to_json()}  # lets the job become a GC victim
-    result = train_model(
-        build, run.dataset, cfg, seed=SEED, device=run.device, out_dir=run.out / "train" / name,
-        description=description,
-    )  # fmt: skip
+    # as `nasaudit train` retrains: the result records the architecture, so the job can become a GC victim
+    result = retrain("darts", genotype, run.dataset, run.profile, seed=SEED, device=run.device,
+                     out_dir=run.out / "train" / name, progress=False)  # fmt: skip
     return {
         f"{name}.params": result["params"],
         f"{name}.epochs": len(result["log"]),
@@ -222,15 +215,14 @@ def step_analyses(run: SmokeRun) -> dict[str, Any]:
 
     from sklearn.metrics import adjusted_rand_score
 
-    from nasaudit.analysis.poisons import ensure_poison
     from nasaudit.analysis.sensitivity import run_sensitivity
-    from nasaudit.attacks import AttackContext
+    from nasaudit.attacks import AttackContext, make_poison_file
     from nasaudit.data.poison import apply_poison, load_poison
     from nasaudit.defenses import DefenseContext, run_defense
 
     cfg, folder = run.profile.sensitivity, run.out / "table2"
-    attack_context = AttackContext(profile=run.profile, device=run.device, cache_dir=run.out / "cache")
-    poisons = {a: ensure_poison(a, run.dataset, cfg.budget, SEED, attack_context, folder / "poisons" / a)
+    context = AttackContext(run.profile, run.device, run.out / "cache", progress=False)
+    poisons = {a: make_poison_file(a, run.dataset, cfg.budget, SEED, context, folder / "poisons" / a)[0]
                for a in {*cfg.attacks, "rlf"}}  # fmt: skip
     table = run_sensitivity(run.dataset, {a: poisons[a] for a in cfg.attacks}, cfg, seed=SEED,
                             pool_ops=run.profile.robot.pool_ops, device=run.device, out_dir=folder,
@@ -292,7 +284,8 @@ def step_grid(run: SmokeRun) -> dict[str, Any]:
 
 
 def step_nsganetv2(run: SmokeRun) -> dict[str, Any]:
-    """A tiny NSGANetV2 search: its own small supernet (2 shrinking phases), a few evaluated archs."""
+    """A tiny NSGANetV2 search: the dataset's shared small supernet (2 shrinking phases), a few
+    evaluated archs."""
     from nasaudit.nas import SearchContext, run_search
     from nasaudit.spaces.mbv3 import FlopsCounter, channel_plan, count_params, extreme_arch
 
@@ -301,12 +294,13 @@ def step_nsganetv2(run: SmokeRun) -> dict[str, Any]:
     run_search("nsganetv2", run.dataset, SEED, context, {"dataset": run.dataset.name, "poison": None})
     archive = json.loads((out / "archive.json").read_text())
     pick = json.loads((out / "pareto.json").read_text())["pick"]
+    supernet = json.loads((out / "search_state.json").read_text())["supernet"]
     plan, space = channel_plan(run.profile.mbv3.width_mult), run.profile.mbv3
     largest = extreme_arch(space.resolutions, largest=True)
     return {
         "largest_flops": FlopsCounter(plan, run.dataset.num_classes)(largest),
         "largest_params": count_params(largest, plan, run.dataset.num_classes),
-        "supernet_epochs": len(json.loads((out / "supernet" / "log.json").read_text())),
+        "supernet_epochs": len(json.loads((Path(supernet["folder"]) / "supernet" / "log.json").read_text())),
         "evaluated": len(archive),
         "best_val_accuracy": {"value": round(max(e["val_accuracy"] for e in archive), 2), "tol": 15.0},
         "pick_mflops": {"value": round(pick["mflops"], 3), "tol": 5.0},
@@ -370,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary.update({f"{name}.{k}": v for k, v in outputs.items()})
     write_json(args.out / "summary.json", summary)
+    from nasaudit.report.html import write_report  # the results page a reviewer opens
+
+    page = write_report(profile, run.out / "grid", out=run.out / "report", table2=run.out / "table2")
+    print(f"[smoke] results page (every table against the paper, plots, provenance) -> {page}")
     if args.bless:
         write_json(args.expected, summary)
         print(f"[smoke] wrote {args.expected}")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,8 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import epoch_generator
 from nasaudit.data.poison import Poison, make_poison
 from nasaudit.errors import NasauditError
-from nasaudit.io import jsonable, save_torch, sha256_file, write_json
+from nasaudit.io import jsonable, load_torch, save_torch, sha256_file, write_json
+from nasaudit.progress import bar as progress_bar
 from nasaudit.victim import Victim, read_victim
 
 ROUNDING = "nearest uint8 level of x+Δ (numpy rint), clipped to the ε ball and [0, 255]"
@@ -138,7 +139,12 @@ def mean_gradient(
 
 
 def gradpc(
-    problem: GradientProblem, images: Tensor, labels: Tensor, cfg: GCConfig, seed: int
+    problem: GradientProblem,
+    images: Tensor,
+    labels: Tensor,
+    cfg: GCConfig,
+    seed: int,
+    on_step: Callable[[int], object] | None = None,
 ) -> dict[str, Any]:
     """Move θ in place to GradPC's target: ascent on the training CE, projected onto ‖θ − θ0‖₂ ≤ radius.
 
@@ -167,6 +173,8 @@ def gradpc(
                         p.copy_(t0 + d * (cfg.gradpc_radius / distance))
                     distance = cfg.gradpc_radius
             steps += 1
+            if on_step is not None:
+                on_step(1)
     return {"steps": steps, "distance": distance, "radius": cfg.gradpc_radius, "lr": cfg.gradpc_lr,
             "epochs": cfg.gradpc_epochs, "batch_size": cfg.gradpc_batch_size}  # fmt: skip
 
@@ -219,10 +227,12 @@ def craft(
     y: Tensor,
     cfg: GCConfig,
     log: list[dict[str, float]],
+    on_step: Callable[[int], object] | None = None,
 ) -> Tensor:
     """Algorithm 2's loop: Adam on Δ (from 0) for ``steps`` steps, projected; the lowest-loss Δ.
 
-    ``log`` receives loss and cos(g_clean, g_adv) of every iterate, the final one included.
+    ``log`` receives loss and cos(g_clean, g_adv) of every iterate, the final one included;
+    ``on_step(1)`` is called after each (a progress bar's ``update``).
     """
     epsilon = cfg.epsilon_255 / 255.0
     delta = torch.zeros_like(x, requires_grad=True)
@@ -234,6 +244,8 @@ def craft(
             problem, g_clean, fraction, x, y, delta, cfg.batch_size, with_grad=not last
         )
         log.append({"step": step, "loss": loss, "cos": cosine})
+        if on_step is not None:
+            on_step(1)
         if loss < best_loss:
             best_loss, best = loss, delta.detach().clone()
         if last:
@@ -272,16 +284,21 @@ def _target_state(
     seed: int,
     use_gradpc: bool,
     cache: Path,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Move θ to the target (GradPC or not) and compute g_clean there; both cached in ``cache``."""
     if cache.is_file():
-        state = torch.load(cache, map_location=images.device, weights_only=True)
+        state = load_torch(cache, "recomputes the target and its clean gradient", map_location=images.device)
         with torch.no_grad():
             for p, value in zip(problem.params, state["target"], strict=True):
                 p.copy_(value)
         return state
     victim_loss = mean_loss(problem, images, labels, cfg.batch_size)
-    log = gradpc(problem, images, labels, cfg, seed) if use_gradpc else None
+    log = None
+    if use_gradpc:
+        steps = cfg.gradpc_epochs * len(_chunks(len(labels), cfg.gradpc_batch_size))
+        with progress_bar(steps, desc="GradPC", unit="step", enabled=progress) as bar:
+            log = gradpc(problem, images, labels, cfg, seed, bar.update)
     target_loss, g_clean = mean_gradient(problem, images, labels, cfg.batch_size)
     state = {
         "names": problem.names,
@@ -332,7 +349,14 @@ def gradient_canceling(
                 if use_gradpc else None}  # fmt: skip
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
     state = _target_state(
-        problem, images, labels, cfg, seed, use_gradpc, context.cache_dir / "gc" / f"{key}.pt"
+        problem,
+        images,
+        labels,
+        cfg,
+        seed,
+        use_gradpc,
+        context.cache_dir / "gc" / f"{key}.pt",
+        context.progress,
     )
     g_clean = [g.to(device) for g in state["g_clean"]]
 
@@ -340,9 +364,9 @@ def gradient_canceling(
     idx = torch.from_numpy(indices).to(device)
     x, y = problem.pixels(images[idx]), labels[idx]
     log: list[dict[str, float]] = []
-    poisoned = to_uint8(
-        dataset.train.images[indices], craft(problem, g_clean, fraction, x, y, cfg, log), cfg.epsilon_255
-    )
+    with progress_bar(cfg.steps + 1, desc=attack, unit="step", enabled=context.progress) as bar:
+        delta = craft(problem, g_clean, fraction, x, y, cfg, log, bar.update)
+    poisoned = to_uint8(dataset.train.images[indices], delta, cfg.epsilon_255)
     stored = problem.pixels(torch.from_numpy(poisoned).to(device)) - x
     stored_loss, stored_cos, _ = canceling_loss(
         problem, g_clean, fraction, x, y, stored, cfg.batch_size, with_grad=False
@@ -380,7 +404,7 @@ def gradient_canceling(
     return make_poison(attack, dataset, seed, indices, images=poisoned, params=jsonable(params))
 
 
-@ATTACKS.register("gc")
+@ATTACKS.register("gc", uses=("gc",))
 def gc(dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
     """Plain GC: θ = the victim's weights and biases, moved by GradPC (paper §3.2)."""
     victim = read_victim(require_victim(context, "gc"), dataset)

@@ -45,7 +45,7 @@ NAS_TARGETS.register("mbv3_network")(TargetRule(weights_and_biases, True, "weigh
 NAS_TARGETS.register("resnet18_cifar")(TargetRule(weights_and_biases, True, "weights_and_biases"))
 
 
-@ATTACKS.register("nas_gc")
+@ATTACKS.register("nas_gc", uses=("gc",))
 def nas_gc(dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
     victim = read_victim(require_victim(context, "nas_gc"), dataset)
     rule = NAS_TARGETS.get(victim.kind)

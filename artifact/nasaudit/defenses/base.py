@@ -14,8 +14,9 @@ import torch
 
 from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset
-from nasaudit.defenses.files import DefendedData
+from nasaudit.defenses.files import DefendedData, save_defended
 from nasaudit.registry import Registry
+from nasaudit.runs import data_identity, fingerprint, profile_sections, reuse
 
 
 @dataclass(frozen=True)
@@ -38,3 +39,26 @@ DEFENSES: Registry[Defense] = Registry("defense")
 
 def run_defense(name: str, data: ImageDataset, seed: int, context: DefenseContext) -> DefendedData:
     return DEFENSES.get(name)(data, seed, context)
+
+
+def defense_identity(name: str, data: ImageDataset, seed: int, context: DefenseContext) -> dict[str, Any]:
+    """What a defended dataset depends on: the defense, its profile sections, the seed and the input
+    data (by the provenance in ``context.source``: the clean split and the poison applied to it)."""
+    return fingerprint(
+        "defend",
+        defense=name,
+        seed=seed,
+        data=data_identity(data, context.source),
+        profile=profile_sections(context.profile, DEFENSES.uses(name)),
+    )
+
+
+def make_defended_file(
+    name: str, data: ImageDataset, seed: int, context: DefenseContext, out: Path
+) -> tuple[Path, bool]:
+    """The defended dataset ``out`` (NAME.npz + NAME.json) of this run: reused when this run made it,
+    else computed and saved. Returns the npz path and whether it was computed now."""
+    identity = defense_identity(name, data, seed, context)
+    if reuse(Path(out).with_suffix(".json"), identity, "runs the defense again") is not None:
+        return Path(out).with_suffix(".npz"), False
+    return save_defended(run_defense(name, data, seed, context), out, identity), True

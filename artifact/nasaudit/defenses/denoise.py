@@ -23,7 +23,6 @@ import numpy as np
 import safetensors.torch  # noqa: F401  (diffusers 0.31, the torch 2.0 images' pin, uses it unimported)
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from nasaudit.batch_cap import capped, capped_size
 from nasaudit.config import DenoiseConfig
@@ -31,6 +30,7 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
 from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
+from nasaudit.progress import bar as progress_bar
 
 NoisePredictor = Callable[[Tensor, Tensor], Tensor]
 """``(x_t, timesteps) -> ε̂``: a DDPM's noise prediction for a batch (N×3×H×W in [−1, 1] units)."""
@@ -86,9 +86,11 @@ def denoise_images(
     rng = np.random.default_rng(seed)
     out = images.copy()  # every batch is overwritten (a batch cap leaves the ones it skips as they were)
     size = capped_size(cfg.batch_size)
-    starts = capped(range(0, len(images), size))
+    starts = list(capped(range(0, len(images), size)))
     with torch.no_grad():
-        for start in tqdm(starts, desc="denoise", disable=not progress, leave=False):
+        for start in progress_bar(
+            len(starts), desc="denoise", unit="batch", enabled=progress, iterable=starts
+        ):
             batch = torch.from_numpy(images[start : start + size]).to(device)
             x = batch.permute(0, 3, 1, 2).double() / 127.5 - 1.0
             if cfg.add_noise:
@@ -103,7 +105,7 @@ def denoise_images(
     return out
 
 
-@DEFENSES.register("denoise")
+@DEFENSES.register("denoise", uses=("defenses.denoise",))
 def denoise(
     data: ImageDataset,
     seed: int,

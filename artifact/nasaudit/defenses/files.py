@@ -22,10 +22,13 @@ import numpy as np
 
 from nasaudit.data.datasets import IMAGE_SHAPE, ImageDataset, Split
 from nasaudit.errors import NasauditError
-from nasaudit.io import environment_manifest, sha256_file, write_json, write_npz
+from nasaudit.io import check_types, environment_manifest, sha256_file, write_json, write_npz
+from nasaudit.runs import IDENTITY
 
 FORMAT = "nasaudit-defense/1"
-_MANIFEST_KEYS = {"defense", "params", "seed", "dataset", "n_input", "input_sha256", "npz_sha256", "source"}
+_MANIFEST_TYPES = {"defense": str, "params": dict, "seed": int, "dataset": str, "n_input": int,
+                   "input_sha256": str, "npz_sha256": str, "source": dict}  # fmt: skip
+_MANIFEST_KEYS = set(_MANIFEST_TYPES)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ def _validate(d: DefendedData, num_classes: int, where: str) -> None:
     if np.any(np.diff(d.keep) <= 0):
         fail("keep must be sorted without repeats")
     if d.labels is not None:
+        if d.labels.dtype != np.int64:
+            fail(f"labels must be int64 class indices, got {d.labels.dtype}")
         if d.labels.shape != d.keep.shape:
             fail(f"{len(d.labels)} labels for {len(d.keep)} kept samples")
         if d.labels.min() < 0 or d.labels.max() >= num_classes:
@@ -97,8 +102,9 @@ def _validate(d: DefendedData, num_classes: int, where: str) -> None:
             fail(f"images must be uint8 {expected}, got {d.images.dtype} {d.images.shape}")
 
 
-def save_defended(defended: DefendedData, path: Path) -> Path:
-    """Write NAME.npz then NAME.json (the manifest last: a manifest means a complete file)."""
+def save_defended(defended: DefendedData, path: Path, identity: dict[str, Any] | None = None) -> Path:
+    """Write NAME.npz then NAME.json (the manifest last: a manifest means a complete file);
+    ``identity`` (``defenses.defense_identity``) records which run made it."""
     npz = Path(path).with_suffix(".npz")
     arrays = {"keep": defended.keep}
     for name in ("labels", "images"):
@@ -117,6 +123,7 @@ def save_defended(defended: DefendedData, path: Path) -> Path:
         "input_sha256": defended.input_sha256,
         "source": defended.source,
         "npz_sha256": sha256_file(npz),
+        IDENTITY: identity,
         "environment": environment_manifest(),
     }
     write_json(npz.with_suffix(".json"), manifest)
@@ -139,6 +146,9 @@ def read_defended_manifest(path: Path) -> dict[str, Any]:
         or not set(manifest) >= _MANIFEST_KEYS
     ):
         raise NasauditError(f"{man}: not a complete nasaudit defended-dataset manifest; re-create it")
+    wrong = check_types(manifest, _MANIFEST_TYPES)
+    if wrong:
+        raise NasauditError(f"{man}: {wrong}; re-create it with `nasaudit defend`")
     return manifest
 
 
@@ -177,6 +187,20 @@ def load_defended(path: Path, data: ImageDataset) -> DefendedData:
     )
     _validate(defended, data.num_classes, str(npz))
     return defended
+
+
+def defended_data(
+    data: ImageDataset, provenance: dict[str, Any], path: Path
+) -> tuple[ImageDataset, dict[str, Any]]:
+    """``data`` (described by ``provenance``, from ``poisoned_data``) replaced by the defended split at
+    ``path``, and the provenance extended by it."""
+    npz = Path(path).with_suffix(".npz")
+    defended = load_defended(npz, data)
+    data = apply_defended(defended, data)
+    provenance = {**provenance, "defense": defended.defense, "defended": str(npz),
+                  "defended_sha256": sha256_file(npz), "train_sha256": data.train.sha256,
+                  "n_train": len(data.train)}  # fmt: skip
+    return data, provenance
 
 
 def apply_defended(defended: DefendedData, data: ImageDataset) -> ImageDataset:

@@ -26,6 +26,7 @@ class ExperimentTable:
     table: pd.DataFrame  # the tidy table: one row per cell, as report.tables builds it
     baselines: pd.DataFrame  # dataset, algorithm, mean, n, source
     missing: tuple[JobKey, ...]  # jobs without a result (empty for a complete table)
+    trials: pd.DataFrame  # the finished condition jobs behind the cells, one row each (``collect_trials``)
 
 
 def _accuracy(layout: Layout, key: JobKey) -> float | None:
@@ -108,7 +109,8 @@ def experiment_table(
     allow_partial: bool = False,
     published_dir: Path = PUBLISHED_DIR,
 ) -> ExperimentTable:
-    """The experiment's table from its finished jobs; a missing job is an error unless ``allow_partial``."""
+    """The experiment's table from its finished jobs; a missing job is an error unless ``allow_partial``
+    (then a cell averages the trials that finished, and its ΔImp. is NaN while its baseline has none)."""
     keys = experiment.conditions if published_baselines else experiment.jobs
     _, missing = collect_trials(keys, layout)
     if missing and not allow_partial:
@@ -126,9 +128,9 @@ def experiment_table(
         )
     else:
         baselines = our_baselines(experiment, collect_trials(experiment.baselines, layout)[0])
-    table = build_table(trials, baselines, DESIGNS[experiment.name])
+    table = build_table(trials, baselines, DESIGNS[experiment.name], allow_missing_baselines=allow_partial)
     used = baselines.merge(table[["dataset", "algorithm"]].drop_duplicates(), on=["dataset", "algorithm"])
-    return ExperimentTable(table, used, missing)
+    return ExperimentTable(table, used, missing, trials)
 
 
 def describe_baselines(baselines: pd.DataFrame) -> str:

@@ -115,9 +115,10 @@ def _validate_pairs(cell: str, pairs: Any) -> tuple[Pair, ...]:
                 f"genotype {cell} cell: edge {k} is {pair!r}; write it as an [op, input] pair"
             )
         op, inp = pair
-        if op not in PRIMITIVES:
+        if op not in EDGE_OPS:  # 'none' means "no edge": a chosen edge always carries an operation
             raise NasauditError(
-                f"genotype {cell} cell uses unknown op {op!r}; choose one of: {', '.join(PRIMITIVES)}"
+                f"genotype {cell} cell uses op {op!r} on edge {k}, not an edge operation; "
+                f"choose one of: {', '.join(EDGE_OPS)}"
             )
         if not _is_int(inp) or not 0 <= inp <= node + 1:
             raise NasauditError(
