@@ -90,9 +90,8 @@ def environment(out: Path, only: list[str]) -> dict[str, Any]:
 
 @section("preflight", 170)
 def preflight(out: Path, only: list[str]) -> dict[str, Any]:
-    from nasaudit.preflight import run_preflight
-
     from nasaudit.config import load_profile
+    from nasaudit.preflight import run_preflight
 
     return run_preflight(load_profile("paper"), CUDA, out / "preflight")
 

@@ -146,7 +146,7 @@ def test_a_folder_with_other_files_is_refused_before_any_work(tmp_path: Path) ->
     assert not (tmp_path / MARKER).exists() and (tmp_path / "smoke" / "result.json").is_file()
 
 
-def test_table_and_compare_refuse_a_preflight_folder(tmp_path: Path, capsys) -> None:
+def test_table_compare_and_report_refuse_a_preflight_folder(tmp_path: Path, capsys) -> None:
     mark(tmp_path)
     (tmp_path / "table1.csv").write_text("table,dataset\n")
     table = [
@@ -161,9 +161,11 @@ def test_table_and_compare_refuse_a_preflight_folder(tmp_path: Path, capsys) -> 
     ]
     assert main(table) == 2
     assert main(["compare", "table1", "--ours", str(tmp_path / "table1.csv")]) == 2
+    report = ["report", "--profile", "smoke", "--results", str(tmp_path), "--out", str(tmp_path / "page")]
+    assert main(report) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and all("nasaudit preflight" in line and MARKER in line for line in errors)
-    assert not (tmp_path / "t").exists()
+    assert len(errors) == 3 and all("nasaudit preflight" in line and MARKER in line for line in errors)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "page").exists()
 
 
 def test_a_synthetic_result_is_refused_wherever_it_lies(tmp_path: Path) -> None:

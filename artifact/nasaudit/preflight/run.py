@@ -20,6 +20,7 @@ import torch
 from nasaudit.config import Profile
 from nasaudit.errors import NasauditError
 from nasaudit.grid.jobs import Layout
+from nasaudit.options import add_device, add_profile, positive
 from nasaudit.preflight import report as reporting
 from nasaudit.preflight.bounds import bounded_profile
 from nasaudit.preflight.kinds import Item, plan_items
@@ -194,11 +195,13 @@ def _cpu_name() -> str:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    from nasaudit.cli import _device
+    from nasaudit import options
     from nasaudit.config import load_profile
 
+    if args.images is not None and args.images < 0:
+        raise NasauditError(f"--images must be ≥ 0 (0: the profile's batch sizes), got {args.images}")
     profile = load_profile(args.profile)
-    device = _device(args.device)
+    device = options.device(args.device)
     if args.list:
         bounded, _ = bounded_profile(profile, device)
         cpu = not (device.type == "cuda" if args.all_data is None else args.all_data)
@@ -211,7 +214,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     report = run_preflight(
         profile,
         device,
-        Path(args.out),
+        options.output(args.out, folder=True),
         only=tuple(args.only or ()),
         batches=args.batches,
         images=args.images,
@@ -226,13 +229,15 @@ def add_commands(sub: Any) -> None:
         "preflight",
         help="every kind of task of every table at the profile's sizes, a few steps on synthetic data",
     )
-    p.add_argument("--profile", default="paper", help="profile name (smoke, paper) or .toml path")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_profile(p, "the sizes to preflight")
+    add_device(p)
     p.add_argument("--out", default="results/preflight", help="folder (its PROFILE/ subfolder is rewritten)")
     p.add_argument(
         "--only", nargs="+", metavar="TEXT", help="only the kinds containing one of these (and their inputs)"
     )
-    p.add_argument("--batches", type=int, default=None, help="batches per loop (default: 1 on CPU, 2 on GPU)")
+    p.add_argument(
+        "--batches", type=positive, default=None, help="batches per loop (default: 1 on CPU, 2 on GPU)"
+    )
     p.add_argument(
         "--images",
         type=int,
@@ -240,7 +245,10 @@ def add_commands(sub: Any) -> None:
         help=f"images per batch at most (default {CPU_IMAGES} on CPU; 0: the profile's sizes, GPU default)",
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="items run side by side (default: cores on CPU, 1 on GPU)"
+        "--workers",
+        type=positive,
+        default=None,
+        help="items run side by side (default: cores on CPU, 1 on GPU)",
     )
     p.add_argument(
         "--all-data",

@@ -70,9 +70,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from nasaudit.config import load_profile
+    from nasaudit.grid import Layout
+    from nasaudit.preflight.synthetic import refuse_synthetic
     from nasaudit.report.html import write_report
 
     profile = load_profile(args.profile)
+    refuse_synthetic(Layout.of(args.results, profile).root, "results folder")
     path = write_report(
         profile,
         Path(args.results),
