@@ -279,3 +279,19 @@ def test_nsganetv2s_surrogates_take_the_seeds_a_grid_job_gives_them() -> None:
     X, y = rng.random((6, 8)), rng.random(6)
     for name in ("gp", "mlp", "cart"):
         SURROGATES.get(name).make(cfg, (2**31 - 1) * 1000 * 1000 + 9).fit(X, y)
+
+
+@pytest.mark.parametrize("name", ["paper", "smoke"])
+def test_the_bounded_nsganetv2_archive_is_enough_for_a_surrogate(name: str) -> None:
+    """Found by the preflight: four initial architectures left the paper's RBF (d + 2 points) nothing
+    to fit on, failing the search at its first iteration."""
+    from nasaudit.nas.nsganetv2 import N_VARS, select_surrogate
+
+    bounded, _ = bounded_profile(load_profile(name), CPU)
+    cfg = bounded.nsganetv2
+    rng = np.random.default_rng(0)
+    X, y = rng.random((cfg.initial, N_VARS)), rng.random(cfg.initial)
+    assert select_surrogate(X, y, cfg.surrogates, cfg, seed=0)["winner"] in cfg.surrogates
+    if cfg.initial > 4:  # one fewer would not do
+        with pytest.raises(NasauditError, match="no surrogate"):
+            select_surrogate(X[:-1], y[:-1], cfg.surrogates, cfg, seed=0)

@@ -125,13 +125,13 @@ def defenses(cfg: DefensesConfig) -> DefensesConfig:
 
 
 def nsganetv2(cfg: NSGANetV2Config) -> NSGANetV2Config:
-    """Four initial architectures (the fewest the surrogates' cross-validation fits on) and one iteration
-    of one candidate: surrogate selection, NSGA-II and the subset GA for one generation each, with small
-    predictors; one (capped) epoch of fine-tuning and of each shrinking phase."""
+    """The fewest initial architectures a configured surrogate's cross-validation fits on, and one
+    iteration of one candidate: surrogate selection, NSGA-II and the subset GA for one generation each,
+    with small predictors; one (capped) epoch of fine-tuning and of each shrinking phase."""
     phases = [replace(phase, epochs=1) for phase in cfg.supernet.phases]
     return replace(
         cfg,
-        initial=4,
+        initial=_fewest_initial(cfg),
         iterations=1,
         per_iteration=1,
         cart_trees=min(cfg.cart_trees, 10),
@@ -141,6 +141,19 @@ def nsganetv2(cfg: NSGANetV2Config) -> NSGANetV2Config:
         finetune=training(cfg.finetune),
         supernet=replace(cfg.supernet, phases=phases),
     )
+
+
+def _fewest_initial(cfg: NSGANetV2Config) -> int:
+    """The smallest archive (never more than the profile's) whose cross-validation folds leave some
+    surrogate of ``cfg.surrogates`` enough training points (``nas.nsganetv2.select_surrogate``; an RBF
+    with a linear tail needs d + 2, so the paper's RBF alone needs 54 architectures)."""
+    from nasaudit.nas.nsganetv2 import N_VARS, SURROGATES
+
+    need = min(SURROGATES.get(name).min_samples(cfg, N_VARS) for name in cfg.surrogates)
+    n = 4
+    while n - -(-n // max(2, min(cfg.cv_folds, n // 2))) < need:  # training part: n minus the largest fold
+        n += 1
+    return min(n, cfg.initial)
 
 
 def pdarts(cfg: PDartsConfig) -> PDartsConfig:
