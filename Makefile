@@ -15,8 +15,8 @@ export NASAUDIT_THREADS := $(THREADS)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke-test smoke-bless test test-all test-slurm lint data bench gpu-check clean table1 table2 \
-	table3 table4 table5 table6 figures report
+.PHONY: help venv smoke-test smoke-bless test test-all test-slurm lint data bench preflight gpu-check clean table1 \
+	table2 table3 table4 table5 table6 figures report
 include mk/docker.mk
 
 help:  ## list the targets
@@ -41,10 +41,10 @@ lint: $(STAMP) docker-lint  ## ruff, and hadolint on the Dockerfile
 	$(VENV)/bin/ruff check artifact tests benchmarks
 	$(VENV)/bin/ruff format --check artifact tests benchmarks
 
-test: lint  ## ruff + the fast test suite (skips tests marked slow)
-	$(PY) -m pytest -q -m "not slow"
+test: lint  ## ruff + the fast test suite (skips tests marked slow, and those marked cuda)
+	$(PY) -m pytest -q -m "not slow and not cuda"
 
-test-all: lint  ## ruff + every test, the slow ones too, and test-slurm when root
+test-all: lint  ## ruff + every test: the slow ones, those marked cuda on a GPU machine, test-slurm when root
 	$(PY) -m pytest -q -m "not slurm"
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) test-slurm; else echo "test-all: test-slurm skipped (needs root)"; fi
 
@@ -118,6 +118,12 @@ report: $(STAMP)  ## one HTML page, no network: every table vs the paper, plots,
 
 bench: $(STAMP)  ## speed against plain-PyTorch baselines measured in the same run (CPU, and GPU if present)
 	$(PY) -m benchmarks
+
+# Every kind of task of every table at PROFILE's sizes for a few steps on synthetic data (docs/preflight.md);
+# exit 1 if any fails. PREFLIGHT_ARGS=--device cuda | --only TEXT ... | --list
+PREFLIGHT_ARGS ?=
+preflight: $(STAMP)  ## every kind of task at PROFILE's sizes, a few steps on synthetic data (docs/preflight.md)
+	$(VENV)/bin/nasaudit preflight --profile $(PROFILE) --out results/preflight $(PREFLIGHT_ARGS)
 
 gpu-check: $(STAMP)  ## on a GPU machine, first: preflight, GPU ratios, fp32 vs bf16, concurrency, GPU-hours (~8 min)
 	$(PY) -m benchmarks.gpu_check --out results/gpu-check

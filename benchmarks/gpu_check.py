@@ -90,11 +90,12 @@ def environment(out: Path, only: list[str]) -> dict[str, Any]:
 
 @section("preflight", 170)
 def preflight(out: Path, only: list[str]) -> dict[str, Any]:
+    from nasaudit.config import load_profile
     from nasaudit.preflight import run_preflight
 
-    from nasaudit.config import load_profile
-
-    return run_preflight(load_profile("paper"), CUDA, out / "preflight")
+    # all_data=False: P-DARTS and TE-NAS search the first dataset only (their other data are twelve more
+    # searches, minutes on a GPU); `make preflight PREFLIGHT_ARGS="--device cuda"` runs them all
+    return run_preflight(load_profile("paper"), CUDA, out / "preflight", all_data=False)
 
 
 @section("benchmarks", 170)

@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nasaudit.analysis.commands import add_figure_cells
 
     add_analysis_commands(sub)
+    from nasaudit.preflight.run import add_commands as add_preflight_commands
+
+    add_preflight_commands(sub)
     figure = sub.add_parser("figure", help="the paper's figures as PNG and PDF")
     figure_sub = figure.add_subparsers(dest="action", required=True, metavar="FIGURE")
     add_figure_cells(figure_sub)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nasaudit.attacks.base import ATTACKS, AttackContext, check_budget
+from nasaudit.batch_cap import fill_skipped
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
 from nasaudit.data.poison import Poison, make_poison
@@ -40,7 +41,7 @@ def surrogate_logits(
     for x, _ in data.batches(batch_size, shuffle=False):
         out = model(x)
         chunks.append((out[0] if isinstance(out, tuple) else out).float().cpu())
-    return torch.cat(chunks).numpy()
+    return fill_skipped(torch.cat(chunks).numpy(), len(data))
 
 
 def confidence_flip(logits: np.ndarray, budget: float) -> tuple[np.ndarray, np.ndarray]:

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nasaudit.attacks.base import ATTACKS, AttackContext, choose_indices
+from nasaudit.batch_cap import capped, capped_size
 from nasaudit.config import GCConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import epoch_generator
@@ -143,6 +144,7 @@ def _cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
 
 
 def _chunks(n: int, size: int) -> list[slice]:
+    size = capped_size(size)
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
@@ -157,7 +159,7 @@ def mean_loss(
 ) -> float:
     """Mean CE over ``images``, forwarded in batches of ``batch_size`` taken in ``order``."""
     total = 0.0
-    for s in _chunks(len(labels), batch_size):
+    for s in capped(_chunks(len(labels), batch_size)):
         idx = order[s]
         total += float(problem.loss_sum(problem.pixels(images[idx]), labels[idx]))
     return total / len(labels)
@@ -173,7 +175,7 @@ def mean_gradient(
     """
     total = [torch.zeros_like(p) for p in problem.params]
     loss = 0.0
-    for s in _chunks(len(labels), batch_size):
+    for s in capped(_chunks(len(labels), batch_size)):
         idx = order[s]
         batch_loss = problem.loss_sum(problem.pixels(images[idx]), labels[idx])
         for t, g in zip(total, torch.autograd.grad(batch_loss, problem.params), strict=True):
@@ -200,7 +202,7 @@ def gradpc(
     steps, distance = 0, 0.0
     for epoch in range(cfg.gradpc_epochs):
         order = loader_order(len(labels), seed, epoch, labels.device)
-        for s in _chunks(len(labels), cfg.gradpc_batch_size):
+        for s in capped(_chunks(len(labels), cfg.gradpc_batch_size)):
             idx = order[s]
             grads = problem.gradient(problem.pixels(images[idx]), labels[idx])
             norm = math.sqrt(float(_dot(grads, grads)))
@@ -256,8 +258,8 @@ def per_batch_objective(
     """As run (run_gc.py ``compute_updates``): each batch's own term ‖(1−p)·g_clean + p·g_b‖², g_b the
     batch's mean CE gradient. Δ_b follows the gradient of its own term (so ∂/∂Δ is that of the terms'
     sum); loss and cosine are averaged over the batches, as their log reports them."""
-    chunks = _chunks(len(y), batch_size)
-    grad = torch.empty_like(delta) if with_grad else None
+    chunks = list(capped(_chunks(len(y), batch_size)))  # all of them unless a batch cap is active
+    grad = torch.zeros_like(delta) if with_grad else None  # rows a batch cap skips keep a zero gradient
     total_loss, total_cos = 0.0, 0.0
     for s in chunks:
         d = delta[s].detach().requires_grad_(with_grad)
@@ -294,15 +296,15 @@ def joint_objective(
         (grad,) = torch.autograd.grad(loss, d)
         return float(loss.detach()), _cosine(g_clean, [a.detach() for a in g_adv]), grad
     g_adv = [torch.zeros_like(c) for c in g_clean]
-    for s in chunks:
+    for s in capped(chunks):
         for total, g in zip(g_adv, problem.gradient(x[s] + delta[s].detach(), y[s]), strict=True):
             total += g / m
     r = [(1 - fraction) * c + fraction * a for c, a in zip(g_clean, g_adv, strict=True)]
     loss, cosine = 0.5 * float(_dot(r, r)), _cosine(g_clean, g_adv)
     if not with_grad:
         return loss, cosine, None
-    grad = torch.empty_like(delta)
-    for s in chunks:
+    grad = torch.zeros_like(delta)  # rows a batch cap skips keep a zero gradient
+    for s in capped(chunks):
         d = delta[s].detach().requires_grad_()
         g = problem.gradient(x[s] + d, y[s], create_graph=True)
         (grad[s],) = torch.autograd.grad(_dot(r, g) * (fraction / m), d)

@@ -78,13 +78,24 @@ def make_dataset(name: str, train: Split, test: Split, classes: tuple[str, ...])
 
 
 @dataclass(frozen=True)
+class Shape:
+    """A dataset's published size as its reader presents it (32×32×3 uint8 images)."""
+
+    train: int
+    test: int
+    num_classes: int
+    grey: bool  # grey images copied to three channels
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
-    """How to fetch and read one dataset."""
+    """How to fetch and read one dataset, and its shape (what planning and the preflight assume)."""
 
     name: str
     read: Callable[[Path], ImageDataset]  # reads <root>/<name>/
     download: Callable[[Path], None] | None  # fetches into <root>/<name>/; None when embedded
     description: str
+    shape: Shape | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -187,8 +198,25 @@ def _tv_download(cls_name: str, **kwargs: object) -> Callable[[Path], None]:
     return download
 
 
-register(DatasetSpec("cifar10", _read_cifar10, _tv_download("CIFAR10"), "CIFAR-10, 50k/10k, 10 classes"))
-register(DatasetSpec("cifar100", _read_cifar100, _tv_download("CIFAR100"), "CIFAR-100, 50k/10k, 100 classes"))
+# Published sizes (SPEC §1): CIFAR 50k/10k, MNIST and FashionMNIST 60k/10k, SVHN's train/test 73,257/26,032.
+register(
+    DatasetSpec(
+        "cifar10",
+        _read_cifar10,
+        _tv_download("CIFAR10"),
+        "CIFAR-10, 50k/10k, 10 classes",
+        Shape(50_000, 10_000, 10, grey=False),
+    )
+)
+register(
+    DatasetSpec(
+        "cifar100",
+        _read_cifar100,
+        _tv_download("CIFAR100"),
+        "CIFAR-100, 50k/10k, 100 classes",
+        Shape(50_000, 10_000, 100, grey=False),
+    )
+)
 
 # --- MNIST-style IDX files ----------------------------------------------------------------------
 
@@ -235,6 +263,7 @@ register(
         _mnist_reader("mnist", "MNIST", _DIGIT_NAMES),
         _tv_download("MNIST"),
         "MNIST padded to 32×32×3",
+        Shape(60_000, 10_000, 10, grey=True),
     )
 )
 register(
@@ -243,6 +272,7 @@ register(
         _mnist_reader("fashionmnist", "FashionMNIST", _FASHION),
         _tv_download("FashionMNIST"),
         "FashionMNIST padded to 32×32×3",
+        Shape(60_000, 10_000, 10, grey=True),
     )
 )
 
@@ -261,7 +291,15 @@ def _read_svhn(folder: Path) -> ImageDataset:
     return make_dataset("svhn", split("train"), split("test"), _DIGIT_NAMES)
 
 
-register(DatasetSpec("svhn", _read_svhn, _tv_download("SVHN", split=True), "SVHN train/test splits"))
+register(
+    DatasetSpec(
+        "svhn",
+        _read_svhn,
+        _tv_download("SVHN", split=True),
+        "SVHN train/test splits",
+        Shape(73_257, 26_032, 10, grey=False),
+    )
+)
 
 # --- digits: embedded in scikit-learn -----------------------------------------------------------
 
@@ -283,4 +321,12 @@ def _read_digits(_: Path) -> ImageDataset:
     return make_dataset("digits", Split(images[tr], labels[tr]), Split(images[te], labels[te]), _DIGIT_NAMES)
 
 
-register(DatasetSpec("digits", _read_digits, None, "scikit-learn digits upscaled to 32×32×3 (embedded)"))
+register(
+    DatasetSpec(
+        "digits",
+        _read_digits,
+        None,
+        "scikit-learn digits upscaled to 32×32×3 (embedded)",
+        Shape(1_437, 360, 10, grey=True),
+    )
+)

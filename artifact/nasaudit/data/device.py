@@ -13,14 +13,19 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from nasaudit.batch_cap import capped, capped_size
 from nasaudit.config import AugmentConfig
 from nasaudit.data.datasets import ImageDataset, Split
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """A generator that depends only on (seed, epoch): the key to bit-identical resumption."""
+    """A generator that depends only on (seed, epoch): the key to bit-identical resumption.
+
+    The value is reduced modulo 2⁶³ (torch's seed range; smaller values are unchanged): NSGANetV2's
+    per-candidate seeds (a 31-bit job seed × 100,003) would otherwise overflow it.
+    """
     g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + epoch)
+    g.manual_seed((seed * 1_000_003 + epoch) % 2**63)
     return g
 
 
@@ -58,7 +63,9 @@ class DeviceData:
         augment: AugmentConfig | None = None,
         drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield normalised float batches (N×3×H×W) and labels for one epoch."""
+        """Yield normalised float batches (N×3×H×W) and labels for one epoch (under a batch cap,
+        ``nasaudit.batch_cap``, its first batches only)."""
+        batch_size = capped_size(batch_size)
         g = epoch_generator(seed, epoch, self.device)
         n = len(self)
         order = (
@@ -66,7 +73,7 @@ class DeviceData:
             if shuffle
             else torch.arange(n, device=self.device)
         )
-        for b in range(self.num_batches(batch_size, drop_last)):
+        for b in capped(range(self.num_batches(batch_size, drop_last))):
             idx = order[b * batch_size : (b + 1) * batch_size]
             yield self.transform(self.images[idx], augment, g), self.labels[idx]
 

@@ -28,6 +28,7 @@ import safetensors.torch  # noqa: F401  (diffusers 0.31, the torch 2.0 images' p
 import torch
 from torch import Tensor, nn
 
+from nasaudit.batch_cap import capped, capped_size
 from nasaudit.config import DenoiseConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
@@ -89,13 +90,14 @@ def denoise_images(
     noise_scale = math.sqrt(1.0 - float(alphas_cumprod[t]))
     rng = np.random.default_rng(seed)
     store = STORES.get(cfg.store)
-    out = np.empty(images.shape, dtype=store.dtype)
-    starts = range(0, len(images), cfg.batch_size)
+    out = np.zeros(images.shape, dtype=store.dtype)  # a batch cap (preflight) leaves skipped rows zero
+    size = capped_size(cfg.batch_size)
+    starts = list(capped(range(0, len(images), size)))
     with torch.no_grad():
         for start in progress_bar(
             len(starts), desc="denoise", unit="batch", enabled=progress, iterable=starts
         ):
-            batch = torch.from_numpy(images[start : start + cfg.batch_size]).to(device)
+            batch = torch.from_numpy(images[start : start + size]).to(device)
             x = batch.permute(0, 3, 1, 2).double() / 127.5 - 1.0
             if cfg.add_noise:
                 delta = torch.from_numpy(rng.standard_normal(x.shape)).to(device)

@@ -20,6 +20,7 @@ import torchvision
 from sklearn.cluster import KMeans
 from torch import nn
 
+from nasaudit.batch_cap import capped, capped_size, fill_skipped
 from nasaudit.config import RelabelConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
@@ -77,7 +78,7 @@ def pretrained_features(data: ImageDataset, seed: int, context: DefenseContext) 
     images = torch.from_numpy(data.train.images)
     features = []
     with torch.no_grad():
-        batches = images.split(cfg.batch_size)
+        batches = list(capped(images.split(capped_size(cfg.batch_size))))
         for batch in progress_bar(
             len(batches), desc="features", unit="batch", enabled=context.progress, iterable=batches
         ):
@@ -87,7 +88,7 @@ def pretrained_features(data: ImageDataset, seed: int, context: DefenseContext) 
                     x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False
                 )
             features.append(model((x - mean) / std).float().cpu())
-    result = torch.cat(features).numpy()
+    result = fill_skipped(torch.cat(features).numpy(), len(images))
     write_npz(cache, {"features": result})
     return result
 

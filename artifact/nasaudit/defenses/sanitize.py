@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nasaudit.batch_cap import fill_skipped
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
 from nasaudit.defenses.base import DEFENSES, DefenseContext
@@ -59,7 +60,7 @@ def surrogate_losses(data: ImageDataset, seed: int, context: DefenseContext) -> 
     with torch.no_grad():
         for x, y in DeviceData(data.train, data, context.device).batches(500, shuffle=False):
             losses.append(F.cross_entropy(model(x).float(), y, reduction="none").cpu())
-    return torch.cat(losses).double().numpy()
+    return fill_skipped(torch.cat(losses).double().numpy(), len(data.train))
 
 
 def keep_lowest_loss(losses: np.ndarray, labels: np.ndarray, drop_fraction: float) -> np.ndarray:

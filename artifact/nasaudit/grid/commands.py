@@ -64,7 +64,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     device = None if args.device == "auto" else options.device(args.device)
     grid, profile = _grid(args)
-    result = estimate(grid, profile, args.root, device)
+    timer = None
+    if args.timings:
+        from nasaudit.preflight.timings import MeasuredTimer
+
+        timer = MeasuredTimer(Path(args.timings), profile)
+    result = estimate(grid, profile, args.root, device, timer)
     print(result.render(args.experiment, profile.name))
     record = {
         "experiment": args.experiment,
@@ -127,5 +132,11 @@ def add_commands(sub: Any) -> None:
     selection(p)
     p.add_argument(
         "--device", default="auto", help="device to time the training steps on (auto, cpu, cuda:N)"
+    )
+    p.add_argument(
+        "--timings",
+        default=None,
+        metavar="REPORT",
+        help="a preflight's report.json: its measured step times (say, a GPU's) instead of timing here",
     )
     p.set_defaults(func=cmd_plan)

@@ -37,15 +37,6 @@ from nasaudit.registry import Registry
 if TYPE_CHECKING:
     from nasaudit.spaces.mbv3 import MBV3Arch
 
-# Training-set sizes of the downloadable datasets, for planning on a machine that does not have them
-# yet (SPEC §1: CIFAR 50k; MNIST/FashionMNIST 60k; SVHN's train split 73,257).
-PUBLISHED_TRAIN_SIZES = {
-    "cifar10": 50_000,
-    "cifar100": 50_000,
-    "mnist": 60_000,
-    "fashionmnist": 60_000,
-    "svhn": 73_257,
-}
 NUM_CLASSES = 10  # the class count barely changes a step's time; the head is one linear layer
 IMAGE = (3, 32, 32)  # what every stage feeds its networks (mbv3 networks upscale inside forward)
 CPU_PROBE = 2  # first probe batch on a CPU; grown while a step is too short to time
@@ -623,15 +614,17 @@ class Estimate:
 
 
 def train_size(dataset: str, data_root: Path | None, subset: int = 0) -> int:
-    """The grid's training-set size: the data's when present, else the published one; at most ``subset``."""
-    from nasaudit.data.datasets import load_dataset
+    """The grid's training-set size: the data's when present, else the published one (its registered
+    ``Shape``, for planning on a machine that does not have it yet); at most ``subset``."""
+    from nasaudit.data.datasets import DATASETS, load_dataset
 
     try:
         size = len(load_dataset(dataset, data_root).train)
     except NasauditError:
-        if dataset not in PUBLISHED_TRAIN_SIZES:
+        shape = DATASETS.get(dataset).shape
+        if shape is None:
             raise
-        size = PUBLISHED_TRAIN_SIZES[dataset]
+        size = shape.train
     return min(size, subset) if subset > 0 else size
 
 
@@ -682,11 +675,18 @@ CHARGES: dict[str, Callable[[Task, Profile, Sizes, Timer], _Charge]] = {
 
 
 def estimate(
-    grid: Grid, profile: Profile, data_root: Path | None, device: torch.device | None = None
+    grid: Grid,
+    profile: Profile,
+    data_root: Path | None,
+    device: torch.device | None = None,
+    timer: Timer | None = None,
 ) -> Estimate:
-    """Count the grid's tasks per stage and estimate the device time of those not done yet."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    timer = Timer(device)
+    """Count the grid's tasks per stage and estimate the device time of those not done yet.
+
+    ``timer`` replaces timing on ``device``: a preflight's measured times (``plan --timings``).
+    """
+    timer = timer or Timer(device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device = timer.device
     datasets = {d for t in grid.deps for d in (t.dataset, t.key.searched_on)}
     sizes = {d: train_size(d, data_root, profile.grid.train_subset) for d in datasets}
     stages, shared_done = [], set()
@@ -706,12 +706,15 @@ def estimate(
         entry.unestimated = [f"{what} ({n} tasks)" for what, n in sorted(missing.items())]
         stages.append(entry)
 
-    factor = 1.0
-    if device.type != "cuda":  # the reference rate is that of the DARTS evaluation network (SPEC §3)
-        factor = 1.0 / (
-            profile.grid.reference_gpu_images_per_second * _retrain_per_image(profile, "darts", timer)
-        )
-    return Estimate(device.type, factor, stages)
+    return Estimate(device.type, gpu_factor(profile, timer), stages)
+
+
+def gpu_factor(profile: Profile, timer: Timer) -> float:
+    """GPU seconds per second timed by ``timer``: 1 on a GPU; on a CPU, the profile's reference GPU rate
+    of the DARTS evaluation network's retraining (SPEC §3) against the rate timed here."""
+    if timer.device.type == "cuda":
+        return 1.0
+    return 1.0 / (profile.grid.reference_gpu_images_per_second * _retrain_per_image(profile, "darts", timer))
 
 
 def record_path(layout: Layout, experiment: str) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,13 +44,18 @@ SUPERNET_VICTIM = "supernet_victim.pt"  # written by searches whose GC victim is
 
 @dataclass(frozen=True)
 class Env:
-    """What a stage needs besides its task: sizes, file layout, data and device."""
+    """What a stage needs besides its task: sizes, file layout, data and device.
+
+    ``datasets`` hands the stages in-memory datasets by registry name instead of reading them from
+    ``data_root`` (the preflight's synthetic stand-ins, ``nasaudit.preflight``).
+    """
 
     profile: Profile
     layout: Layout
     data_root: Path | None
     device: torch.device
     progress: bool = False
+    datasets: Mapping[str, ImageDataset] | None = None
 
 
 class Stage(Protocol):
@@ -76,7 +82,8 @@ def _load(name: str, root: Path | None) -> ImageDataset:
 
 def grid_dataset(name: str, env: Env) -> ImageDataset:
     """The data every stage of a grid works on: the training set cut to ``grid.train_subset`` images."""
-    return _load(name, env.data_root).first(env.profile.grid.train_subset)
+    data = _load(name, env.data_root) if env.datasets is None else env.datasets[name]
+    return data.first(env.profile.grid.train_subset)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -250,7 +250,7 @@ SURROGATES.register("mlp")(
                 hidden_layer_sizes=(400, 400),
                 learning_rate_init=8e-4,
                 max_iter=cfg.mlp_max_iter,
-                random_state=seed,
+                random_state=seed % 2**32,
             ),
         ),
         lambda cfg, d: 2,

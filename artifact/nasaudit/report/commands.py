@@ -19,12 +19,15 @@ def cmd_table(args: argparse.Namespace) -> int:
     else:
         from nasaudit.config import load_profile
         from nasaudit.grid import Layout, load_experiment
+        from nasaudit.preflight.synthetic import refuse_synthetic
         from nasaudit.report.experiment import describe_baselines, experiment_table
 
         profile = load_profile(args.profile)
+        layout = Layout.of(args.results, profile)
+        refuse_synthetic(layout.root, "results folder")
         result = experiment_table(
             load_experiment(args.name, profile),
-            Layout.of(args.results, profile),
+            layout,
             published_baselines=args.published_baselines,
             allow_partial=args.allow_partial,
         )
@@ -43,10 +46,13 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from nasaudit.preflight.synthetic import refuse_synthetic
     from nasaudit.report.compare import agrees, compare, tolerance_for
     from nasaudit.report.published import PUBLISHED_DIR, TOLERANCES, read_csv
 
     expected_path = Path(args.expected) if args.expected else PUBLISHED_DIR / f"{args.name}.csv"
+    refuse_synthetic(Path(args.ours), "table")
+    refuse_synthetic(expected_path, "expected table")
     tolerances = Path(args.tolerances) if args.tolerances else expected_path.parent / "tolerances.toml"
     if not tolerances.is_file():
         tolerances = TOLERANCES
@@ -64,9 +70,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from nasaudit.config import load_profile
+    from nasaudit.grid import Layout
+    from nasaudit.preflight.synthetic import refuse_synthetic
     from nasaudit.report.html import write_report
 
     profile = load_profile(args.profile)
+    refuse_synthetic(Layout.of(args.results, profile).root, "results folder")
     path = write_report(
         profile,
         Path(args.results),

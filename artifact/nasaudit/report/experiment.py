@@ -18,6 +18,7 @@ import pandas as pd
 
 from nasaudit.errors import NasauditError
 from nasaudit.grid.jobs import Experiment, JobKey, Layout
+from nasaudit.preflight.synthetic import is_synthetic
 from nasaudit.report.published import PUBLISHED_DIR, load_baselines
 from nasaudit.report.tables import DESIGNS, build_table
 from nasaudit.train import reported_accuracy
@@ -36,11 +37,17 @@ def _accuracy(layout: Layout, key: JobKey, which: str) -> float | None:
     if not path.is_file():
         return None
     try:
-        return reported_accuracy(json.loads(path.read_text()), which)
+        result = json.loads(path.read_text())
+        accuracy, dataset = reported_accuracy(result, which), str(result.get("dataset", ""))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise NasauditError(
             f"{path}: not a readable training result ({exc}); delete it to rerun the job"
         ) from None
+    if is_synthetic(dataset):
+        raise NasauditError(
+            f"{path}: trained on {dataset}, synthetic data of `nasaudit preflight`; it is no result"
+        )
+    return accuracy
 
 
 # The table column of each optional key part (Table 3 names the search dataset also for its reference
