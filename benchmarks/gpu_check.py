@@ -45,14 +45,17 @@ CONCURRENT_STEPS, CONCURRENT_WARMUP = 30, 5
 class Section:
     run: Callable[[Path, list[str]], dict[str, Any]]  # (report folder, benchmarks to run: [] all)
     limit_s: int  # wall-clock limit of its child process
+    partial: Callable[[Path], dict[str, Any] | None] | None = None  # what a section cut short left on disk
 
 
 SECTIONS: dict[str, Section] = {}
 
 
-def section(name: str, limit_s: int) -> Callable[[Callable[..., dict[str, Any]]], Callable]:
+def section(
+    name: str, limit_s: int, partial: Callable[[Path], dict[str, Any] | None] | None = None
+) -> Callable[[Callable[..., dict[str, Any]]], Callable]:
     def register(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-        SECTIONS[name] = Section(fn, limit_s)
+        SECTIONS[name] = Section(fn, limit_s, partial)
         return fn
 
     return register
@@ -88,7 +91,13 @@ def environment(out: Path, only: list[str]) -> dict[str, Any]:
     }
 
 
-@section("preflight", 170)
+def _preflight_so_far(out: Path) -> dict[str, Any] | None:
+    """The preflight's own report, rewritten after every task: what a preflight cut short finished."""
+    path = out / "preflight" / "paper" / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@section("preflight", 170, partial=_preflight_so_far)
 def preflight(out: Path, only: list[str]) -> dict[str, Any]:
     from nasaudit.config import load_profile
     from nasaudit.preflight import run_preflight
@@ -313,6 +322,8 @@ def run_all(out: Path, only: list[str], bench: list[str]) -> dict[str, Any]:
             entry = json.loads((out / f"{name}.json").read_text())
         except subprocess.TimeoutExpired:
             entry = {"ok": False, "error": f"did not finish within {sec.limit_s} s"}
+            if sec.partial is not None and (so_far := sec.partial(out)) is not None:
+                entry["partial"] = so_far
         except (OSError, ValueError) as exc:  # the child died without writing its result
             entry = {"ok": False, "error": f"the section's process died ({_one_line(exc)})"}
         entry["wall_s"] = time.perf_counter() - start

@@ -30,11 +30,14 @@ def headline(sections: dict[str, Any]) -> dict[str, Any]:
         head["gpu"] = (
             f"{env['gpu']} ({env['gpu_memory_gib']:.0f} GiB), torch {env['torch']}, CUDA {env['cuda']}"
         )
-    if pre := _result(sections, "preflight"):
+    pre = _result(sections, "preflight") or sections.get("preflight", {}).get("partial")
+    if pre:
         tasks = pre.get("tasks", [])
         head["preflight"] = {
             "ok": sum(1 for t in tasks if t.get("ok")),
             "failed": [t.get("kind", "?") for t in tasks if not t.get("ok")],
+            "unfinished": pre.get("unfinished", 0),  # a preflight cut short: tasks it did not finish
+            "running": sorted(pre.get("running", {}).values()),  # ... and those it was running then
         }
     if bench := _result(sections, "benchmarks"):
         head["ratios"] = {name: b["ratio"] for name, b in bench.items() if b.get("ok") and "ratio" in b}
@@ -84,7 +87,11 @@ def render(report: dict[str, Any]) -> str:
     if "preflight" in head:
         pre = head["preflight"]
         failed = f"; failed: {', '.join(pre['failed'])}" if pre["failed"] else ""
-        lines.append(f"- Preflight (paper profile): {pre['ok']} task kinds ok{failed}")
+        cut = ""
+        if pre["unfinished"]:
+            running = f", running {', '.join(pre['running'])}" if pre["running"] else ""
+            cut = f"; cut short with {pre['unfinished']} tasks unfinished{running}"
+        lines.append(f"- Preflight (paper profile): {pre['ok']} tasks ok{failed}{cut}")
     for name, ratio in head.get("ratios", {}).items():
         lines.append(f"- {name}: {ratio:.2f}× a plain PyTorch baseline")
     if robot := head.get("robot_pool"):

@@ -54,8 +54,14 @@ def test_skipped_rows_are_filled_by_repeating_the_computed_ones() -> None:
     assert filled.shape == (5, 2) and np.array_equal(filled[:, 0], [1, 3, 1, 3, 1])
 
 
-def test_gradient_canceling_under_a_cap_stays_finite_and_touches_only_the_chunks_it_saw() -> None:
+@pytest.mark.parametrize("objective", ["per_batch", "joint"])
+def test_gradient_canceling_under_a_cap_stays_finite_and_touches_only_the_chunks_it_saw(
+    objective: str,
+) -> None:
+    import dataclasses
+
     from nasaudit.attacks.gc import GradientProblem, canceling_loss, mean_gradient, weights_and_biases
+    from nasaudit.config import load_profile
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -66,9 +72,10 @@ def test_gradient_canceling_under_a_cap_stays_finite_and_touches_only_the_chunks
     labels = torch.arange(40) % 4
     x, y = problem.pixels(images[:12]), labels[:12]
     delta = torch.full_like(x, 0.03)
+    cfg = dataclasses.replace(load_profile("smoke").gc, objective=objective, poison_batch_size=128)
     with batch_cap(1, images=5):
-        _, g_clean = mean_gradient(problem, images, labels, 40)
-        loss, cosine, grad = canceling_loss(problem, g_clean, 0.3, x, y, delta, 128)
+        _, g_clean = mean_gradient(problem, images, labels, 40, torch.arange(40))
+        loss, cosine, grad = canceling_loss(problem, g_clean, 0.3, x, y, delta, cfg)
     assert np.isfinite(loss) and np.isfinite(cosine) and torch.isfinite(grad).all()
     assert grad[5:].abs().sum() == 0 and grad[:5].abs().sum() > 0  # only the first chunk of 5 was seen
 

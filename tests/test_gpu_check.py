@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ SECTIONS_DONE = {
 def test_headline_takes_what_ran_and_leaves_out_what_failed() -> None:
     head = headline(SECTIONS_DONE)
     assert head["gpu"].startswith("NVIDIA H200 (140 GiB)")
-    assert head["preflight"] == {"ok": 1, "failed": ["search/robot"]}
+    assert head["preflight"] == {"ok": 1, "failed": ["search/robot"], "unfinished": 0, "running": []}
     assert head["ratios"] == {"retrain_fp32": 0.95, "gc_step": 4.0}  # the failed benchmark is absent
     assert head["robot_pool"]["best_stack"] == 25 and head["robot_pool"]["pool_hours"] == 1.9
     assert "precision" not in head  # the section timed out
@@ -68,6 +69,26 @@ def test_render_lists_every_section_with_its_status_and_failures() -> None:
     assert "| precision | FAILED: did not finish within 120 s (120 s) |" in text
     assert "failed: search/robot" in text
     assert "table1: about 1,000 GPU-hours one job per GPU, 900 with retraining jobs sharing a GPU" in text
+
+
+def test_a_preflight_cut_short_still_reports_what_it_finished_and_what_was_running(tmp_path) -> None:
+    from benchmarks.gpu_check import _preflight_so_far
+
+    assert _preflight_so_far(tmp_path) is None  # nothing on disk: no partial result
+    so_far = {
+        "tasks": [{"kind": "poison/clf/cifar10", "ok": True}, {"kind": "search/robot/cifar10", "ok": True}],
+        "unfinished": 39,
+        "running": {"search.cifar10.tenas.none.p0.t0": "search/tenas/cifar10"},
+    }
+    folder = tmp_path / "preflight" / "paper"
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps(so_far))
+    assert _preflight_so_far(tmp_path) == so_far
+    sections = {"preflight": {"ok": False, "error": "did not finish within 170 s", "partial": so_far}}
+    head = headline(sections)
+    assert head["preflight"] == {"ok": 2, "failed": [], "unfinished": 39, "running": ["search/tenas/cifar10"]}
+    text = render({"started": "t0", "sections": sections, "headline": head})
+    assert "2 tasks ok; cut short with 39 tasks unfinished, running search/tenas/cifar10" in text
 
 
 def test_precision_summary_compares_bf16_with_fp32() -> None:

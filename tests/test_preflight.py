@@ -193,6 +193,7 @@ def test_a_smoke_preflight_runs_its_tasks_and_reports_them(tmp_path: Path) -> No
     only = ("poison/rlf", "search/robot/digits")
     report = run_preflight(load_profile("smoke"), CPU, tmp_path, only=only, fresh_process=False, echo=False)
     assert report["ok"] and report["failed"] == 0 and report["synthetic"]
+    assert report["unfinished"] == 0 and report["running"] == {}  # every started task was recorded
     assert json.loads((tmp_path / "smoke" / "report.json").read_text())["tasks"] == json.loads(
         json.dumps(report["tasks"])
     )

@@ -20,13 +20,19 @@ def write(report: dict[str, Any], root: Path, started: float, order: list[str]) 
     position = {task_id: i for i, task_id in enumerate(order)}
     report["tasks"].sort(key=lambda t: position[t["id"]])
     report["wall_s"] = time.perf_counter() - started
-    report["ok"] = all(t["ok"] for t in report["tasks"])
+    report["unfinished"] = len(order) - len(report["tasks"])  # > 0 while running, or in a run cut short
+    report["ok"] = report["unfinished"] == 0 and all(t["ok"] for t in report["tasks"])
     report["failed"] = sum(not t["ok"] for t in report["tasks"])
     report["cpu_s"] = sum(t.get("cpu_s", 0.0) for t in report["tasks"])
     loads = [t["load_avg"] for t in report["tasks"] if t.get("load_avg") is not None]
     report["load_avg"] = [min(loads), max(loads)] if loads else None
     write_json(root / REPORT, jsonable(report))
     write_bytes(root / MARKDOWN, render_markdown(report).encode())
+
+
+def start_line(kind: str, task_id: str) -> str:
+    """Printed when a task starts, so a log cut short names the task that was running."""
+    return f"[start] {kind} ({task_id})"
 
 
 def progress_line(entry: dict[str, Any], done: int, total: int) -> str:

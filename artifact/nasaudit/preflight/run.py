@@ -89,6 +89,7 @@ def run_preflight(
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "folder": str(root),
         "left_out": plan.left_out,  # kind -> why this machine does not run it (a CPU's data variants)
+        "running": {},  # id -> kind of the tasks started and not finished: what a run cut short was doing
         "tasks": [],
     }
     started, order = time.perf_counter(), [item.id for item in items]
@@ -96,6 +97,7 @@ def run_preflight(
 
     def record(item: Item, outcome: dict[str, Any]) -> None:
         results[item.id] = {**_describe(item, notes), **outcome}
+        report["running"].pop(item.id, None)
         report["tasks"].append(results[item.id])
         if echo:
             print(reporting.progress_line(results[item.id], len(results), len(items)), flush=True)
@@ -115,6 +117,10 @@ def run_preflight(
                 elif pool.free:
                     pending.remove(item)
                     pool.start(item)
+                    report["running"][item.id] = item.kind
+                    if echo:
+                        print(reporting.start_line(item.kind, item.id), flush=True)
+                    reporting.write(report, root, started, order)
             if pool.busy:
                 for item, outcome in pool.wait():
                     record(item, outcome)
