@@ -8,10 +8,12 @@ section here and to both TOML files.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -480,8 +482,42 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise NasauditError(f"{Path(path).name}: not valid TOML ({exc})") from None
 
 
-def load_profile(name_or_path: str | Path) -> Profile:
-    """A packaged profile by name (``smoke``, ``paper``) or a TOML file by path."""
+def _override_value(text: str) -> Any:
+    """A ``--set`` value read as TOML (``3``, ``true``, ``[0.1, 0.5]``, ``"x"``), else as a bare string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(table: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``table`` (a profile's TOML) with each ``section.key=value`` set; ``table`` itself is left as is.
+
+    Only the syntax is checked here; whether the key exists and the value has its type is checked when
+    the profile is built, like a value written in the file.
+    """
+    table = copy.deepcopy(table)
+    for override in overrides:
+        path, sep, text = override.partition("=")
+        parts = path.strip().split(".")
+        if not sep or not all(parts):
+            raise NasauditError(f"--set {override!r}: write it as section.key=value (e.g. train.epochs=10)")
+        node = table
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                where = ".".join(parts[: depth + 1])
+                raise NasauditError(f"--set {override!r}: {where} is a value, not a section")
+        node[parts[-1]] = _override_value(text.strip())
+    return table
+
+
+def load_profile(name_or_path: str | Path, overrides: Iterable[str] | None = ()) -> Profile:
+    """A packaged profile by name (``smoke``, ``paper``) or a TOML file by path, with ``--set`` overrides.
+
+    An override changes the profile every job reads, so it enters the identity of every job whose
+    sections it touches (``runs.profile_sections``); the profile keeps its name (and results folder).
+    """
     path = Path(name_or_path)
     if path.suffix != ".toml":
         path = PROFILE_DIR / f"{name_or_path}.toml"
@@ -492,5 +528,8 @@ def load_profile(name_or_path: str | Path) -> Profile:
             )
     if not path.is_file():
         raise NasauditError(f"profile file {path} does not exist")
-    profile = _build(Profile, read_toml(path), "", path.name)
+    table = read_toml(path)
+    profile = _build(Profile, table, "", path.name)
+    if overrides:
+        profile = _build(Profile, apply_overrides(table, overrides), "", "--set")
     return dataclasses.replace(profile, name=path.stem)

@@ -21,7 +21,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         from nasaudit.grid import Layout, load_experiment
         from nasaudit.report.experiment import describe_baselines, experiment_table
 
-        profile = load_profile(args.profile)
+        profile = load_profile(args.profile, args.set)
         result = experiment_table(
             load_experiment(args.name, profile),
             Layout.of(args.results, profile),
@@ -66,7 +66,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from nasaudit.config import load_profile
     from nasaudit.report.html import write_report
 
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, args.set)
     path = write_report(
         profile,
         Path(args.results),
