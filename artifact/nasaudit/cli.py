@@ -61,7 +61,8 @@ def cmd_poison_make(args: argparse.Namespace) -> None:
     from nasaudit.attacks.base import check_budget
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
-    from nasaudit.data.poison import manifest_path, read_manifest
+    from nasaudit.data.poison import read_manifest
+    from nasaudit.npzfile import manifest_path
     from nasaudit.runs import job_lock
 
     if args.attack is None or args.out is None:

@@ -34,7 +34,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from nasaudit.attacks import AttackContext, make_poison_file
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
-    from nasaudit.data.poison import manifest_path
+    from nasaudit.npzfile import manifest_path
     from nasaudit.report.sensitivity import to_markdown
     from nasaudit.runs import job_lock
 
