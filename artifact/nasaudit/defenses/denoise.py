@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import safetensors.torch  # noqa: F401  (diffusers 0.31, the torch 2.0 images' pin, uses it unimported)
 import torch
 from torch import Tensor, nn
 
@@ -33,6 +32,7 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
 from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
+from nasaudit.extras import require
 from nasaudit.progress import bar as progress_bar
 from nasaudit.registry import Registry
 
@@ -51,11 +51,11 @@ def unet_predictor(unet: nn.Module) -> NoisePredictor:
 
 def load_ddpm(source: str, device: torch.device) -> tuple[NoisePredictor, Tensor]:
     """The UNet (on ``device``, eval mode) and ᾱ of a diffusers DDPM given by hub id or folder."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
+    require("safetensors.torch", "the denoise defense")  # diffusers 0.31 (the images' pin) uses it unimported
+    diffusers = require("diffusers", "the denoise defense")
     try:
-        unet = UNet2DModel.from_pretrained(source)
-        scheduler = DDPMScheduler.from_pretrained(source)
+        unet = diffusers.UNet2DModel.from_pretrained(source)
+        scheduler = diffusers.DDPMScheduler.from_pretrained(source)
     except (OSError, ValueError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise NasauditError(
