@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 
 import pytest
 
-from nasaudit.config import PROFILE_DIR, load_profile
+from nasaudit.config import PROFILE_DIR, Profile, load_profile
 from nasaudit.errors import NasauditError
 from nasaudit.runs import profile_sections
 
@@ -139,3 +140,43 @@ def test_the_file_is_checked_before_its_overrides(tmp_path) -> None:
     """An error in the file is named by the file, even when an override would have repaired it."""
     with pytest.raises(NasauditError, match=r"^custom.toml: train.epochs must be int"):
         load_profile(_write(tmp_path, "epochs = 2", 'epochs = "two"'), ["train.epochs=2"])
+
+
+def _choice_settings() -> dict[str, tuple[str, ...]]:
+    """Every ``Literal`` setting of a profile, as ``section.key`` -> its choices."""
+    found: dict[str, tuple[str, ...]] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, hint in typing.get_type_hints(cls).items():
+            if typing.get_origin(hint) is typing.Literal:
+                found[f"{prefix}{name}"] = typing.get_args(hint)
+            elif dataclasses.is_dataclass(hint):
+                walk(hint, f"{prefix}{name}.")
+
+    walk(Profile, "")
+    return found
+
+
+def test_fixed_choices_are_literals_checked_on_load_and_each_has_its_code() -> None:
+    from nasaudit.attacks.gc import MODEL_MODES, OBJECTIVES, UNITS
+    from nasaudit.defenses.denoise import STORES
+    from nasaudit.nas.robot_pool import POOL_OPS
+    from nasaudit.nas.tenas import INITS, RANK_TIES
+    from nasaudit.spaces.darts.genotype import SAMPLINGS
+
+    code = {"random_baseline.sampling": SAMPLINGS, "robot.pool_ops": POOL_OPS,
+            "defenses.denoise.store": STORES, "tenas.init": INITS, "tenas.rank_ties": RANK_TIES,
+            "gc.units": UNITS, "gc.objective": OBJECTIVES, "gc.model_mode": MODEL_MODES}  # fmt: skip
+    settings = _choice_settings()
+    assert set(code) <= set(settings)
+    for key, choices in settings.items():
+        if key in code:
+            assert set(code[key]) == set(choices), key
+        for choice in choices:
+            value: object = load_profile("smoke", [f"{key}={choice}"])
+            for part in key.split("."):
+                value = getattr(value, part)
+            assert value == choice
+        refused = rf"^--set: {key} must be one of: {', '.join(choices)}; got 'x'$"
+        with pytest.raises(NasauditError, match=refused):
+            load_profile("smoke", [f"{key}=x"])

@@ -34,7 +34,6 @@ from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
 from nasaudit.extras import require
 from nasaudit.progress import bar as progress_bar
-from nasaudit.registry import Registry
 
 NoisePredictor = Callable[[Tensor, Tensor], Tensor]
 """``(x_t, timesteps) -> ε̂``: a DDPM's noise prediction for a batch (N×3×H×W in [−1, 1] units)."""
@@ -88,7 +87,7 @@ def denoise_images(
     signal = math.sqrt(float(alphas_cumprod[t]))
     noise_scale = math.sqrt(1.0 - float(alphas_cumprod[t]))
     rng = np.random.default_rng(seed)
-    store = STORES.get(cfg.store)
+    store = STORES[cfg.store]
     out = np.empty(images.shape, dtype=store.dtype)
     starts = range(0, len(images), cfg.batch_size)
     with torch.no_grad():
@@ -117,9 +116,11 @@ class Store:
     convert: Callable[[Tensor], Tensor]
 
 
-STORES: Registry[Store] = Registry("[defenses.denoise] store")
-STORES.register("float32")(Store(np.float32, lambda x0: ((x0 + 1.0) / 2.0).float()))  # as run: unquantised
-STORES.register("uint8")(Store(np.uint8, lambda x0: torch.round((x0 + 1.0) * 127.5).to(torch.uint8)))
+#: [defenses.denoise] store -> how x̂_0 is stored; "float32" is as run (unquantised)
+STORES = {
+    "float32": Store(np.float32, lambda x0: ((x0 + 1.0) / 2.0).float()),
+    "uint8": Store(np.uint8, lambda x0: torch.round((x0 + 1.0) * 127.5).to(torch.uint8)),
+}
 
 
 @DEFENSES.register("denoise", uses=("defenses.denoise",))
@@ -132,7 +133,6 @@ def denoise(
 ) -> DefendedData:
     """Every training image replaced by its one-shot denoised version (``ddpm`` is injectable)."""
     cfg = context.profile.defenses.denoise
-    STORES.get(cfg.store)  # a bad setting fails before the DDPM loads
     predict, alphas_cumprod = ddpm if ddpm is not None else load_ddpm(cfg.model, context.device)
     images = denoise_images(
         data.train.images,
