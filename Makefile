@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= paper
+# SET='section.key=value ...' changes profile values of every nasaudit command below (`--set` each,
+# checked before any work; no spaces inside a value), e.g. make table1 SET='train.epochs=10 grid.retries=0'
+SET ?=
+SET_ARGS = $(foreach s,$(SET),--set '$(s)')
 DATASETS ?= cifar10 cifar100 mnist fashionmnist svhn
 
 # THREADS=N: CPU threads per job for every command below (default: the CPUs a job may use, shared among
@@ -71,11 +75,11 @@ $(addprefix grid-,$(GRID_TABLES)): grid-%: $(STAMP)
 ifeq ($(DOCKER),1)
 	$(MAKE) docker-grid EXPERIMENT=$* PROFILE=$(PROFILE)
 else
-	$(VENV)/bin/nasaudit grid run $* --profile $(PROFILE) --runner $(RUNNER) $(GRID_ARGS)
+	$(VENV)/bin/nasaudit grid run $* --profile $(PROFILE) $(SET_ARGS) --runner $(RUNNER) $(GRID_ARGS)
 endif
 
 define table_recipe
-	$(VENV)/bin/nasaudit table $@ --profile $(PROFILE) --out $(TABLES)
+	$(VENV)/bin/nasaudit table $@ --profile $(PROFILE) $(SET_ARGS) --out $(TABLES)
 	@if [ -f $(EXPECTED)/$@.csv ]; then \
 		$(VENV)/bin/nasaudit compare $@ --ours $(TABLES)/$@.csv --expected $(EXPECTED)/$@.csv; \
 	else \
@@ -83,7 +87,7 @@ define table_recipe
 	fi
 endef
 
-table1: grid-table1  ## grid, table, comparison: PROFILE=paper|smoke RUNNER=local|slurm DOCKER=1 GRID_ARGS=...
+table1: grid-table1  ## grid, table, comparison: PROFILE=paper|smoke RUNNER=local|slurm DOCKER=1 SET=... GRID_ARGS=...
 	$(table_recipe)
 
 table3: grid-table3  ## the same for Table 3 (search on MNIST, FashionMNIST, SVHN; retrain on CIFAR-10)
@@ -105,16 +109,16 @@ table6: grid-table6  ## the same for Table 6 (NAS-specific GC on P-DARTS, search
 ANALYSIS_ARGS ?=
 
 table2: $(STAMP)  ## Table 2: training-free metrics, clean vs poisoned (p = 50%), + comparison; ANALYSIS_ARGS=...
-	$(VENV)/bin/nasaudit sensitivity --profile $(PROFILE) --out results/$(PROFILE)/table2 $(ANALYSIS_ARGS)
+	$(VENV)/bin/nasaudit sensitivity --profile $(PROFILE) $(SET_ARGS) --out results/$(PROFILE)/table2 $(ANALYSIS_ARGS)
 	@if [ -f $(EXPECTED)/$@.csv ] && [ -f results/$(PROFILE)/table2/table2.csv ]; then \
 		$(VENV)/bin/nasaudit compare $@ --ours results/$(PROFILE)/table2/table2.csv --expected $(EXPECTED)/$@.csv; \
 	fi
 
 figures: $(STAMP)  ## Figure 1: cells of the best clean and worst RLF-50% P-DARTS architecture of `make table1`
-	$(VENV)/bin/nasaudit figure cells --grid results --profile $(PROFILE) --out results/$(PROFILE)/figures/figure1
+	$(VENV)/bin/nasaudit figure cells --grid results --profile $(PROFILE) $(SET_ARGS) --out results/$(PROFILE)/figures/figure1
 
 report: $(STAMP)  ## one HTML page, no network: every table vs the paper, plots, provenance (results/PROFILE/report)
-	$(VENV)/bin/nasaudit report --profile $(PROFILE) --results results
+	$(VENV)/bin/nasaudit report --profile $(PROFILE) $(SET_ARGS) --results results
 
 bench: $(STAMP)  ## speed against plain-PyTorch baselines measured in the same run (CPU, and GPU if present)
 	$(PY) -m benchmarks

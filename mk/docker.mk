@@ -30,7 +30,7 @@ docker-grid: $(addprefix docker-grid-,$(DOCKER_ALGOS))  ## EXPERIMENT's grid, ea
 $(addprefix docker-grid-,$(DOCKER_ALGOS)): docker-grid-%: docker-build-%
 	$(if $(EXPERIMENT),,$(error EXPERIMENT is not set, e.g. make docker-grid EXPERIMENT=table1))
 	mkdir -p data results
-	$(DOCKER_RUN) $(DOCKER_IMAGE):$* grid run $(EXPERIMENT) --profile $(PROFILE) --algo $* $(GRID_ARGS)
+	$(DOCKER_RUN) $(DOCKER_IMAGE):$* grid run $(EXPERIMENT) --profile $(PROFILE) $(SET_ARGS) --algo $* $(GRID_ARGS)
 
 docker-lint: $(STAMP)  ## hadolint on the Dockerfile, ruff on docker/
 	$(VENV)/bin/hadolint --no-color Dockerfile

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from nasaudit.config import PROFILE_DIR, apply_overrides, read_toml
 from nasaudit.data.datasets import ImageDataset, Split, load_dataset, make_dataset
 
 torch.set_num_threads(1)
@@ -61,9 +62,26 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def set_toml(text: str, section: str, key: str, value: str) -> str:
-    """Replace ``key = ...`` inside ``[section]`` of a TOML text: a profile changed in one place."""
-    pattern = rf"(^\[{re.escape(section)}\]\n(?:(?!^\[).*\n)*?){key} = .*\n"
-    new, count = re.subn(pattern, rf"\g<1>{key} = {value}\n", text, count=1, flags=re.M)
-    assert count == 1, (section, key)
-    return new
+def _toml(value: object) -> str:
+    """One value as TOML (every table inline), enough for a profile's strings, numbers, lists, tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def profile_file(path: Path, *overrides: str, base: str | Path = "smoke") -> Path:
+    """Write ``base`` (a profile name or file) with ``--set`` style overrides applied to ``path``.
+
+    The overrides go through ``config.apply_overrides``, the function behind ``--set``.
+    """
+    source = Path(base) if Path(base).suffix == ".toml" else PROFILE_DIR / f"{base}.toml"
+    table = apply_overrides(read_toml(source), overrides)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{json.dumps(k)} = {_toml(v)}\n" for k, v in table.items()))
+    return path

@@ -10,6 +10,8 @@ import pytest
 
 from nasaudit.cli import build_parser, main
 
+from conftest import profile_file
+
 
 def _subcommand_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
     for action in parser._actions:
@@ -47,7 +49,33 @@ def test_help_shows_every_default_and_one_profile_default() -> None:
                 assert f"(default: {action.default})" in text or "default" in (action.help or ""), action
             if "--profile" in action.option_strings:
                 profiles.add(action.default)
+                assert "--set" in parser._option_string_actions, parser.prog  # its overrides come with it
     assert profiles == {DEFAULT_PROFILE}
+
+
+def test_set_reaches_the_command_and_a_bad_one_stops_it_first(tmp_path, capsys) -> None:
+    results = tmp_path / "r"
+    argv = ["grid", "status", "table1", "--profile", "smoke", "--results", str(results)]
+    assert main(argv) == 0
+    tasks = re.search(r"table1: 0/(\d+) tasks", capsys.readouterr().out)
+    assert main([*argv, "--set", "table1.trials=1", "--set", "table1.budgets=[0.5]"]) == 0
+    fewer = re.search(r"table1: 0/(\d+) tasks", capsys.readouterr().out)
+    assert tasks and fewer and 0 < int(fewer.group(1)) < int(tasks.group(1))
+    run = [
+        "grid",
+        "run",
+        "table1",
+        "--profile",
+        "smoke",
+        "--results",
+        str(results),
+        "--set",
+        "train.epochs=x",
+    ]
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert err == "nasaudit: error: --set: train.epochs must be int, got str 'x'\n"
+    assert not any(results.rglob("*.json"))  # refused before any work
 
 
 @pytest.mark.parametrize(
@@ -175,14 +203,8 @@ def tenas_profile(tmp_path_factory) -> str:
 
     The smoke search's extra op round costs minutes on 2 CPU cores; op rounds are tested in test_tenas.
     """
-    from nasaudit.config import PROFILE_DIR
-
-    smoke = (PROFILE_DIR / "smoke.toml").read_text()
-    text, replaced = re.subn(r"^(\[tenas\]\nops = )\[.*\]$", r'\1["skip_connect"]', smoke, flags=re.M)
-    assert replaced == 1, "smoke.toml's [tenas] section no longer starts with its ops"
     path = tmp_path_factory.mktemp("profile") / "tenas_one_op.toml"
-    path.write_text(text)
-    return str(path)
+    return str(profile_file(path, 'tenas.ops=["skip_connect"]'))
 
 
 def _tenas_search(out, profile: str, *extra: str) -> dict:

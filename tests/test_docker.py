@@ -355,3 +355,23 @@ def test_make_test_compat_covers_each_distinct_pinned_torch(stages) -> None:
         assert ["python3", "docker/requirements.py", torch_version] == commands[
             commands.index(["python3", "-m", "venv", venv]) + 1
         ][:3]
+
+
+def test_make_set_reaches_every_nasaudit_command_that_reads_the_profile() -> None:
+    """SET='a=1 b=["x"]' becomes one --set per word, quoted for the shell, natively and in the images."""
+    from nasaudit.cli import build_parser
+
+    values = ["train.epochs=1", 'table1.datasets=["cifar10"]']
+    commands = [
+        c
+        for target in (["table1"], ["table1", "DOCKER=1"], ["table2"], ["figures"], ["report"])
+        for c in make_n(*target, "PROFILE=smoke", f"SET={' '.join(values)}")
+        if "--profile" in c
+    ]
+    natives = [c for c in commands if c[0] == ".venv/bin/nasaudit"]
+    assert len(natives) == 6 and len(docker_commands(commands, "run")) == len(ALGOS)
+    for command in commands:
+        start = command.index("--profile")
+        assert command[start : start + 6] == ["--profile", "smoke", "--set", values[0], "--set", values[1]]
+    for command in natives:
+        assert build_parser().parse_args(command[1:]).set == values

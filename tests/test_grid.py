@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from nasaudit.cli import main
-from nasaudit.config import PROFILE_DIR, load_profile
+from nasaudit.config import load_profile
 from nasaudit.errors import NasauditError
 from nasaudit.grid import (
     STAGES,
@@ -43,14 +43,13 @@ from nasaudit.grid.stages import task_state
 from nasaudit.nas import NAS
 from nasaudit.runs import job_lock
 
-from conftest import set_toml
+from conftest import profile_file
 
 ATTACKS = ["gaussian", "rlf"]
 
 
 def write_profile(folder: Path, name: str = "quick", **table1: str) -> Path:
     """smoke.toml with 0 retraining epochs, a 4-channel 3-cell network and a small table1 grid."""
-    text = (PROFILE_DIR / "smoke.toml").read_text()
     values = {
         ("train", "epochs"): "0",
         ("darts_net", "channels"): "4",
@@ -70,11 +69,7 @@ def write_profile(folder: Path, name: str = "quick", **table1: str) -> Path:
         ("table1", "trials"): "3",
     }
     values.update({("table1", k): v for k, v in table1.items()})
-    for (section, key), value in values.items():
-        text = set_toml(text, section, key, value)
-    path = folder / f"{name}.toml"
-    path.write_text(text)
-    return path
+    return profile_file(folder / f"{name}.toml", *(f"{s}.{k}={v}" for (s, k), v in values.items()))
 
 
 class FixedArchitecture:
@@ -476,7 +471,7 @@ def test_table_from_results_has_the_cells_and_marks(tmp_path, registered, capsys
     assert cell.loc[("rlf", 0.5), "significant"] and table["significant"].sum() == 1
     final = tmp_path / "final" / path.name  # the same profile name: the same results folder
     final.parent.mkdir()
-    final.write_text(set_toml(path.read_text(), "results", "accuracy", '"final"'))
+    profile_file(final, "results.accuracy=final", base=path)
     assert main([*args[:2], "--profile", str(final), *args[4:]]) == 0
     assert "ΔImp. baseline tiny/fixed: 90.05%" in capsys.readouterr().out
     cell = pd.read_csv(out / "table1.csv").set_index(["attack", "budget"])
@@ -515,7 +510,7 @@ def test_local_runner_refuses_a_gpu_profile_on_a_cpu(tmp_path, registered, capsy
 
     monkeypatch.setattr(runners, "visible_gpus", lambda: [])
     path = write_profile(tmp_path)
-    path.write_text(set_toml(path.read_text(), "grid", "require_gpu", "true"))
+    profile_file(path, "grid.require_gpu=true", base=path)
     assert main(["grid", "run", "table1", "--profile", str(path), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "GPU-hours (estimate)" in err
@@ -527,7 +522,7 @@ def test_train_subset_is_the_data_of_every_stage(tmp_path, registered) -> None:
     from nasaudit.grid.stages import execute, grid_dataset
 
     path = write_profile(tmp_path)
-    path.write_text(set_toml(path.read_text(), "grid", "train_subset", "20"))
+    profile_file(path, "grid.train_subset=20", base=path)
     profile = load_profile(path)
     spec = RunSpec(profile, tmp_path / "r", None, "cpu")
     data = grid_dataset("tiny", spec.env())
@@ -602,12 +597,9 @@ def seeing(monkeypatch, registered, tiny_dataset):  # type: ignore[no-untyped-de
 def _profile_with(tmp_path: Path, section: str, **values: str) -> Path:
     """The test profile with ``values`` set in ``section`` (and the algorithm ``seeing`` on ``tiny``)."""
     path = write_profile(tmp_path)
-    text = path.read_text()
     values = {"datasets": '["tiny"]', "algorithms": '["seeing"]', **values}
-    for key, value in values.items():
-        text = set_toml(text, section, key, value)
-    path.write_text(set_toml(text, "surrogate", "epochs", "1"))
-    return path
+    overrides = [f"{section}.{k}={v}" for k, v in values.items()]
+    return profile_file(path, *overrides, "surrogate.epochs=1", base=path)
 
 
 def _run(path: Path, name: str, results: Path) -> Grid:

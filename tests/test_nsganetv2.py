@@ -12,6 +12,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import nasaudit.nas.nsganetv2 as nsga
+import nasaudit.nas.nsganetv2_ga as ga
 import nasaudit.spaces.mbv3.shrink as shrink
 from nasaudit.config import load_profile
 from nasaudit.data.datasets import Split
@@ -28,6 +29,7 @@ from nasaudit.spaces.mbv3 import (
     initial_archs,
     load_supernet,
     random_arch,
+    upper_bounds,
 )
 
 PROFILE = load_profile("smoke")
@@ -131,47 +133,45 @@ def _dominates(a, b) -> bool:
 def test_nsga2_returns_a_population_whose_front_is_non_dominated() -> None:
     flops = FlopsCounter(channel_plan(0.25), 10)
     initial = np.stack([encode(a, RES) for a in initial_archs(4, np.random.default_rng(0), RES)])
-    upper = nsga.upper_bounds(RES)
+    upper = upper_bounds(RES)
 
     def predict(codes):  # bigger networks predicted more accurate: a real trade-off with FLOPs
         return 100.0 - 10.0 * (codes / np.maximum(upper, 1)).sum(1)
 
-    X, F = nsga.run_nsga2(predict, flops, RES, initial, CFG, seed=0)
+    X, F = ga.run_nsga2(predict, flops, RES, initial, CFG, seed=0)
     assert X.shape == (CFG.pop_size, 46) and F.shape == (CFG.pop_size, 2)
     assert np.all((X >= 0) & (upper >= X))
     codes = np.stack([encode(decode(x, RES), RES) for x in X])
     assert np.allclose(F[:, 0], predict(codes))
     assert np.allclose(F[:, 1], [flops(decode(x, RES)) / 1e6 for x in X])
-    front = nsga.non_dominated(F)
+    front = ga.non_dominated(F)
     assert all(not _dominates(F[i], F[j]) for i in front for j in front)
     assert all(any(_dominates(F[i], F[j]) for i in front) for j in set(range(len(F))) - set(front))
-    again = nsga.run_nsga2(predict, flops, RES, initial, CFG, seed=0)
+    again = ga.run_nsga2(predict, flops, RES, initial, CFG, seed=0)
     assert np.array_equal(again[0], X)
 
 
 def test_candidates_fill_the_gaps_of_the_front() -> None:
     cfg = dataclasses.replace(CFG, subset_pop_size=20, subset_generations=20)
-    chosen = nsga.spread_subset(np.array([1.0, 9.0, 5.0, 5.2, 2.0]), np.array([0.0, 10.0]), 1, cfg, seed=0)
+    chosen = ga.spread_subset(np.array([1.0, 9.0, 5.0, 5.2, 2.0]), np.array([0.0, 10.0]), 1, cfg, seed=0)
     assert chosen.tolist() == [2]
-    chosen = nsga.spread_subset(
-        np.array([1.0, 9.0, 5.0, 5.2, 2.0, 7.5]), np.array([0.0, 10.0]), 3, cfg, seed=0
-    )
+    chosen = ga.spread_subset(np.array([1.0, 9.0, 5.0, 5.2, 2.0, 7.5]), np.array([0.0, 10.0]), 3, cfg, seed=0)
     assert chosen.tolist() == [2, 4, 5]
-    assert nsga.spread_subset(np.array([3.0]), np.array([0.0]), 2, cfg, seed=0).tolist() == [0]
+    assert ga.spread_subset(np.array([3.0]), np.array([0.0]), 2, cfg, seed=0).tolist() == [0]
 
 
 def test_final_selection_keeps_the_most_accurate_and_high_tradeoff_points() -> None:
     # a front with a clear knee at (2, 2), plus dominated points
     errors = np.array([0.0, 1.0, 2.0, 6.0, 10.0, 5.0, 9.0])
     flops = np.array([10.0, 6.0, 2.0, 1.0, 0.0, 9.0, 9.0])
-    mu = nsga.tradeoff(np.column_stack([errors[:5], flops[:5]]))
+    mu = ga.tradeoff(np.column_stack([errors[:5], flops[:5]]))
     assert int(np.argmax(mu)) == 2
-    final = nsga.select_final(errors, flops, n_tradeoff=3, pick_rank=3)
+    final = ga.select_final(errors, flops, n_tradeoff=3, pick_rank=3)
     assert sorted(final["front"]) == [0, 1, 2, 3, 4] and final["front"][0] == 0
     assert final["selected"][0] == 0 and len(final["selected"]) == 4 and 2 in final["selected"]
     assert list(flops[final["selected"]]) == sorted(flops[final["selected"]], reverse=True)
     assert final["pick"] == final["selected"][2]
-    assert nsga.select_final(errors[:2], flops[:2], 3, 3)["pick"] == 1  # fewer than 3 selected: the last
+    assert ga.select_final(errors[:2], flops[:2], 3, 3)["pick"] == 1  # fewer than 3 selected: the last
 
 
 # --- the search job --------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from torch import nn
 from nasaudit.attacks import ATTACKS
 from nasaudit.attacks.nas_gc import NAS_TARGETS
 from nasaudit.cli import main
-from nasaudit.config import PROFILE_DIR, load_profile
+from nasaudit.config import load_profile
 from nasaudit.defenses import DEFENSES
 from nasaudit.grid.jobs import Task
 from nasaudit.grid.plan import (
@@ -29,7 +29,7 @@ from nasaudit.grid.plan import (
 from nasaudit.nas import NAS
 from nasaudit.victim import JOB_VICTIMS
 
-from conftest import set_toml
+from conftest import profile_file
 
 PAPER = load_profile("paper")
 FORWARD = 1e-3  # seconds per image of a forward pass under ImageCounter
@@ -137,7 +137,6 @@ def test_timer_measures_a_network_once_on_one_cpu_thread() -> None:
 
 def tiny_profile(folder: Path) -> Path:
     """smoke.toml with every registered algorithm and attack in Table 1 and every defense in Table 4."""
-    text = (PROFILE_DIR / "smoke.toml").read_text()
     values = {
         ("darts_net", "channels"): "4",
         ("darts_net", "layers"): "3",
@@ -151,11 +150,7 @@ def tiny_profile(folder: Path) -> Path:
         ("table4", "conditions"): json.dumps([f"{name}:gaussian" for name in DEFENSES]),
         ("table4", "trials"): "1",
     }
-    for (section, key), value in values.items():
-        text = set_toml(text, section, key, value)
-    path = folder / "tiny.toml"
-    path.write_text(text)
-    return path
+    return profile_file(folder / "tiny.toml", *(f"{s}.{k}={v}" for (s, k), v in values.items()))
 
 
 def test_plan_estimates_every_stage_of_a_grid_of_everything(tmp_path, capsys) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from nasaudit.config import PROFILE_DIR, load_profile
+from nasaudit.config import load_profile
 from nasaudit.data.datasets import Split, make_dataset
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
@@ -25,7 +25,7 @@ from nasaudit.spaces.mbv3 import MBV3SuperNet, channel_plan
 from nasaudit.spaces.mbv3.shrink import train_supernet
 from nasaudit.train import train_model
 
-from conftest import set_toml
+from conftest import profile_file
 
 SMOKE = load_profile("smoke")
 CPU = torch.device("cpu")
@@ -106,7 +106,6 @@ def test_supernet_shrinking_runs_in_its_precision(precision: str, tmp_path) -> N
 
 
 def test_an_unknown_precision_is_one_line_naming_the_file(tmp_path) -> None:
-    text = set_toml((PROFILE_DIR / "smoke.toml").read_text(), "train", "epochs", '1\nprecision = "fp16"')
-    (tmp_path / "p.toml").write_text(text)
+    profile_file(tmp_path / "p.toml", "train.precision=fp16")
     with pytest.raises(NasauditError, match=r"p\.toml: \[train\] precision 'fp16' is not one of: fp32, bf16"):
         load_profile(tmp_path / "p.toml")

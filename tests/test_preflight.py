@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nasaudit.cli import main
-from nasaudit.config import PROFILE_DIR, load_profile
+from nasaudit.config import load_profile
 from nasaudit.errors import NasauditError
 from nasaudit.grid.jobs import EXPERIMENTS, STAGE_ORDER, JobKey, Layout, build_grid, load_experiment
 from nasaudit.preflight.bounds import bounded_profile
@@ -20,7 +20,7 @@ from nasaudit.preflight.kinds import kind_of, plan_items
 from nasaudit.preflight.run import run_preflight
 from nasaudit.preflight.synthetic import MARKER, mark, synthetic_dataset
 
-from conftest import set_toml
+from conftest import profile_file
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
 
@@ -212,9 +212,7 @@ def test_a_smoke_preflight_runs_its_tasks_and_reports_them(tmp_path: Path) -> No
 
 
 def test_a_failing_task_is_one_line_its_dependents_do_not_run_and_the_rest_runs(tmp_path, capsys) -> None:
-    text = set_toml((PROFILE_DIR / "smoke.toml").read_text(), "robot", "pool_ops", '"bogus"')
-    profile = tmp_path / "broken.toml"
-    profile.write_text(text)
+    profile = profile_file(tmp_path / "broken.toml", "robot.acquisition_seeds=bogus")  # checked by RoBoT
     out = tmp_path / "out"
     argv = ["preflight", "--profile", str(profile), "--device", "cpu", "--out", str(out)]
     assert main([*argv, "--only", "search/random/", "victim/darts_network"]) == 1
@@ -301,7 +299,8 @@ def test_nsganetv2s_surrogates_take_the_seeds_a_grid_job_gives_them() -> None:
 def test_the_bounded_nsganetv2_archive_is_enough_for_a_surrogate(name: str) -> None:
     """Found by the preflight: four initial architectures left the paper's RBF (d + 2 points) nothing
     to fit on, failing the search at its first iteration."""
-    from nasaudit.nas.nsganetv2 import N_VARS, select_surrogate
+    from nasaudit.nas.nsganetv2 import select_surrogate
+    from nasaudit.spaces.mbv3 import N_VARS
 
     bounded, _ = bounded_profile(load_profile(name), CPU)
     cfg = bounded.nsganetv2

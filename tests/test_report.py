@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from nasaudit.cli import main
-from nasaudit.config import PROFILE_DIR, load_profile
+from nasaudit.config import load_profile
 from nasaudit.grid import Layout, RunnerOptions, RunSpec, build_grid, load_experiment, run_grid
 from nasaudit.grid.jobs import JobKey
 from nasaudit.grid.stages import task_state
@@ -25,7 +25,7 @@ from nasaudit.report.published import PUBLISHED_DIR
 from nasaudit.spaces.darts import load
 from test_grid import registered, write_profile  # noqa: F401  (a fixture and a helper)
 
-from conftest import set_toml
+from conftest import profile_file
 
 TABLES = ("table1", "table2", "table3", "table4", "table5", "table6")
 KEYS = ("dataset", "search_dataset", "defense", "algorithm", "metric", "attack", "budget")
@@ -340,9 +340,8 @@ TABLE6 = {("none", 0.0): (97.18, 97.20), ("nas_gc", 0.01): (96.98, 97.00), ("nas
     [({}, "agrees"), ({("nas_gc", 0.1): None}, "incomplete"), ({("nas_gc", 0.1): (98.0, 98.2)}, "differs")],
 )
 def test_a_table_agrees_only_when_every_published_cell_does(tmp_path, change, verdict) -> None:
-    text = set_toml((PROFILE_DIR / "smoke.toml").read_text(), "table6", "datasets", '["cifar10"]')
-    path = tmp_path / "cifar.toml"
-    path.write_text(set_toml(text, "table6", "budgets", "[0.01, 0.1, 0.5]"))
+    cifar = ['table6.datasets=["cifar10"]', "table6.budgets=[0.01, 0.1, 0.5]"]
+    path = profile_file(tmp_path / "cifar.toml", *cifar)
     profile = load_profile(path)
     layout = Layout.of(tmp_path, profile)
     trials = {**TABLE6, **change}

@@ -91,8 +91,6 @@ def test_pool_ops_as_run_never_samples_dil_conv_5x5_and_full_does() -> None:
     assert "dil_conv_5x5" in _ops(full) and "none" not in _ops(full)
     assert as_run == sample_pool(60, 0, "as_run") and as_run != sample_pool(60, 1, "as_run")
     assert sample_pool(20, 0, "as_run") == as_run[:20]  # one stream of draws
-    with pytest.raises(NasauditError, match="unknown RoBoT pool_ops setting 'some'"):
-        sample_pool(3, 0, "some")
 
 
 def test_duplicate_draws_collapse_in_first_seen_order(monkeypatch) -> None:
@@ -411,7 +409,6 @@ def test_registered_and_bad_settings_are_one_line_errors(tiny_dataset: ImageData
     assert NAS.get("robot").space == "darts"
     check_config(TINY, tiny_dataset)
     for change, message in [
-        ({"pool_ops": "most"}, "unknown RoBoT pool_ops setting 'most'"),
         ({"proxies": ["snip", "snap"]}, "unknown proxy 'snap'"),
         ({"proxies": ["snip", "snip"]}, "distinct proxy names"),
         ({"bo_init": 0}, r"\[robot\] bo_init must be ≥ 1"),

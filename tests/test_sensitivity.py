@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 
 import numpy as np
 import pandas as pd
@@ -15,10 +14,12 @@ import torch
 from nasaudit.analysis import sensitivity
 from nasaudit.analysis.sensitivity import GROUPS, _crops, metric_groups, run_sensitivity
 from nasaudit.attacks import AttackContext, run_attack
-from nasaudit.config import PROFILE_DIR, load_profile
+from nasaudit.config import load_profile
 from nasaudit.data.poison import save_poison
 from nasaudit.errors import NasauditError
 from nasaudit.report.sensitivity import CSV_COLUMNS, summarise, to_markdown
+
+from conftest import profile_file
 
 CPU = torch.device("cpu")
 
@@ -153,14 +154,8 @@ def test_unknown_metric_and_bad_sizes_are_one_line(cfg, tiny_dataset, poisons, t
 def test_cli_writes_table2_and_rejects_a_bad_shard(tmp_path) -> None:
     from nasaudit.cli import main
 
-    text = (PROFILE_DIR / "smoke.toml").read_text()
-    section = text.index("[sensitivity]")
-    head, tail = text[:section], text[section:]
-    tail = re.sub(r"(?m)^architectures = .*$", "architectures = 1", tail, count=1)
-    tail = re.sub(r"(?m)^metrics = .*$", 'metrics = ["linear_regions", "snip"]', tail, count=1)
-    tail = re.sub(r"(?m)^attacks = .*$", 'attacks = ["rlf"]', tail, count=1)
-    path = tmp_path / "tiny.toml"
-    path.write_text(head + tail)
+    overrides = ["sensitivity.architectures=1", 'sensitivity.metrics=["linear_regions", "snip"]']
+    path = profile_file(tmp_path / "tiny.toml", *overrides, 'sensitivity.attacks=["rlf"]')
     out = tmp_path / "t2"
     argv = [
         "sensitivity",

@@ -61,7 +61,8 @@ def cmd_poison_make(args: argparse.Namespace) -> None:
     from nasaudit.attacks.base import check_budget
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
-    from nasaudit.data.poison import manifest_path, read_manifest
+    from nasaudit.data.poison import read_manifest
+    from nasaudit.npzfile import manifest_path
     from nasaudit.runs import job_lock
 
     if args.attack is None or args.out is None:
@@ -71,7 +72,7 @@ def cmd_poison_make(args: argparse.Namespace) -> None:
     output(out.with_suffix(".npz"), folder=False)
     output(manifest_path(out), folder=False)
     context = AttackContext(
-        profile=load_profile(args.profile),
+        profile=load_profile(args.profile, args.set),
         device=device(args.device),
         cache_dir=output(args.cache, folder=True),
         victim=None if args.victim is None else Path(args.victim),
@@ -140,7 +141,7 @@ def cmd_arch_info(args: argparse.Namespace) -> None:
     from nasaudit.spaces.darts import arch_info
 
     DATASETS.get(args.dataset)
-    net = load_profile(args.profile).darts_net
+    net = load_profile(args.profile, args.set).darts_net
     _, genotype = load_architecture(args.arch)
     num_classes = 100 if args.dataset == "cifar100" else 10  # every other registered dataset has 10
     _print_json(arch_info(genotype, args.channels or net.channels, args.layers or net.layers, num_classes))
@@ -168,7 +169,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 
     NAS.get(args.algo)
     out = output(args.out, folder=True)
-    profile, where = load_profile(args.profile), device(args.device)  # checked before any data is read
+    profile = load_profile(args.profile, args.set)  # checked before any data is read
+    where = device(args.device)
     data, provenance = _search_data(args)
     clean = None  # the search data is clean itself
     if args.poison is not None or args.defense is not None:
@@ -190,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from nasaudit.train import RESULT, reported_accuracy
 
     out = output(args.out, folder=True)
-    profile, dev = load_profile(args.profile), device(args.device)
+    profile, dev = load_profile(args.profile, args.set), device(args.device)
     space, arch = load_architecture(args.arch)
     dataset = load_dataset(args.dataset, args.root)
     with job_lock(out / RESULT):
@@ -221,7 +223,7 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
     from nasaudit.train import RESULT, reported_accuracy
 
     out = output(args.out, folder=True)
-    profile, dev = load_profile(args.profile), device(args.device)
+    profile, dev = load_profile(args.profile, args.set), device(args.device)
     n = args.n if args.n is not None else profile.random_baseline.n
     sampler = NAS.get(RANDOM_SAMPLERS[args.space])
     if sampler.space == "darts":
@@ -258,7 +260,7 @@ def cmd_victim(args: argparse.Namespace) -> None:
     from nasaudit.victim import make_victim_file
 
     out = output(args.out, folder=False)
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, args.set)
     net = profile.darts_net
     channels, layers = args.channels or net.channels, args.layers or net.layers
     with job_lock(out):

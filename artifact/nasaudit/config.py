@@ -3,18 +3,21 @@
 ``paper.toml`` holds the paper's values (each with a comment citing its source); ``smoke.toml``
 shrinks them so the whole pipeline runs in minutes on two CPU cores. Code reads a ``Profile`` and
 never branches on a profile's name. Each section is a dataclass below; a later capability adds its
-section here and to both TOML files.
+section here and to both TOML files. A setting with a fixed set of choices (as run vs as printed) is
+a ``Literal`` checked here on load; a registry is only where users add plugins (``nasaudit.registry``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nasaudit.errors import NasauditError
 from nasaudit.precision import check_precision
@@ -83,11 +86,11 @@ class RandomBaselineConfig:
     """Random architectures of a space, retrained: the reference for ΔImp.
 
     In the DARTS space trial k retrains the k-th of ``genotypes`` (published architectures by name)
-    when it lists any, else a genotype drawn by ``sampling`` (a name in ``SAMPLINGS``).
+    when it lists any, else a genotype drawn by ``sampling``.
     """
 
     n: int
-    sampling: str  # DARTS space: "as_run" (each edge's input drawn independently) or "distinct"
+    sampling: Literal["as_run", "distinct"]  # DARTS space: as_run: each edge's input drawn independently
     genotypes: list[str]  # DARTS space: published genotypes retrained instead of drawing; [] draws
 
 
@@ -96,7 +99,7 @@ class RobotConfig:
     """RoBoT (SPEC §6): a proxy-scored random pool, BO over the proxy weights, then a greedy phase."""
 
     pool_size: int  # random genotypes drawn; duplicates collapse
-    pool_ops: str  # "as_run" (column 0 read as 'none': dil_conv_5x5 never drawn) or "full"
+    pool_ops: Literal["as_run", "full"]  # as_run: column 0 read as 'none' (dil_conv_5x5 never drawn)
     pool_chunk: int  # architectures scored per saved chunk (resumability only)
     pool_stack: int  # architectures run as one stacked network (speed vs memory); divides pool_chunk
     proxies: list[str]  # names in nasaudit.proxies.PROXIES
@@ -137,7 +140,7 @@ class DenoiseConfig:
     model: str  # diffusers UNet2DModel + DDPMScheduler: a hub id or a local folder
     sigma: float  # smoothing noise in [0, 1] pixel units (2σ in the DDPM's [-1, 1] units)
     add_noise: bool  # add N(0, (2σ)²) before denoising (denoised smoothing); false: the image is x_t
-    store: str  # denoised images stored as "float32" in [0, 1] (as the authors did) or "uint8" levels
+    store: Literal["float32", "uint8"]  # denoised images: float32 in [0, 1] (as the authors did) or levels
     batch_size: int
 
 
@@ -351,8 +354,9 @@ class TenasConfig:
     repeats: int  # Δκ and ΔR are each averaged over this many batches
     prune_number: int  # ops removed from each multi-op edge per round (never its last one)
     precision: int  # Δκ, ΔR rounded to this many decimals; ranks compare this many significant figures
-    init: str  # "default" (PyTorch's init, as run) or "kaiming" (re-drawn before every repeat)
-    rank_ties: str  # "as_run" (prune_tenas.py: a new rank whenever unrounded means differ) or "rounded"
+    init: Literal["default", "kaiming"]  # PyTorch's init (as run), or Kaiming re-drawn before every repeat
+    # as_run (prune_tenas.py): a new rank whenever unrounded means differ; rounded: ties at ``precision``
+    rank_ties: Literal["as_run", "rounded"]
     edge_reference: str  # "as_run" (one κ reference net of all 14 edges for the edge stage) or "pruned"
     lr_input_size: int  # linear regions: side of the one-channel crops fed to the stem-less net
     lr_batch_size: int  # crops per train-mode forward
@@ -370,9 +374,10 @@ class GCConfig:
     steps: int  # S: Adam steps on the perturbations
     lr: float  # Adam learning rate, in the units of ``units``
     epsilon_255: int  # ℓ∞ bound of a perturbation, in 1/255 pixel units
-    units: str  # Δ is optimised in "normalised" input units (as run) or in [0, 1] "pixel" units
-    objective: str  # "per_batch": Σ_b ‖(1−p)·g_clean + p·g_b‖² (as run); "joint": ½‖(1−p)·g_clean + p·g_adv‖²
-    model_mode: str  # "train": BN on each batch's statistics (as run); "eval": on running statistics
+    units: Literal["normalised", "pixel"]  # Δ optimised in normalised input units (as run) or [0, 1] pixels
+    # per_batch: Σ_b ‖(1−p)·g_clean + p·g_b‖² (as run); joint: ½‖(1−p)·g_clean + p·g_adv‖²
+    objective: Literal["per_batch", "joint"]
+    model_mode: Literal["train", "eval"]  # BN on each batch's statistics (as run), or on running ones
     poison_batch_size: int  # poisons per batch, a fixed seeded partition: one BN batch, one per-batch term
     gradpc_lr: float  # length of each L2-normalised gradient-ascent step
     gradpc_radius: (
@@ -418,6 +423,12 @@ class Profile:
 def _check(value: Any, hint: Any, key: str, source: str) -> Any:
     """Convert one TOML value to ``hint``; the error names the key and the file."""
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices or type(value) is not type(choices[0]):
+            names = ", ".join(map(str, choices))
+            raise NasauditError(f"{source}: {key} must be one of: {names}; got {value!r}")
+        return value
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise NasauditError(f"{source}: [{key}] must be a table")
@@ -480,8 +491,42 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise NasauditError(f"{Path(path).name}: not valid TOML ({exc})") from None
 
 
-def load_profile(name_or_path: str | Path) -> Profile:
-    """A packaged profile by name (``smoke``, ``paper``) or a TOML file by path."""
+def _override_value(text: str) -> Any:
+    """A ``--set`` value read as TOML (``3``, ``true``, ``[0.1, 0.5]``, ``"x"``), else as a bare string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(table: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``table`` (a profile's TOML) with each ``section.key=value`` set; ``table`` itself is left as is.
+
+    Only the syntax is checked here; whether the key exists and the value has its type is checked when
+    the profile is built, like a value written in the file.
+    """
+    table = copy.deepcopy(table)
+    for override in overrides:
+        path, sep, text = override.partition("=")
+        parts = path.strip().split(".")
+        if not sep or not all(parts):
+            raise NasauditError(f"--set {override!r}: write it as section.key=value (e.g. train.epochs=10)")
+        node = table
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                where = ".".join(parts[: depth + 1])
+                raise NasauditError(f"--set {override!r}: {where} is a value, not a section")
+        node[parts[-1]] = _override_value(text.strip())
+    return table
+
+
+def load_profile(name_or_path: str | Path, overrides: Iterable[str] | None = ()) -> Profile:
+    """A packaged profile by name (``smoke``, ``paper``) or a TOML file by path, with ``--set`` overrides.
+
+    An override changes the profile every job reads, so it enters the identity of every job whose
+    sections it touches (``runs.profile_sections``); the profile keeps its name (and results folder).
+    """
     path = Path(name_or_path)
     if path.suffix != ".toml":
         path = PROFILE_DIR / f"{name_or_path}.toml"
@@ -492,5 +537,8 @@ def load_profile(name_or_path: str | Path) -> Profile:
             )
     if not path.is_file():
         raise NasauditError(f"profile file {path} does not exist")
-    profile = _build(Profile, read_toml(path), "", path.name)
+    table = read_toml(path)
+    profile = _build(Profile, table, "", path.name)
+    if overrides:
+        profile = _build(Profile, apply_overrides(table, overrides), "", "--set")
     return dataclasses.replace(profile, name=path.stem)

@@ -1,9 +1,9 @@
 """The options the commands share, parsed and checked before any work starts.
 
-Every command takes ``--profile`` with one default (``DEFAULT_PROFILE``), seeds in one range, devices
-checked against the machine, outputs checked for writability, and prints ``--help`` with every
-default and the registered names an option accepts. A usage error is one line on stderr, like every
-other error of the CLI, not argparse's usage block.
+Every command takes ``--profile`` with one default (``DEFAULT_PROFILE``) and its ``--set`` overrides,
+seeds in one range, devices checked against the machine, outputs checked for writability, and prints
+``--help`` with every default and the registered names an option accepts. A usage error is one line
+on stderr, like every other error of the CLI, not argparse's usage block.
 """
 
 from __future__ import annotations
@@ -95,9 +95,19 @@ def positive(text: str) -> int:
     return value
 
 
-def add_profile(p: argparse.ArgumentParser, what: str = "sizes and hyperparameters") -> None:
+def add_profile(
+    p: argparse.ArgumentParser, what: str = "sizes and hyperparameters", default: str = DEFAULT_PROFILE
+) -> None:
+    """``--profile`` and its ``--set`` overrides (``config.load_profile(args.profile, args.set)``)."""
     p.add_argument(
-        "--profile", default=DEFAULT_PROFILE, help=f"{what}: a profile name (smoke, paper) or a .toml path"
+        "--profile", default=default, help=f"{what}: a profile name (smoke, paper) or a .toml path"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="change one profile value (a TOML value, or a bare string), e.g. --set train.epochs=10; "
+        "repeatable; checked like the file's values before any work starts",
     )
 
 

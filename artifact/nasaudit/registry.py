@@ -1,7 +1,11 @@
-"""Name → object registries, so the CLI, the grid and the tests enumerate what exists.
+"""Name → object registries for what users choose among and extend: plugins.
 
-Adding a NAS algorithm, an attack, a proxy or a dataset is one module with one ``@REG.register``
-line; nothing else branches on names.
+NAS algorithms, attacks, defenses, proxies, datasets, experiments, runners, published genotypes,
+DARTS operations and the like are registries: the CLI, the grid and the tests enumerate them, and
+adding one is one module with one ``@REG.register`` line. A setting with a
+fixed set of choices (as run vs as printed: TE-NAS ``init``, RoBoT ``pool_ops``, GC ``units``, ...)
+is not a registry but a ``Literal`` value of the profile, checked when it loads (``nasaudit.config``),
+with a plain dict from each choice to its code beside that code.
 """
 
 from __future__ import annotations

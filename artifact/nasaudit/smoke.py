@@ -25,6 +25,7 @@ from nasaudit.config import Profile, load_profile
 from nasaudit.data.datasets import ImageDataset, load_dataset
 from nasaudit.errors import NasauditError
 from nasaudit.io import sha256_arrays, write_json
+from nasaudit.options import add_profile
 
 DATASET = "digits"
 SEED = 0
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/smoke"))
     parser.add_argument("--expected", type=Path, default=Path("expected_results/smoke/summary.json"))
-    parser.add_argument("--profile", default="smoke")
+    add_profile(parser, default="smoke")
     parser.add_argument("--bless", action="store_true", help="write this run's outputs as the expected ones")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per job (default: automatic)")
     args = parser.parse_args(argv)
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(SEED)
     np.random.seed(SEED)
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, args.set)
     run = SmokeRun(
         profile, load_dataset(DATASET).first(profile.grid.train_subset), args.out, torch.device("cpu"), {}
     )

@@ -25,11 +25,11 @@ import pytest
 from localslurm import MAIN_PARTITION, SHORT_PARTITION, LocalSlurm, Refusal
 
 import nasaudit
-from nasaudit.config import PROFILE_DIR, load_profile
+from nasaudit.config import load_profile
 from nasaudit.grid import STAGES, Layout, build_grid, load_experiment
 from nasaudit.grid.stages import task_state
 
-from conftest import set_toml
+from conftest import profile_file
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -65,7 +65,6 @@ def cluster() -> Iterator[LocalSlurm]:
 
 def write_profile(folder: Path, **values: str) -> Path:
     """smoke.toml's Table 1 cut to P-DARTS × Gaussian noise, no retries, this cluster's resources."""
-    text = (PROFILE_DIR / "smoke.toml").read_text()
     settings = {
         ("table1", "algorithms"): '["pdarts"]',
         ("table1", "attacks"): '["gaussian"]',
@@ -76,12 +75,7 @@ def write_profile(folder: Path, **values: str) -> Path:
         **{("grid.slurm", k): json.dumps(v) for k, v in RESOURCES.items()},
     }
     settings.update({tuple(k.split(":")): v for k, v in values.items()})
-    for (section, key), value in settings.items():
-        text = set_toml(text, section, key, value)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{PROFILE}.toml"
-    path.write_text(text)
-    return path
+    return profile_file(folder / f"{PROFILE}.toml", *(f"{s}.{k}={v}" for (s, k), v in settings.items()))
 
 
 def driver(cluster: LocalSlurm, profile: Path, results: Path, *args: str) -> subprocess.Popen:

@@ -34,13 +34,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from nasaudit.attacks import AttackContext, make_poison_file
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
-    from nasaudit.data.poison import manifest_path
+    from nasaudit.npzfile import manifest_path
     from nasaudit.report.sensitivity import to_markdown
     from nasaudit.runs import job_lock
 
     shard = _shard(args.shard)
     out, cache = output(args.out, folder=True), output(args.cache, folder=True)
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, args.set)
     cfg, dev = profile.sensitivity, device(args.device)
     dataset = load_dataset(args.dataset or profile.experiment.datasets[0], args.root)
     if args.poison:
@@ -91,7 +91,8 @@ def cmd_defend(args: argparse.Namespace) -> int:
     out = Path(args.out)
     output(out.with_suffix(".npz"), folder=False)
     output(out.with_suffix(".json"), folder=False)
-    profile, dev, cache = load_profile(args.profile), device(args.device), output(args.cache, folder=True)
+    profile, dev = load_profile(args.profile, args.set), device(args.device)
+    cache = output(args.cache, folder=True)
     data, provenance = _search_data(args)
     context = DefenseContext(profile, dev, cache, source=provenance)
     poisoned = None
@@ -128,7 +129,7 @@ def cmd_figure_cells(args: argparse.Namespace) -> int:
         raise NasauditError(f"give one --label per --arch ({len(args.arch or [])}), or none")
     architectures = []
     if args.grid is not None:
-        architectures = figure1_architectures(Path(args.grid), load_profile(args.profile))
+        architectures = figure1_architectures(Path(args.grid), load_profile(args.profile, args.set))
     for i, name in enumerate(args.arch or []):
         space, arch = load_architecture(name)
         if not isinstance(arch, Genotype):

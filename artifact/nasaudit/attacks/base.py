@@ -12,9 +12,10 @@ import torch
 
 from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset
-from nasaudit.data.poison import Poison, manifest_path, npz_path, save_poison
+from nasaudit.data.poison import Poison, save_poison
 from nasaudit.errors import NasauditError
 from nasaudit.io import sha256_file
+from nasaudit.npzfile import manifest_path, npz_path
 from nasaudit.registry import Registry
 from nasaudit.runs import data_identity, fingerprint, profile_sections, reuse
 

@@ -66,26 +66,25 @@ from nasaudit.data.poison import Poison, make_poison
 from nasaudit.errors import NasauditError
 from nasaudit.io import jsonable, load_torch, save_torch, sha256_file, write_json
 from nasaudit.progress import bar as progress_bar
-from nasaudit.registry import Registry
 from nasaudit.victim import Victim, read_victim
 
 ROUNDING = "nearest uint8 level of x+Δ (numpy rint), clipped to the ε ball and [0, 255]"
 
-MODEL_MODES: Registry[Callable[[nn.Module], None]] = Registry("[gc] model_mode")
 
-
-@MODEL_MODES.register("eval")
 def _eval_mode(model: nn.Module) -> None:
     model.eval()
 
 
-@MODEL_MODES.register("train")
 def _train_mode(model: nn.Module) -> None:
     """BN on batch statistics (their ``train()``), every stochastic layer (dropout, drop-path) off."""
     model.eval()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.train()
+
+
+#: [gc] model_mode -> how the network is put in mode (config.GCConfig.model_mode lists the choices)
+MODEL_MODES: dict[str, Callable[[nn.Module], None]] = {"eval": _eval_mode, "train": _train_mode}
 
 
 @dataclass
@@ -103,7 +102,7 @@ class GradientProblem:
     params: list[Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
-        MODEL_MODES.get(self.mode)(self.model)
+        MODEL_MODES[self.mode](self.model)
         self.params = [self.model.get_parameter(n) for n in self.names]
         dtype, device = self.params[0].dtype, self.params[0].device
         self.mean = self.mean.to(device, dtype).view(1, -1, 1, 1)
@@ -241,10 +240,6 @@ class Objective(Protocol):
         ...
 
 
-OBJECTIVES: Registry[Objective] = Registry("[gc] objective")
-
-
-@OBJECTIVES.register("per_batch")
 def per_batch_objective(
     problem: GradientProblem,
     g_clean: Sequence[Tensor],
@@ -273,7 +268,6 @@ def per_batch_objective(
     return total_loss / len(chunks), total_cos / len(chunks), grad
 
 
-@OBJECTIVES.register("joint")
 def joint_objective(
     problem: GradientProblem,
     g_clean: Sequence[Tensor],
@@ -311,6 +305,10 @@ def joint_objective(
     return loss, cosine, grad
 
 
+#: [gc] objective -> GC's loss (config.GCConfig.objective lists the choices)
+OBJECTIVES: dict[str, Objective] = {"per_batch": per_batch_objective, "joint": joint_objective}
+
+
 def canceling_loss(
     problem: GradientProblem,
     g_clean: Sequence[Tensor],
@@ -323,13 +321,15 @@ def canceling_loss(
     with_grad: bool = True,
 ) -> tuple[float, float, Tensor | None]:
     """GC's loss, cosine and ∂loss/∂Δ (Δ in [0, 1] pixel units) under ``cfg``'s objective."""
-    objective = OBJECTIVES.get(cfg.objective)
+    objective = OBJECTIVES[cfg.objective]
     return objective(problem, g_clean, fraction, x, y, delta, cfg.poison_batch_size, with_grad)
 
 
-UNITS: Registry[Callable[[GradientProblem], Tensor]] = Registry("[gc] units")
-UNITS.register("normalised")(lambda problem: problem.std)  # Δ_pixel = std · Δ_normalised
-UNITS.register("pixel")(lambda problem: torch.ones_like(problem.std))
+#: [gc] units -> the scale of one unit of Δ in pixels (Δ_pixel = std · Δ_normalised)
+UNITS: dict[str, Callable[[GradientProblem], Tensor]] = {
+    "normalised": lambda problem: problem.std,
+    "pixel": lambda problem: torch.ones_like(problem.std),
+}
 
 
 def craft(
@@ -349,7 +349,7 @@ def craft(
     ``log`` receives loss and cos(g_clean, g_adv) of every iterate, the final one included;
     ``on_step(1)`` is called after each (a progress bar's ``update``).
     """
-    scale = UNITS.get(cfg.units)(problem)
+    scale = UNITS[cfg.units](problem)
     bound = (cfg.epsilon_255 / 255.0) / scale
     u = torch.zeros_like(x, requires_grad=True)
     optimizer = torch.optim.Adam([u], lr=cfg.lr)
@@ -441,8 +441,6 @@ def _target_state(
 
 
 def _check_settings(cfg: GCConfig) -> None:
-    for registry, value in ((MODEL_MODES, cfg.model_mode), (OBJECTIVES, cfg.objective), (UNITS, cfg.units)):
-        registry.get(value)
     if cfg.poison_batch_size < 1 or cfg.gradpc_batch_size < 1 or cfg.gradpc_radius < 0:
         raise NasauditError(
             "[gc] needs poison_batch_size ≥ 1, gradpc_batch_size ≥ 1 and gradpc_radius ≥ 0; fix the profile"

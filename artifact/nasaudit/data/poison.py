@@ -1,31 +1,34 @@
 """Poisoned-dataset files: which training samples an attack replaced, and with what.
 
-A poison is stored as ``NAME.npz`` (``indices`` plus ``labels`` or ``images``; loaded with
-``allow_pickle=False``) and a JSON manifest ``NAME.json`` holding the attack, its parameters, the seed,
-the sha256 of the npz and of the clean training split it applies to. Applying it yields a training
+A poison is stored as an ``npzfile``: ``NAME.npz`` (``indices`` plus ``labels`` or ``images``) and a
+JSON manifest ``NAME.json`` holding the attack, its parameters, the seed, the sha256 of the npz and of
+the clean training split it applies to. Applying it yields a training
 set of the same size with those samples replaced; every inconsistency is caught on load with one line
 naming the file, because a silently mis-applied poison would invalidate a whole experiment.
 """
 
 from __future__ import annotations
 
-import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nasaudit import npzfile
 from nasaudit.data.datasets import IMAGE_SHAPE, ImageDataset, Split
 from nasaudit.errors import NasauditError
-from nasaudit.io import check_types, environment_manifest, sha256_file, write_json, write_npz
-from nasaudit.runs import IDENTITY
+from nasaudit.io import sha256_file
+from nasaudit.npzfile import NpzFormat, manifest_path, npz_path, write_npzfile
 
-FORMAT = "nasaudit-poison/1"
-_MANIFEST_TYPES = {"attack": str, "params": dict, "seed": int, "dataset": str, "n_train": int, "kind": str,
-                   "clean_sha256": str, "npz_sha256": str}  # fmt: skip
-_MANIFEST_KEYS = set(_MANIFEST_TYPES)
+FORMAT = NpzFormat(
+    tag="nasaudit-poison/1",
+    noun="poison",
+    command="nasaudit poison",
+    manifest_types={"attack": str, "params": dict, "seed": int, "dataset": str, "n_train": int, "kind": str,
+                    "clean_sha256": str, "npz_sha256": str},
+    arrays=("indices",),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,25 +104,14 @@ def _validate(p: Poison, num_classes: int, where: str) -> None:
             fail(f"images must be uint8 {expected}, got {p.images.dtype} {p.images.shape}")
 
 
-def manifest_path(path: Path) -> Path:
-    return Path(path).with_suffix(".json")
-
-
-def npz_path(path: Path) -> Path:
-    return Path(path).with_suffix(".npz")
-
-
 def save_poison(poison: Poison, path: Path, identity: dict[str, Any] | None = None) -> Path:
-    """Write NAME.npz then NAME.json (the manifest last, so a manifest means a complete poison).
+    """Write NAME.npz and its manifest NAME.json (``npzfile``).
 
     ``identity`` (``attacks.poison_identity``) records which run made it, so a rerun can reuse it.
     """
-    npz = npz_path(path)
     arrays = {"indices": poison.indices}
     arrays[poison.kind] = poison.labels if poison.labels is not None else poison.images  # type: ignore[assignment]
-    write_npz(npz, arrays)
-    manifest = {
-        "format": FORMAT,
+    fields = {
         "attack": poison.attack,
         "params": poison.params,
         "seed": poison.seed,
@@ -129,33 +121,15 @@ def save_poison(poison: Poison, path: Path, identity: dict[str, Any] | None = No
         "budget": poison.budget,
         "kind": poison.kind,
         "clean_sha256": poison.clean_sha256,
-        "npz_sha256": sha256_file(npz),
-        IDENTITY: identity,
-        "environment": environment_manifest(),
     }
-    write_json(manifest_path(path), manifest)
-    return npz
+    return write_npzfile(FORMAT, path, arrays, fields, identity)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of the poison at ``path`` (either NAME.npz or NAME.json), checked for completeness."""
-    npz, man = npz_path(path), manifest_path(path)
-    for f in (npz, man):
-        if not f.is_file():
-            raise NasauditError(f"{f}: no such poison file; create it with `nasaudit poison`")
-    try:
-        manifest = json.loads(man.read_text())
-    except (ValueError, UnicodeDecodeError):
-        manifest = None
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("format") != FORMAT
-        or not set(manifest) >= _MANIFEST_KEYS
-    ):
-        raise NasauditError(f"{man}: not a complete nasaudit poison manifest; re-create the poison")
-    wrong = check_types(manifest, _MANIFEST_TYPES)
-    if wrong or manifest["kind"] not in ("labels", "images"):
-        raise NasauditError(f"{man}: {wrong or 'kind must be labels or images'}; re-create the poison")
+    manifest = npzfile.read_manifest(FORMAT, path)
+    if manifest["kind"] not in ("labels", "images"):
+        raise NasauditError(f"{manifest_path(path)}: kind must be labels or images; {FORMAT.fix}")
     return manifest
 
 
@@ -163,11 +137,7 @@ def load_poison(path: Path, dataset: ImageDataset) -> Poison:
     """Read and check a poison against the clean dataset it is about to be applied to."""
     npz = npz_path(path)
     manifest = read_manifest(path)
-    if sha256_file(npz) != manifest["npz_sha256"]:
-        raise NasauditError(
-            f"{npz}: sha256 differs from its manifest {manifest_path(path).name}; "
-            "the file was changed or truncated, re-create it"
-        )
+    arrays = npzfile.read_arrays(FORMAT, path, manifest)
     if manifest["dataset"] != dataset.name:
         raise NasauditError(f"{npz}: poison made for dataset {manifest['dataset']!r}, not {dataset.name!r}")
     if manifest["clean_sha256"] != dataset.train.sha256 or manifest["n_train"] != len(dataset.train):
@@ -175,16 +145,8 @@ def load_poison(path: Path, dataset: ImageDataset) -> Poison:
             f"{npz}: made for another copy of {dataset.name!r} (clean training-set hash differs); "
             f"re-create the poison against this copy"
         )
-    try:
-        loaded = np.load(npz, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy array has no named members
-            raise ValueError("a single .npy array, not an .npz archive")
-        with loaded as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise NasauditError(f"{npz}: not a readable .npz poison file ({exc})") from None
-    if "indices" not in arrays or manifest["kind"] not in arrays:
-        raise NasauditError(f"{npz}: missing 'indices' or {manifest['kind']!r} array")
+    if manifest["kind"] not in arrays:
+        raise NasauditError(f"{npz}: missing the {manifest['kind']!r} array; {FORMAT.fix}")
     poison = Poison(
         attack=manifest["attack"],
         dataset=manifest["dataset"],

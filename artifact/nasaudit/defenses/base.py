@@ -16,6 +16,7 @@ import torch
 from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.files import DefendedData, poison_outcome, save_defended
+from nasaudit.npzfile import manifest_path, npz_path
 from nasaudit.registry import Registry
 from nasaudit.runs import data_identity, fingerprint, profile_sections, reuse
 
@@ -77,6 +78,6 @@ def make_defended_file(
     """The defended dataset ``out`` (NAME.npz + NAME.json) of this run: reused when this run made it,
     else computed and saved. Returns the npz path and whether it was computed now."""
     identity = defense_identity(name, data, seed, context)
-    if reuse(Path(out).with_suffix(".json"), identity, "runs the defense again") is not None:
-        return Path(out).with_suffix(".npz"), False
+    if reuse(manifest_path(out), identity, "runs the defense again") is not None:
+        return npz_path(out), False
     return save_defended(run_defense(name, data, seed, context, poisoned), out, identity), True

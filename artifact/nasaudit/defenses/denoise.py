@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import safetensors.torch  # noqa: F401  (diffusers 0.31, the torch 2.0 images' pin, uses it unimported)
 import torch
 from torch import Tensor, nn
 
@@ -34,8 +33,8 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
 from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
+from nasaudit.extras import require
 from nasaudit.progress import bar as progress_bar
-from nasaudit.registry import Registry
 
 NoisePredictor = Callable[[Tensor, Tensor], Tensor]
 """``(x_t, timesteps) -> ε̂``: a DDPM's noise prediction for a batch (N×3×H×W in [−1, 1] units)."""
@@ -52,11 +51,11 @@ def unet_predictor(unet: nn.Module) -> NoisePredictor:
 
 def load_ddpm(source: str, device: torch.device) -> tuple[NoisePredictor, Tensor]:
     """The UNet (on ``device``, eval mode) and ᾱ of a diffusers DDPM given by hub id or folder."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
+    require("safetensors.torch", "the denoise defense")  # diffusers 0.31 (the images' pin) uses it unimported
+    diffusers = require("diffusers", "the denoise defense")
     try:
-        unet = UNet2DModel.from_pretrained(source)
-        scheduler = DDPMScheduler.from_pretrained(source)
+        unet = diffusers.UNet2DModel.from_pretrained(source)
+        scheduler = diffusers.DDPMScheduler.from_pretrained(source)
     except (OSError, ValueError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise NasauditError(
@@ -89,7 +88,7 @@ def denoise_images(
     signal = math.sqrt(float(alphas_cumprod[t]))
     noise_scale = math.sqrt(1.0 - float(alphas_cumprod[t]))
     rng = np.random.default_rng(seed)
-    store = STORES.get(cfg.store)
+    store = STORES[cfg.store]
     out = np.zeros(images.shape, dtype=store.dtype)  # a batch cap (preflight) leaves skipped rows zero
     size = capped_size(cfg.batch_size)
     starts = list(capped(range(0, len(images), size)))
@@ -119,9 +118,11 @@ class Store:
     convert: Callable[[Tensor], Tensor]
 
 
-STORES: Registry[Store] = Registry("[defenses.denoise] store")
-STORES.register("float32")(Store(np.float32, lambda x0: ((x0 + 1.0) / 2.0).float()))  # as run: unquantised
-STORES.register("uint8")(Store(np.uint8, lambda x0: torch.round((x0 + 1.0) * 127.5).to(torch.uint8)))
+#: [defenses.denoise] store -> how x̂_0 is stored; "float32" is as run (unquantised)
+STORES = {
+    "float32": Store(np.float32, lambda x0: ((x0 + 1.0) / 2.0).float()),
+    "uint8": Store(np.uint8, lambda x0: torch.round((x0 + 1.0) * 127.5).to(torch.uint8)),
+}
 
 
 @DEFENSES.register("denoise", uses=("defenses.denoise",))
@@ -134,7 +135,6 @@ def denoise(
 ) -> DefendedData:
     """Every training image replaced by its one-shot denoised version (``ddpm`` is injectable)."""
     cfg = context.profile.defenses.denoise
-    STORES.get(cfg.store)  # a bad setting fails before the DDPM loads
     predict, alphas_cumprod = ddpm if ddpm is not None else load_ddpm(cfg.model, context.device)
     images = denoise_images(
         data.train.images,

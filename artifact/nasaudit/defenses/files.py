@@ -10,14 +10,13 @@ which poison made that split and, when the caller knew the poisoned samples (``r
 ``poison_outcome``: per class of the input split, how many of the poisoned and of the clean samples
 were dropped and kept, so a reader sees whether the defense found the poison; the defense itself never
 sees them). Applying it yields a training split of ``len(keep)`` samples.
-Like poison files, every inconsistency is caught on load with one line naming the file: a defended
-set applied to other data than it was computed on would silently invalidate a Table 4 cell.
+Like poison files (both are ``npzfile`` artifacts), every inconsistency is caught on load with one line
+naming the file: a defended set applied to other data than it was computed on would silently
+invalidate a Table 4 cell.
 """
 
 from __future__ import annotations
 
-import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,17 @@ import numpy as np
 
 from nasaudit.data.datasets import IMAGE_SHAPE, ImageDataset, Split
 from nasaudit.errors import NasauditError
-from nasaudit.io import check_types, environment_manifest, sha256_file, write_json, write_npz
-from nasaudit.runs import IDENTITY
+from nasaudit.io import sha256_file
+from nasaudit.npzfile import NpzFormat, npz_path, read_arrays, read_manifest, write_npzfile
 
-FORMAT = "nasaudit-defense/1"
-_MANIFEST_TYPES = {"defense": str, "params": dict, "seed": int, "dataset": str, "n_input": int,
-                   "input_sha256": str, "npz_sha256": str, "source": dict}  # fmt: skip
-_MANIFEST_KEYS = set(_MANIFEST_TYPES)
+FORMAT = NpzFormat(
+    tag="nasaudit-defense/1",
+    noun="defended-dataset",
+    command="nasaudit defend",
+    manifest_types={"defense": str, "params": dict, "seed": int, "dataset": str, "n_input": int,
+                    "input_sha256": str, "npz_sha256": str, "source": dict},
+    arrays=("keep",),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -132,16 +135,13 @@ def _validate(d: DefendedData, num_classes: int, where: str) -> None:
 
 
 def save_defended(defended: DefendedData, path: Path, identity: dict[str, Any] | None = None) -> Path:
-    """Write NAME.npz then NAME.json (the manifest last: a manifest means a complete file);
-    ``identity`` (``defenses.defense_identity``) records which run made it."""
-    npz = Path(path).with_suffix(".npz")
+    """Write NAME.npz and its manifest NAME.json (``npzfile``); ``identity``
+    (``defenses.defense_identity``) records which run made it."""
     arrays = {"keep": defended.keep}
     for name in ("labels", "images"):
         if getattr(defended, name) is not None:
             arrays[name] = getattr(defended, name)
-    write_npz(npz, arrays)
-    manifest = {
-        "format": FORMAT,
+    fields = {
         "defense": defended.defense,
         "params": defended.params,
         "seed": defended.seed,
@@ -152,42 +152,20 @@ def save_defended(defended: DefendedData, path: Path, identity: dict[str, Any] |
         "input_sha256": defended.input_sha256,
         "source": defended.source,
         "poison_outcome": defended.poison_outcome,
-        "npz_sha256": sha256_file(npz),
-        IDENTITY: identity,
-        "environment": environment_manifest(),
     }
-    write_json(npz.with_suffix(".json"), manifest)
-    return npz
+    return write_npzfile(FORMAT, path, arrays, fields, identity)
 
 
 def read_defended_manifest(path: Path) -> dict[str, Any]:
     """The manifest of the defended dataset at ``path`` (NAME, NAME.npz or NAME.json), checked."""
-    npz, man = Path(path).with_suffix(".npz"), Path(path).with_suffix(".json")
-    for f in (npz, man):
-        if not f.is_file():
-            raise NasauditError(f"{f}: no such defended-dataset file; create it with `nasaudit defend`")
-    try:
-        manifest = json.loads(man.read_text())
-    except (ValueError, UnicodeDecodeError):
-        manifest = None
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("format") != FORMAT
-        or not set(manifest) >= _MANIFEST_KEYS
-    ):
-        raise NasauditError(f"{man}: not a complete nasaudit defended-dataset manifest; re-create it")
-    wrong = check_types(manifest, _MANIFEST_TYPES)
-    if wrong:
-        raise NasauditError(f"{man}: {wrong}; re-create it with `nasaudit defend`")
-    return manifest
+    return read_manifest(FORMAT, path)
 
 
 def load_defended(path: Path, data: ImageDataset) -> DefendedData:
     """Read a defended dataset and check that ``data.train`` is the split it was computed on."""
-    npz = Path(path).with_suffix(".npz")
+    npz = npz_path(path)
     manifest = read_defended_manifest(path)
-    if sha256_file(npz) != manifest["npz_sha256"]:
-        raise NasauditError(f"{npz}: sha256 differs from its manifest; the file was changed or truncated")
+    arrays = read_arrays(FORMAT, path, manifest)
     if manifest["dataset"] != data.name:
         raise NasauditError(f"{npz}: defended data of {manifest['dataset']!r}, not {data.name!r}")
     if manifest["input_sha256"] != data.train.sha256 or manifest["n_input"] != len(data.train):
@@ -196,13 +174,6 @@ def load_defended(path: Path, data: ImageDataset) -> DefendedData:
             f"{npz}: computed on another training split (made from poison {attack!r}); "
             "search with the poison it was made from (--poison), or re-create it"
         )
-    try:
-        with np.load(npz, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise NasauditError(f"{npz}: not a readable .npz defended-dataset file ({exc})") from None
-    if "keep" not in arrays:
-        raise NasauditError(f"{npz}: missing the 'keep' array")
     defended = DefendedData(
         defense=manifest["defense"],
         dataset=manifest["dataset"],
@@ -225,7 +196,7 @@ def defended_data(
 ) -> tuple[ImageDataset, dict[str, Any]]:
     """``data`` (described by ``provenance``, from ``poisoned_data``) replaced by the defended split at
     ``path``, and the provenance extended by it."""
-    npz = Path(path).with_suffix(".npz")
+    npz = npz_path(path)
     defended = load_defended(npz, data)
     data = apply_defended(defended, data)
     provenance = {**provenance, "defense": defended.defense, "defended": str(npz),

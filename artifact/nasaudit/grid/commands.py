@@ -14,7 +14,7 @@ def _grid(args: argparse.Namespace) -> tuple[Any, Any]:
     from nasaudit.config import load_profile
     from nasaudit.grid import Layout, build_grid, load_experiment
 
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, args.set)
     experiment = load_experiment(args.experiment, profile).select(args.algo or (), args.dataset or ())
     return build_grid(experiment, Layout.of(args.results, profile)), profile
 

@@ -544,10 +544,10 @@ class _OneShotDenoiser(nn.Module):
     """The UNet called as the denoiser calls it: one noise prediction per image at one timestep."""
 
     def __init__(self) -> None:
-        from diffusers import UNet2DModel
+        from nasaudit.extras import require
 
         super().__init__()
-        self.unet = UNet2DModel(**DDPM_CIFAR10_UNET)
+        self.unet = require("diffusers", "the denoise defense's cost").UNet2DModel(**DDPM_CIFAR10_UNET)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unet(x, torch.zeros(len(x), dtype=torch.long, device=x.device)).sample

@@ -21,6 +21,7 @@ from typing import Protocol
 from nasaudit import threads
 from nasaudit.config import SlurmConfig
 from nasaudit.errors import NasauditError
+from nasaudit.extras import require
 from nasaudit.grid import slurm
 from nasaudit.grid.jobs import CLEAN, STAGE_ORDER, Grid, Task
 from nasaudit.grid.stages import Outcome, RunSpec, check_done, execute, is_done, task_state
@@ -256,7 +257,7 @@ class SlurmBackend:
     """
 
     def __init__(self, spec: RunSpec, cfg: SlurmConfig, state: TaskState, cluster: str) -> None:
-        import submitit
+        submitit = require("submitit", "the slurm runner")
 
         # jobs start in the directory sbatch ran in: absolute paths keep them independent of it
         root = spec.data_root.resolve() if spec.data_root else None
@@ -299,7 +300,7 @@ class SlurmBackend:
     def adopt(self, tasks: list[Task]) -> list[Task]:
         if self.cluster != "slurm":
             return []
-        import submitit
+        submitit = require("submitit", "the slurm runner")
 
         records = {t: r for t in tasks if (r := self.state.submitted(t))}
         states = slurm.job_states(r["job_id"] for r in records.values()) or {}

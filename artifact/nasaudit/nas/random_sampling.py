@@ -27,13 +27,12 @@ from nasaudit.io import save_torch
 from nasaudit.nas.base import NAS, SearchContext
 from nasaudit.nas.mbv3_supernet import shared_supernet
 from nasaudit.nas.nsganetv2 import SUBNET  # the inherited weights' file, named as a search names its pick's
-from nasaudit.spaces.darts import GENOTYPES, SAMPLINGS, Genotype, random_genotype
+from nasaudit.spaces.darts import GENOTYPES, Genotype, random_genotype
 from nasaudit.spaces.mbv3 import random_arch
 
 
 def check_random_baseline(cfg: RandomBaselineConfig, n: int) -> None:
     """One line before any work if the DARTS baseline's settings cannot give ``n`` architectures."""
-    SAMPLINGS.get(cfg.sampling)
     for name in cfg.genotypes:
         GENOTYPES.get(name)
     if cfg.genotypes and n > len(cfg.genotypes):

@@ -36,7 +36,6 @@ from nasaudit.errors import NasauditError
 from nasaudit.io import environment_manifest, read_json, write_json
 from nasaudit.nas.base import NAS, SearchContext, shared_cache
 from nasaudit.nas.robot_pool import (
-    POOL_OPS,
     normalise,
     pool_folder,
     pool_key,
@@ -272,7 +271,6 @@ class QueryTrainer:
 
 def check_config(cfg: RobotConfig, data: ImageDataset) -> None:
     """One-line errors for a [robot] section that cannot run on ``data``."""
-    POOL_OPS.get(cfg.pool_ops)
     if cfg.acquisition_seeds not in ACQUISITION_SEEDS:
         raise NasauditError(
             f"profile [robot] acquisition_seeds must be one of {', '.join(ACQUISITION_SEEDS)}, "

@@ -38,17 +38,15 @@ from nasaudit.io import environment_manifest, write_json, write_npz
 from nasaudit.progress import bar as progress_bar
 from nasaudit.proxies import PROXIES
 from nasaudit.proxies.zero_cost import jacob_cov_of
-from nasaudit.registry import Registry
 from nasaudit.spaces.darts import EDGE_OPS, EDGES, PRIMITIVES, EvalNetwork, Genotype, derive_genotype
 from nasaudit.spaces.darts.stacked import StackedLinear, StackedNetworks, scored_layers
 
 POOL_FORMAT = "nasaudit-robot-pool/2"
 
-#: What the 7 columns of a random weight row mean. As run, RoBoT drew 7 columns but derived them
-#: against the first 7 DARTS primitives, so column 0 is 'none' and dil_conv_5x5 is never sampled.
-POOL_OPS: Registry[tuple[str, ...]] = Registry("RoBoT pool_ops setting")
-POOL_OPS.register("as_run")(PRIMITIVES[:7])
-POOL_OPS.register("full")(EDGE_OPS)
+#: [robot] pool_ops -> what the 7 columns of a random weight row mean. As run, RoBoT drew 7 columns but
+#: derived them against the first 7 DARTS primitives, so column 0 is 'none' and dil_conv_5x5 is never
+#: sampled.
+POOL_OPS: dict[str, Sequence[str]] = {"as_run": PRIMITIVES[:7], "full": EDGE_OPS}
 
 _DRAW_BLOCK = 1000  # weight rows drawn per generator call (does not change the stream)
 
@@ -59,7 +57,7 @@ def sample_pool(size: int, seed: int, pool_ops: str) -> list[Genotype]:
     Each draw: uniform [0, 1) weights of shape (2 cells × 14 edges × 7 columns), softmaxed per edge
     and derived the DARTS way (per node the 2 inputs with the strongest non-'none' weight, op = argmax).
     """
-    columns = POOL_OPS.get(pool_ops)
+    columns = POOL_OPS[pool_ops]
     candidates = [columns] * len(EDGES)
     rng = np.random.default_rng([seed, 0])
     seen: dict[Genotype, None] = {}

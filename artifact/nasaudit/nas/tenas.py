@@ -54,7 +54,6 @@ from nasaudit.nas.base import NAS, SearchContext
 from nasaudit.progress import bar
 from nasaudit.proxies.linear_regions import linear_regions
 from nasaudit.proxies.ntk import ntk_cond
-from nasaudit.registry import Registry
 from nasaudit.runs import check_same_run
 from nasaudit.spaces.darts import CELL_TYPES, CONCAT, EDGE_OPS, EDGES, NODES, Genotype, SuperNet
 
@@ -73,15 +72,11 @@ Candidates = dict[str, list[list[str]]]
 Initialiser = Callable[[nn.Module, str], None]
 """``(net, fan_mode)``: re-draws a scoring net's weights before each repeat (from the torch RNG)."""
 
-INITS: Registry[Initialiser] = Registry("TE-NAS initialisation")
 
-
-@INITS.register("default")
 def keep_default_init(net: nn.Module, mode: str) -> None:
     """As run: the released code's Kaiming re-init never fires, so PyTorch's construction init stays."""
 
 
-@INITS.register("kaiming")
 def kaiming_init(net: nn.Module, mode: str) -> None:
     """Kaiming-normal conv and linear weights (ReLU gain), zero biases, BN γ = 1 and β = 0."""
     with torch.no_grad():
@@ -93,6 +88,10 @@ def kaiming_init(net: nn.Module, mode: str) -> None:
             elif isinstance(module, nn.BatchNorm2d) and module.affine:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+
+#: [tenas] init -> how scoring nets are (re-)initialised (config.TenasConfig.init lists the choices)
+INITS: dict[str, Initialiser] = {"default": keep_default_init, "kaiming": kaiming_init}
 
 
 # --- seeds and scoring networks ---------------------------------------------------------------------
@@ -198,7 +197,7 @@ class Scorer:
         self.train = DeviceData(data.train, data, device)
         self.mean = torch.tensor(data.mean, device=device)
         self.std = torch.tensor(data.std, device=device)
-        self.init = INITS.get(cfg.init)
+        self.init = INITS[cfg.init]
 
     def ntk_batch(self, seed: int) -> Tensor:
         """One augmented, normalised batch of training images (labels unused)."""
@@ -324,10 +323,7 @@ def as_run_key(value: float, figures: int) -> float:
 Ranker = Callable[[Sequence[float], bool, int], list[int]]
 """``(values, descending, figures)`` → each value's rank from 0 (0 = first to prune)."""
 
-RANK_TIES: Registry[Ranker] = Registry("TE-NAS rank_ties setting")
 
-
-@RANK_TIES.register("as_run")
 def as_run_ranks(values: Sequence[float], descending: bool, figures: int) -> list[int]:
     """Ranks as prune_tenas.py gives them (lines 148-170): the values are stably sorted by
     :func:`as_run_key`, then walked in that order, each one sharing the previous one's rank only if
@@ -341,13 +337,16 @@ def as_run_ranks(values: Sequence[float], descending: bool, figures: int) -> lis
     return ranks
 
 
-@RANK_TIES.register("rounded")
 def dense_ranks(values: Sequence[float], descending: bool, figures: int) -> list[int]:
     """Dense ranks from 0 (equal values share a rank, the next value gets the next rank), comparing
     values rounded to ``figures`` significant figures: values equal at that precision tie."""
     keys = [significant(v, figures) for v in values]
     position = {key: rank for rank, key in enumerate(sorted(set(keys), reverse=descending))}
     return [position[key] for key in keys]
+
+
+#: [tenas] rank_ties -> the rank rule (config.TenasConfig.rank_ties lists the choices)
+RANK_TIES: dict[str, Ranker] = {"as_run": as_run_ranks, "rounded": dense_ranks}
 
 
 @dataclass
@@ -372,7 +371,7 @@ class Ranked:
 def rank(scores: Sequence[Score], precision: int, ties: str = "as_run") -> list[Ranked]:
     """Rank Δκ descending (a removal that lowers κ most ranks first, i.e. is pruned first) and ΔR
     ascending (a removal that costs the fewest regions ranks first); ``ties`` names the rank rule."""
-    ranks = RANK_TIES.get(ties)
+    ranks = RANK_TIES[ties]
     by_kappa = ranks([s.mean_delta_kappa for s in scores], True, precision)
     by_regions = ranks([s.mean_delta_regions for s in scores], False, precision)
     return [Ranked(*entry, i) for i, entry in enumerate(zip(scores, by_kappa, by_regions, strict=True))]
@@ -487,8 +486,6 @@ def genotype_of(candidates: Candidates) -> Genotype:
 
 def check_config(cfg: TenasConfig, data: ImageDataset) -> None:
     """One-line errors for a [tenas] section that cannot run on ``data``."""
-    INITS.get(cfg.init)
-    RANK_TIES.get(cfg.rank_ties)
     if cfg.edge_reference not in EDGE_REFERENCES:
         raise NasauditError(
             f"profile [tenas] edge_reference must be one of {', '.join(EDGE_REFERENCES)}, "

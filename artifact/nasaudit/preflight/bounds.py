@@ -147,7 +147,8 @@ def _fewest_initial(cfg: NSGANetV2Config) -> int:
     """The smallest archive (never more than the profile's) whose cross-validation folds leave some
     surrogate of ``cfg.surrogates`` enough training points (``nas.nsganetv2.select_surrogate``; an RBF
     with a linear tail needs d + 2, so the paper's RBF alone needs 54 architectures)."""
-    from nasaudit.nas.nsganetv2 import N_VARS, SURROGATES
+    from nasaudit.nas.nsganetv2 import SURROGATES
+    from nasaudit.spaces.mbv3 import N_VARS
 
     need = min(SURROGATES.get(name).min_samples(cfg, N_VARS) for name in cfg.surrogates)
     n = 4

@@ -206,7 +206,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
     if args.images is not None and args.images < 0:
         raise NasauditError(f"--images must be ≥ 0 (0: the profile's batch sizes), got {args.images}")
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, args.set)
     device = options.device(args.device)
     if args.list:
         bounded, _ = bounded_profile(profile, device)

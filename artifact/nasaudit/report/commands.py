@@ -22,7 +22,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         from nasaudit.preflight.synthetic import refuse_synthetic
         from nasaudit.report.experiment import describe_baselines, experiment_table
 
-        profile = load_profile(args.profile)
+        profile = load_profile(args.profile, args.set)
         layout = Layout.of(args.results, profile)
         refuse_synthetic(layout.root, "results folder")
         result = experiment_table(
@@ -74,7 +74,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from nasaudit.preflight.synthetic import refuse_synthetic
     from nasaudit.report.html import write_report
 
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, args.set)
     refuse_synthetic(Layout.of(args.results, profile).root, "results folder")
     path = write_report(
         profile,

@@ -359,10 +359,7 @@ def _derive_cell(rows: list[np.ndarray], candidates: Sequence[Sequence[str]]) ->
 NodeSampler = Callable[[np.random.Generator, int, Sequence[str]], list[Pair]]
 """``(rng, node, ops) -> the node's 2 (op, input) pairs``: one way of drawing a random cell."""
 
-SAMPLINGS: Registry[NodeSampler] = Registry("random_baseline sampling")
 
-
-@SAMPLINGS.register("as_run")
 def _independent_inputs(rng: np.random.Generator, node: int, ops: Sequence[str]) -> list[Pair]:
     """The authors' random_genotype.py (ztcoalson/pdarts, line 21): each edge draws its op uniformly
     and its input uniformly from 0..node+1, independently, so a node's 2 edges share an input with
@@ -370,12 +367,15 @@ def _independent_inputs(rng: np.random.Generator, node: int, ops: Sequence[str])
     return [(ops[int(rng.integers(len(ops)))], int(rng.integers(node + 2))) for _ in range(2)]
 
 
-@SAMPLINGS.register("distinct")
 def _distinct_inputs(rng: np.random.Generator, node: int, ops: Sequence[str]) -> list[Pair]:
     """Per node 2 distinct inputs (ascending), then an op drawn uniformly per edge: the space as
     derivation produces it."""
     inputs = sorted(rng.choice(node + 2, size=2, replace=False).tolist())
     return [(ops[int(rng.integers(len(ops)))], int(inp)) for inp in inputs]
+
+
+#: [random_baseline] sampling -> how a node's edges are drawn (config.RandomBaselineConfig lists them)
+SAMPLINGS: dict[str, NodeSampler] = {"as_run": _independent_inputs, "distinct": _distinct_inputs}
 
 
 def random_genotype(
@@ -387,7 +387,7 @@ def random_genotype(
     """
     if not ops:
         raise ValueError("random_genotype needs at least one op to draw from")
-    draw = SAMPLINGS.get(sampling)
+    draw = SAMPLINGS[sampling]
 
     def cell() -> tuple[Pair, ...]:
         return tuple(pair for node in range(NODES) for pair in draw(rng, node, ops))

@@ -14,11 +14,11 @@ left contributes nothing to its node. Entries of inactive ops get no gradient.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from nasaudit.registry import Registry
 from nasaudit.spaces.darts.genotype import EDGES, NODES, Genotype, derive_genotype
 from nasaudit.spaces.darts.ops import OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN, Zero
 
@@ -27,21 +27,21 @@ CELL_TYPES = ("normal", "reduce")
 Mixing = Callable[[Tensor, Tensor], Tensor]
 """``(alpha, active) -> per-op weights`` of shape (edges, ops), zero where an op is inactive."""
 
-MIXINGS: Registry[Mixing] = Registry("edge mixing")
 
-
-@MIXINGS.register("softmax")
 def softmax_mixing(alpha: Tensor, active: Tensor) -> Tensor:
     """DARTS / P-DARTS: softmax over each edge's active ops."""
     weights = torch.softmax(alpha.masked_fill(~active, float("-inf")), dim=-1)
     return torch.where(active, weights, torch.zeros_like(weights))  # an all-masked row's softmax is NaN
 
 
-@MIXINGS.register("mean")
 def mean_mixing(alpha: Tensor, active: Tensor) -> Tensor:
     """TE-NAS as run: the plain mean of each edge's surviving ops (α values play no part)."""
     weights = active.to(alpha.dtype)
     return weights / weights.sum(dim=-1, keepdim=True).clamp(min=1)
+
+
+#: How a supernet mixes an edge's ops: fixed by the algorithm building it (P-DARTS, TE-NAS), no setting.
+MIXINGS: dict[str, Mixing] = {"softmax": softmax_mixing, "mean": mean_mixing}
 
 
 class MixedOp(nn.Module):
@@ -141,7 +141,7 @@ class SuperNet(nn.Module):
         candidates_normal: Sequence[Sequence[str]] | None = None,
         candidates_reduce: Sequence[Sequence[str]] | None = None,
         reduction_cells: Sequence[int] | None = None,
-        mixing: str = "softmax",
+        mixing: Literal["softmax", "mean"] = "softmax",
         affine: bool = False,
         pool_bn: bool = True,
         skip_dropout: float = 0.0,
@@ -155,7 +155,7 @@ class SuperNet(nn.Module):
         unknown = [p for p in self.primitives if p not in OPS]
         if unknown:
             raise ValueError(f"unknown primitives {unknown}; choose from {PRIMITIVES}")
-        self._mix = MIXINGS.get(mixing)
+        self._mix = MIXINGS[mixing]
         reductions = set(reduction_cells if reduction_cells is not None else (layers // 3, 2 * layers // 3))
         if not reductions <= set(range(layers)):
             raise ValueError(f"reduction cells {sorted(reductions)} are outside 0..{layers - 1}")

@@ -1,0 +1,34 @@
+"""Optional dependencies: libraries that one capability alone needs are pip extras of nasaudit.
+
+``make venv`` (requirements.txt) and ``pip install -e ".[all]"`` install every one. Without an extra,
+everything else works and the command needing it stops before any work with one line naming the
+extra to install. ``EXTRAS`` mirrors ``[project.optional-dependencies]`` in pyproject.toml (a test
+keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from nasaudit.errors import NasauditError
+
+#: extra -> the distributions it installs, as pyproject.toml lists them (without version bounds)
+EXTRAS = {
+    "defenses": ("diffusers", "huggingface_hub", "safetensors"),  # diffusion denoising (Table 4)
+    "slurm": ("submitit",),  # the slurm runner
+    "nsganetv2": ("pymoo",),  # NSGANetV2's NSGA-II and candidate-subset GA (Table 5)
+}
+
+
+def require(module: str, needed_for: str) -> ModuleType:
+    """``module`` imported, or one line saying which extra ``needed_for`` needs installed."""
+    top = module.split(".")[0]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra = next(name for name, dists in EXTRAS.items() if top in dists)
+        raise NasauditError(
+            f"{needed_for} needs {top}, which does not import here ({exc}); install the {extra!r} extra: "
+            f'pip install -e ".[{extra}]" (or ".[all]")'
+        ) from None
