@@ -381,6 +381,30 @@ def test_table4_is_one_sided_welch_against_the_undefended_cell_without_correctio
     assert not out.loc[("denoise", "nas_gc"), "significant"]
 
 
+def test_search_data_applies_the_poison_then_the_defense(tiny_dataset, profile, tmp_path) -> None:
+    from nasaudit.nas.base import search_data
+    from nasaudit.runs import data_identity
+
+    context = AttackContext(profile=profile, device=torch.device("cpu"), cache_dir=tmp_path)
+    poison = run_attack("rlf", tiny_dataset, 0.5, 0, context)
+    poison_path = save_poison(poison, tmp_path / "rlf")
+    poisoned = apply_poison(poison, tiny_dataset)
+    keep = np.arange(1, len(tiny_dataset.train), 3)
+    defended_path = save_defended(make_defended("sanitize", poisoned, 0, keep), tmp_path / "kept")
+
+    same, clean_provenance = search_data(tiny_dataset)
+    assert same is tiny_dataset and clean_provenance["poison"] is None and "defense" not in clean_provenance
+    data, provenance = search_data(tiny_dataset, poison_path, defended_path)
+    assert np.array_equal(data.train.labels, poisoned.train.labels[keep])
+    assert provenance["attack"] == "rlf" and provenance["defense"] == "sanitize"
+    assert provenance["train_sha256"] == data.train.sha256 != poisoned.train.sha256
+    identity = data_identity(data, provenance)
+    assert identity["clean_sha256"] == tiny_dataset.train.sha256 and identity["poison_sha256"]
+    assert identity["defended_sha256"] and identity != data_identity(*search_data(tiny_dataset, poison_path))
+    with pytest.raises(NasauditError, match="another training split"):
+        search_data(tiny_dataset, None, defended_path)  # computed on the poisoned split, not the clean
+
+
 # --- CLI ----------------------------------------------------------------------------------------------------
 
 

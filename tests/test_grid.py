@@ -635,6 +635,7 @@ def test_table3_searches_on_another_dataset_and_retrains_on_its_own(tmp_path, se
     assert _seen(layout, ood)["cache_dir"] == str(layout.cache_dir("tiny2"))  # shared per search dataset
     result = json.loads((layout.train_dir(ood) / "result.json").read_text())
     assert result["train_sha256"] == tiny.train.sha256  # retrained on the dataset it is tested on
+    assert result["description"]["source"] == str(layout.search_dir(ood) / "architecture.json")
     search = Task("search", *vars(ood).values())
     assert task_seed(search) != task_seed(replace(search, search_dataset=""))
     fake_results(

@@ -147,36 +147,19 @@ def cmd_arch_info(args: argparse.Namespace) -> None:
     _print_json(arch_info(genotype, args.channels or net.channels, args.layers or net.layers, num_classes))
 
 
-def _search_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The data to search on: clean or poisoned (``--poison``), then defended (``--defense``); provenance."""
-    from nasaudit.data.datasets import load_dataset
-    from nasaudit.data.poison import poisoned_data
-
-    poison = Path(args.poison) if args.poison else None
-    data, provenance = poisoned_data(load_dataset(args.dataset, args.root), poison)
-    if args.defense is None:
-        return data, provenance
-    from nasaudit.defenses import defended_data
-
-    return defended_data(data, provenance, Path(args.defense))
-
-
 def cmd_search(args: argparse.Namespace) -> None:
     from nasaudit.config import load_profile
+    from nasaudit.data.datasets import load_dataset
     from nasaudit.nas import NAS, SearchContext, run_search
-    from nasaudit.nas.base import ARCHITECTURE
+    from nasaudit.nas.base import ARCHITECTURE, search_data
     from nasaudit.runs import job_lock
 
     NAS.get(args.algo)
     out = output(args.out, folder=True)
     profile = load_profile(args.profile, args.set)  # checked before any data is read
     where = device(args.device)
-    data, provenance = _search_data(args)
-    clean = None  # the search data is clean itself
-    if args.poison is not None or args.defense is not None:
-        from nasaudit.data.datasets import load_dataset
-
-        clean = load_dataset(args.dataset, args.root)
+    clean = load_dataset(args.dataset, args.root)
+    data, provenance = search_data(clean, args.poison, args.defense)
     context = SearchContext(profile, where, out, clean=clean)
     with job_lock(out / ARCHITECTURE):
         record = run_search(args.algo, data, args.seed, context, provenance)
@@ -187,18 +170,16 @@ def cmd_search(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
-    from nasaudit.models import load_architecture, retrain
+    from nasaudit.models import load_architecture, retrain_file
     from nasaudit.runs import job_lock
     from nasaudit.train import RESULT, reported_accuracy
 
     out = output(args.out, folder=True)
     profile, dev = load_profile(args.profile, args.set), device(args.device)
-    space, arch = load_architecture(args.arch)
+    load_architecture(args.arch)  # a bad architecture is one line before the dataset is read
     dataset = load_dataset(args.dataset, args.root)
     with job_lock(out / RESULT):
-        result = retrain(
-            space, arch, dataset, profile, seed=args.seed, device=dev, out_dir=out, source=str(args.arch)
-        )
+        result = retrain_file(args.arch, dataset, profile, seed=args.seed, device=dev, out_dir=out)
     final, best = (reported_accuracy(result, which) for which in ("final", "best"))
     print(
         f"test accuracy {final:.2f}% final, {best:.2f}% best epoch ({result['params']} parameters) "
@@ -350,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="run a NAS algorithm on (poisoned) data; writes OUT/architecture.json")
     p.add_argument("--algo", required=True, help="NAS algorithm: {NAS}")
-    p.add_argument("--poison", default=None, help="poison file to apply to the training set before searching")
-    p.add_argument("--defense", default=None, help="defended dataset (`nasaudit defend`) to apply after it")
+    p.add_argument("--poison", type=Path, help="poison file to apply to the training set before searching")
+    p.add_argument("--defense", type=Path, help="defended dataset (`nasaudit defend`) to apply after it")
     job_args(p, "job folder (resumable state, logs, architecture.json)")
     p.set_defaults(func=cmd_search)
 

@@ -106,6 +106,15 @@ def retrain(
     )
 
 
+def retrain_file(
+    source: str | Path, dataset: ImageDataset, profile: Profile, **kwargs: Any
+) -> dict[str, Any]:
+    """``retrain`` the architecture ``source`` names (a reference name, a genotype file or a search's
+    architecture.json), recorded as the result's ``source``: `nasaudit train` and the grid's retrain."""
+    space, arch = load_architecture(str(source))
+    return retrain(space, arch, dataset, profile, source=str(source), **kwargs)
+
+
 def retrain_identity(
     space: str, arch: Any, dataset: ImageDataset, profile: Profile, seed: int
 ) -> dict[str, Any]:

@@ -54,8 +54,8 @@ def profile_sections(profile: Profile, names: Iterable[str]) -> dict[str, Any]:
 def data_identity(data: ImageDataset, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The data a job computes on, by the hashes of its inputs (cheap to recompute from files).
 
-    ``provenance`` (``data.poison.poisoned_data``, ``defenses.files.defended_data``) names the clean
-    split and the poison and defended files applied to it; without it ``data`` is the clean data.
+    ``provenance`` (``nas.base.search_data``) names the clean split and the poison and defended files
+    applied to it; without it ``data`` is the clean data.
     """
     provenance = provenance or {}
     return {

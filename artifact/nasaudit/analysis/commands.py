@@ -82,9 +82,10 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def cmd_defend(args: argparse.Namespace) -> int:
-    from nasaudit.cli import _search_data
     from nasaudit.config import load_profile
+    from nasaudit.data.datasets import load_dataset
     from nasaudit.defenses import DEFENSES, DefenseContext, make_defended_file, read_defended_manifest
+    from nasaudit.nas.base import search_data
     from nasaudit.runs import job_lock
 
     DEFENSES.get(args.method)
@@ -93,14 +94,14 @@ def cmd_defend(args: argparse.Namespace) -> int:
     output(out.with_suffix(".json"), folder=False)
     profile, dev = load_profile(args.profile, args.set), device(args.device)
     cache = output(args.cache, folder=True)
-    data, provenance = _search_data(args)
+    clean = load_dataset(args.dataset, args.root)
+    data, provenance = search_data(clean, args.poison)
     context = DefenseContext(profile, dev, cache, source=provenance)
     poisoned = None
     if args.poison is not None:  # the manifest records what became of the poisoned samples
-        from nasaudit.data.datasets import load_dataset
         from nasaudit.data.poison import load_poison
 
-        poisoned = load_poison(Path(args.poison), load_dataset(args.dataset, args.root)).indices
+        poisoned = load_poison(args.poison, clean).indices
     with job_lock(out.with_suffix(".json")):
         path, made = make_defended_file(args.method, data, args.seed, context, out, poisoned)
     manifest = read_defended_manifest(path)
@@ -182,12 +183,10 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("method", help="defense: {DEFENSES}")
     p.add_argument("--dataset", default="digits", help="dataset: {DATASETS}")
-    p.add_argument(
-        "--poison", default=None, help="poison file the defense sees applied (default: clean data)"
-    )
+    p.add_argument("--poison", type=Path, help="poison file the defense sees applied (default: clean data)")
     p.add_argument("--out", required=True, help="output path; writes OUT.npz and its manifest OUT.json")
     common(p)
-    p.set_defaults(func=cmd_defend, defense=None)
+    p.set_defaults(func=cmd_defend)
 
 
 def add_figure_cells(figure_sub: Any) -> None:

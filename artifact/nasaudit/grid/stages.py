@@ -206,36 +206,35 @@ class DefendStage:
 
     def run(self, task: Task, env: Env) -> None:
         from nasaudit.defenses import make_defended_file
+        from nasaudit.nas.base import search_data
 
-        poisoned, source = _poisoned(task.key, env)
+        clean, poison = grid_dataset(task.key.searched_on, env), _poison_file(task.key, env)
+        poisoned, source = search_data(clean, poison)
         context = self._context(task, env, source)
         indices = None  # the poisoned samples, known here, never shown to the defense (poison_outcome)
-        if not task.key.clean:
+        if poison is not None:
             from nasaudit.data.poison import load_poison
 
-            indices = load_poison(
-                _poison_stem(task.key, env), grid_dataset(task.key.searched_on, env)
-            ).indices
+            indices = load_poison(poison, clean).indices
         make_defended_file(
             task.defense, poisoned, task_seed(task), context, env.layout.defended(task), indices
         )
 
 
-def _poison_stem(key: JobKey, env: Env) -> Path:
+def _poison_file(key: JobKey, env: Env) -> Path | None:
+    """The poison file the job's search data applies (None: the job searches on clean data)."""
+    if key.clean:
+        return None
     grid = env.profile.grid
     return env.layout.poison(poison_task(key, grid.victim_attacks, shared_poison_attacks(grid)))
 
 
-def _defended_stem(key: JobKey, env: Env) -> Path:
+def _defended_file(key: JobKey, env: Env) -> Path | None:
+    """The defended file that replaces the job's poisoned search data (None: no defense)."""
+    if not key.defense:
+        return None
     grid = env.profile.grid
     return env.layout.defended(defend_task(key, grid.victim_attacks, shared_poison_attacks(grid)))
-
-
-def _poisoned(key: JobKey, env: Env) -> tuple[ImageDataset, dict[str, Any]]:
-    """The job's search data before any defense: its search dataset, with its poison applied."""
-    from nasaudit.data.poison import poisoned_data
-
-    return poisoned_data(grid_dataset(key.searched_on, env), None if key.clean else _poison_stem(key, env))
 
 
 def _inputs(key: JobKey, env: Env, defended: bool) -> tuple[ImageDataset, dict[str, Any]]:
@@ -246,10 +245,12 @@ def _inputs(key: JobKey, env: Env, defended: bool) -> tuple[ImageDataset, dict[s
 
     clean = grid_dataset(key.searched_on, env)
     inputs: dict[str, Any] = {"clean_sha256": clean.train.sha256}
-    if not key.clean:
-        inputs["poison_sha256"] = read_manifest(_poison_stem(key, env))["npz_sha256"]
-    if defended and key.defense:
-        inputs["defended_sha256"] = read_defended_manifest(_defended_stem(key, env))["npz_sha256"]
+    poison = _poison_file(key, env)
+    if poison is not None:
+        inputs["poison_sha256"] = read_manifest(poison)["npz_sha256"]
+    defense = _defended_file(key, env) if defended else None
+    if defense is not None:
+        inputs["defended_sha256"] = read_defended_manifest(defense)["npz_sha256"]
     return clean, inputs
 
 
@@ -276,12 +277,10 @@ class SearchStage:
     def run(self, task: Task, env: Env) -> None:
         from nasaudit.grid.variants import search_profile
         from nasaudit.nas import SearchContext, run_search
+        from nasaudit.nas.base import search_data
 
-        dataset, provenance = _poisoned(task.key, env)
-        if task.defense:
-            from nasaudit.defenses import defended_data
-
-            dataset, provenance = defended_data(dataset, provenance, _defended_stem(task.key, env))
+        clean = grid_dataset(task.key.searched_on, env)
+        dataset, provenance = search_data(clean, _poison_file(task.key, env), _defended_file(task.key, env))
         if task.variant:
             provenance["variant"] = task.variant
         context = SearchContext(
@@ -290,7 +289,7 @@ class SearchStage:
             env.layout.search_dir(task.key),
             progress=env.progress,
             cache_dir=env.layout.cache_dir(task.key.searched_on),
-            clean=grid_dataset(task.key.searched_on, env),
+            clean=clean,
             trial=task.trial,
         )
         run_search(task.algorithm, dataset, task_seed(task), context, provenance)
@@ -312,20 +311,16 @@ class RetrainStage:
         return retrain_identity(space, arch, dataset, env.profile, task_seed(task))
 
     def run(self, task: Task, env: Env) -> None:
-        from nasaudit.models import load_architecture, retrain
+        from nasaudit.models import retrain_file
 
-        source = STAGES.get("search").output(task, env.layout)
-        space, arch = load_architecture(str(source))
-        retrain(
-            space,
-            arch,
+        retrain_file(
+            STAGES.get("search").output(task, env.layout),
             grid_dataset(task.dataset, env),
             env.profile,
             seed=task_seed(task),
             device=env.device,
             out_dir=env.layout.train_dir(task.key),
             progress=env.progress,
-            source=str(source),
             job=task.key,
         )
 

@@ -63,6 +63,25 @@ class NasAlgorithm(Protocol):
 NAS: Registry[NasAlgorithm] = Registry("NAS algorithm")
 
 
+def search_data(
+    clean: ImageDataset, poison: Path | None = None, defense: Path | None = None
+) -> tuple[ImageDataset, dict[str, Any]]:
+    """The data a search runs on, and its provenance: ``clean`` with the poison file applied
+    (``data.poison.poisoned_data``), then replaced by the defended file (``defenses.defended_data``).
+
+    Without ``defense`` it is also a defense's input; the provenance is what ``run_search`` records and
+    ``runs.data_identity`` reads. The one composition behind `nasaudit search`, `defend` and the grid.
+    """
+    from nasaudit.data.poison import poisoned_data
+
+    data, provenance = poisoned_data(clean, poison)
+    if defense is None:
+        return data, provenance
+    from nasaudit.defenses import defended_data
+
+    return defended_data(data, provenance, defense)
+
+
 def search_identity(
     algorithm: str, seed: int, profile: Profile, data: dict[str, Any], trial: int = 0
 ) -> dict[str, Any]:
