@@ -15,7 +15,16 @@ import torch
 from nasaudit.config import Profile, load_profile
 from nasaudit.errors import NasauditError
 from nasaudit.io import read_json, write_bytes, write_json
-from nasaudit.runs import check_same_run, claim, fingerprint, is_locked, job_lock, profile_sections, reuse
+from nasaudit.runs import (
+    check_record,
+    check_same_run,
+    claim,
+    fingerprint,
+    is_locked,
+    job_lock,
+    profile_sections,
+    reuse,
+)
 
 ARTIFACT = Path(__file__).resolve().parents[1] / "artifact"
 
@@ -29,6 +38,22 @@ def test_check_same_run_names_the_file_and_what_differs(tmp_path) -> None:
     assert str(err.value).startswith(f"{tmp_path / 'a.json'}: made by another run (its profile, seed differ")
     with pytest.raises(NasauditError, match="does not record which run made it"):
         check_same_run(tmp_path / "a.json", None, expected)
+
+
+def test_check_record_reads_each_way_a_file_stores_its_run(tmp_path) -> None:
+    path, expected = tmp_path / "state", fingerprint("train", seed=0, epochs=2)
+    other = {**expected, "seed": 1}
+    check_record(path, {"identity": expected, "log": []}, expected)  # a JSON result
+    check_record(path, {"identity": json.dumps(expected), "model": None}, expected)  # a torch checkpoint
+    check_record(path, {"fingerprint": expected}, expected, key="fingerprint")
+    check_record(path, {**expected, "rounds": [1, 2]}, expected, key=None)  # a state file's header
+    for record, key in [({"identity": other}, "identity"), ({"identity": json.dumps(other)}, "identity"),
+                        ({**other, "rounds": []}, None)]:  # fmt: skip
+        with pytest.raises(NasauditError, match="its seed differs"):
+            check_record(path, record, expected, key=key)
+    for record in [None, [expected], {"identity": "{not json"}, {"fingerprint": expected}]:
+        with pytest.raises(NasauditError, match="does not record which run made it"):
+            check_record(path, record, expected)
 
 
 def test_reuse_returns_this_runs_result_only(tmp_path) -> None:

@@ -14,6 +14,7 @@ compute it twice: the second waits (or the grid moves on) and then finds the res
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -80,6 +81,24 @@ def check_same_run(path: Path, recorded: Any, expected: Mapping[str, Any]) -> No
     )
 
 
+def check_record(path: Path, record: Any, expected: Mapping[str, Any], key: str | None = IDENTITY) -> None:
+    """Refuse to reuse ``path`` unless ``record`` (what was read from it) names this call's run.
+
+    The identity is stored under ``key``, as a dict or as its JSON text (what a torch file holds), or,
+    with ``key`` None, as ``expected``'s own keys at the top level of a state file that carries them.
+    The one reading behind every reuse of a result, checkpoint, log or state file.
+    """
+    recorded = None
+    if isinstance(record, Mapping):
+        recorded = {k: record.get(k) for k in expected} if key is None else record.get(key)
+    if isinstance(recorded, str):
+        try:
+            recorded = json.loads(recorded)
+        except json.JSONDecodeError:
+            recorded = None
+    check_same_run(path, recorded, expected)
+
+
 def reuse(path: Path, expected: Mapping[str, Any], on_delete: str) -> dict[str, Any] | None:
     """The finished result at ``path`` (a JSON record storing its identity) if this run made it.
 
@@ -89,7 +108,7 @@ def reuse(path: Path, expected: Mapping[str, Any], on_delete: str) -> dict[str, 
     if not Path(path).is_file():
         return None
     record = read_json(path, on_delete)
-    check_same_run(path, record.get(IDENTITY) if isinstance(record, dict) else None, expected)
+    check_record(path, record, expected)
     return record
 
 

@@ -31,7 +31,7 @@ from nasaudit.io import environment_manifest, jsonable, load_torch, save_torch, 
 from nasaudit.precision import autocast
 from nasaudit.progress import bar
 from nasaudit.registry import Registry
-from nasaudit.runs import IDENTITY, check_same_run, fingerprint, reuse
+from nasaudit.runs import IDENTITY, check_record, fingerprint, reuse
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
@@ -187,8 +187,7 @@ def train_model(
     checkpoint = None if out_dir is None else out_dir / CHECKPOINT
     if checkpoint is not None and checkpoint.is_file():
         state = load_torch(checkpoint, "trains the model from its first epoch", map_location=device)
-        recorded = state.get(IDENTITY) if isinstance(state, dict) else None
-        check_same_run(checkpoint, json.loads(recorded) if isinstance(recorded, str) else None, identity)
+        check_record(checkpoint, state, identity)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, log, elapsed = state["epoch"] + 1, state["log"], state["elapsed"]

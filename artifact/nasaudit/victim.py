@@ -26,7 +26,7 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.errors import NasauditError
 from nasaudit.io import check_types, jsonable, load_torch, save_torch, sha256_file
 from nasaudit.registry import Registry
-from nasaudit.runs import IDENTITY, check_same_run, fingerprint
+from nasaudit.runs import IDENTITY, check_record, fingerprint
 
 if TYPE_CHECKING:
     from nasaudit.spaces.mbv3 import ChannelPlan, MBV3Arch
@@ -355,8 +355,7 @@ def make_victim_file(
     identity = victim_identity(job_dirs, channels, layers, accuracy)
     if Path(out).is_file():
         record = load_torch(out, "makes the victim again")
-        recorded = record.get(IDENTITY) if isinstance(record, dict) else None
-        check_same_run(out, json.loads(recorded) if isinstance(recorded, str) else None, identity)
+        check_record(out, record, identity)
         return Path(out), None
     job = best_train_job(job_dirs, accuracy)
     return victim_from_train_job(job, channels, layers, out, identity), job

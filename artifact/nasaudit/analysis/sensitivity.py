@@ -50,7 +50,7 @@ from nasaudit.proxies import PROXIES
 from nasaudit.proxies.linear_regions import linear_regions
 from nasaudit.registry import Registry
 from nasaudit.report.sensitivity import CLEAN, summarise, write_outputs
-from nasaudit.runs import check_same_run, job_lock
+from nasaudit.runs import check_record, job_lock
 from nasaudit.spaces.darts import EDGE_OPS, Genotype, SuperNet
 
 FORMAT = "nasaudit-sensitivity/1"
@@ -263,7 +263,7 @@ def _read_record(path: Path, key: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         return {"key": key, "values": {}, "digests": {}, "wall_time": 0.0}
     record = read_json(path, _ON_DELETE)
-    check_same_run(path, record.get("key") if isinstance(record, dict) else None, key)
+    check_record(path, record, key, key="key")
     return record
 
 

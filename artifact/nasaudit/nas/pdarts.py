@@ -44,7 +44,7 @@ from nasaudit.io import jsonable, load_torch, read_json, save_torch, write_json,
 from nasaudit.nas.base import NAS, SearchContext
 from nasaudit.precision import autocast
 from nasaudit.progress import bar as progress_bar
-from nasaudit.runs import check_same_run
+from nasaudit.runs import check_record
 from nasaudit.spaces.darts import CELL_TYPES, CONCAT, EDGES, NODES, PRIMITIVES, Genotype, SuperNet
 from nasaudit.train import evaluate
 
@@ -358,9 +358,7 @@ class PDarts:
         fingerprint = _fingerprint(cfg, data, seed)
         if (out / RESULT).is_file():
             result = read_json(out / RESULT, "runs the search again")
-            check_same_run(
-                out / RESULT, result.get("fingerprint") if isinstance(result, dict) else None, fingerprint
-            )
+            check_record(out / RESULT, result, fingerprint, key="fingerprint")
             return result["genotype"]
         rates = skip_dropout_rates(cfg, data.name)
         weight_half, arch_half = split_search_data(data.train, cfg.train_portion, seed)
@@ -461,7 +459,7 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any], device: torch.devi
         return None
     state = load_torch(path, "restarts the search from its first epoch", map_location=device)
     ok = isinstance(state, dict) and state.get("format") == FORMAT
-    check_same_run(path, state.get("fingerprint") if ok else None, fingerprint)
+    check_record(path, state if ok else None, fingerprint, key="fingerprint")
     state["alphas"] = {k: v.cpu() for k, v in state["alphas"].items()}
     return state
 

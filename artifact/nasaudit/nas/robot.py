@@ -44,7 +44,7 @@ from nasaudit.nas.robot_pool import (
     weighted_scores,
 )
 from nasaudit.proxies import PROXIES
-from nasaudit.runs import check_same_run
+from nasaudit.runs import check_record
 from nasaudit.spaces.darts import EvalNetwork, Genotype
 from nasaudit.train import train_model
 
@@ -132,7 +132,7 @@ def _load_log(path: Path | None, header: dict[str, Any]) -> list[dict[str, Any]]
     if path is None or not path.is_file():
         return []
     log = read_json(path, "restarts the search's queries (trained queries are reused)")
-    check_same_run(path, {key: log.get(key) for key in header} if isinstance(log, dict) else None, header)
+    check_record(path, log, header, key=None)
     return log["evaluations"]
 
 

@@ -54,7 +54,7 @@ from nasaudit.nas.base import NAS, SearchContext
 from nasaudit.progress import bar
 from nasaudit.proxies.linear_regions import linear_regions
 from nasaudit.proxies.ntk import ntk_cond
-from nasaudit.runs import check_same_run
+from nasaudit.runs import check_record
 from nasaudit.spaces.darts import CELL_TYPES, CONCAT, EDGE_OPS, EDGES, NODES, Genotype, SuperNet
 
 STATE = "tenas_state.json"
@@ -521,9 +521,7 @@ def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     state = read_json(path, "restarts the search from its first round")
-    check_same_run(
-        path, {key: state.get(key) for key in identity} if isinstance(state, dict) else None, identity
-    )
+    check_record(path, state, identity, key=None)
     return state
 
 
