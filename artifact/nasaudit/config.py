@@ -424,36 +424,50 @@ def _check(value: Any, hint: Any, key: str, source: str) -> Any:
     """Convert one TOML value to ``hint``; the error names the key and the file."""
     origin = typing.get_origin(hint)
     if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices or type(value) is not type(choices[0]):
-            names = ", ".join(map(str, choices))
-            raise NasauditError(f"{source}: {key} must be one of: {names}; got {value!r}")
-        return value
+        return _check_choice(value, typing.get_args(hint), key, source)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise NasauditError(f"{source}: [{key}] must be a table")
         return _build(hint, value, key, source)
-    if origin is list:
-        if not isinstance(value, list):
-            raise NasauditError(f"{source}: {key} must be a list")
-        (item,) = typing.get_args(hint)
-        return [_check(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise NasauditError(f"{source}: {key} must be a table")
-        _, item = typing.get_args(hint)
-        return {k: _check(v, item, f"{key}.{k}", source) for k, v in value.items()}
+    if origin in (list, dict):
+        return _check_items(value, origin, typing.get_args(hint)[-1], key, source)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is not type(None):
-                try:
-                    return _check(value, option, key, source)
-                except NasauditError:
-                    continue
-        raise NasauditError(f"{source}: {key} = {value!r} is not a {hint}")
+        return _check_union(value, hint, key, source)
+    return _check_scalar(value, hint, key, source)
+
+
+def _check_choice(value: Any, choices: tuple[Any, ...], key: str, source: str) -> Any:
+    if value not in choices or type(value) is not type(choices[0]):
+        names = ", ".join(map(str, choices))
+        raise NasauditError(f"{source}: {key} must be one of: {names}; got {value!r}")
+    return value
+
+
+def _check_items(value: Any, container: type, item: Any, key: str, source: str) -> Any:
+    """A list (``key[i]``) or table (``key.name``) of values of one type, each checked."""
+    if not isinstance(value, container):
+        raise NasauditError(f"{source}: {key} must be a {'list' if container is list else 'table'}")
+    if container is list:
+        return [_check(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    return {k: _check(v, item, f"{key}.{k}", source) for k, v in value.items()}
+
+
+def _check_union(value: Any, hint: Any, key: str, source: str) -> Any:
+    """The first of the union's types the value converts to (None only where the union allows it)."""
+    options = typing.get_args(hint)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is not type(None):
+            try:
+                return _check(value, option, key, source)
+            except NasauditError:
+                continue
+    raise NasauditError(f"{source}: {key} = {value!r} is not a {hint}")
+
+
+def _check_scalar(value: Any, hint: type, key: str, source: str) -> Any:
+    """A bool, int, float or str; an integer stands for a float, a bool never for an integer."""
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, bool):

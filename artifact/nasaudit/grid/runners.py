@@ -78,56 +78,75 @@ def _priority(task: Task) -> tuple:
 
 def schedule(grid: Grid, backend: Backend, retries: int, log: Callable[[str], None] = print) -> Report:
     """Run every task of ``grid`` whose inputs exist, until nothing more can run."""
-    state = task_state(grid.layout)
     report = Report(total=len(grid.deps))
     done = {t for t in grid.deps if is_done(t, grid.layout)}
     report.already_done = len(done)
-    attempts: dict[Task, int] = {}
-    in_flight: set[Task] = set(backend.adopt([t for t in grid.deps if t not in done]))
-    if in_flight:
-        log(f"[grid] following {len(in_flight)} tasks an earlier run submitted (still queued or running)")
-    given_up: set[Task] = set()
+    run = _Run(grid, task_state(grid.layout), retries, log, report, done)
+    run.in_flight.update(backend.adopt([t for t in grid.deps if t not in done]))
+    if run.in_flight:
+        log(f"[grid] following {len(run.in_flight)} tasks an earlier run submitted (still queued or running)")
     try:
         while True:
-            blocked = _blocked(grid, given_up)
-            waiting = [
-                t
-                for t in grid.deps
-                if t not in done and t not in in_flight and t not in given_up and t not in blocked
-            ]
-            ready = sorted((t for t in waiting if all(d in done for d in grid.deps[t])), key=_priority)
-            elsewhere = [t for t in ready if state.is_locked(t)]
-            ready = [t for t in ready if t not in elsewhere][: max(0, backend.capacity - len(in_flight))]
+            ready, elsewhere = run.ready(backend.capacity)
             if ready:
                 backend.submit(ready)
-                in_flight.update(ready)
-            if not in_flight and not elsewhere:
+                run.in_flight.update(ready)
+            if not run.in_flight and not elsewhere:
                 break
             for outcome in backend.wait():
-                task = outcome.task
-                in_flight.discard(task)
-                if outcome.status in ("done", "skipped") or is_done(task, grid.layout):
-                    done.add(task)
-                    report.done += outcome.status == "done"
-                    log(f"[grid] {outcome.status:<7} {task.id}")
-                elif outcome.status == "failed":
-                    # a worker killed by the cluster could not: its job log's last lines stand in for
-                    # the traceback
-                    state.mark_failed(task, outcome.error, outcome.details)
-                    attempts[task] = attempts.get(task, 0) + 1
-                    log(f"[grid] failed  {task.id}: {outcome.error}")
-                    if outcome.details:
-                        log(textwrap.indent(outcome.details, "    "))
-                    if attempts[task] > retries:
-                        given_up.add(task)
-                        report.failed[task] = outcome.error
-            for task in list(elsewhere):  # finished by another runner meanwhile
-                if is_done(task, grid.layout):
-                    done.add(task)
+                run.finished(outcome)
+            done.update(t for t in elsewhere if is_done(t, grid.layout))  # another runner finished it
     finally:
         backend.close()
-    report.blocked = sorted(_blocked(grid, given_up))
+    report.blocked = sorted(_blocked(grid, run.given_up))
     return report
+
+
+@dataclass
+class _Run:
+    """What ``schedule`` knows during one run: the tasks done, submitted, retried and given up."""
+
+    grid: Grid
+    state: TaskState
+    retries: int
+    log: Callable[[str], None]
+    report: Report
+    done: set[Task]
+    in_flight: set[Task] = field(default_factory=set)
+    given_up: set[Task] = field(default_factory=set)
+    attempts: dict[Task, int] = field(default_factory=dict)
+
+    def ready(self, capacity: int) -> tuple[list[Task], list[Task]]:
+        """The tasks to submit now (every input done; by priority, as many as ``capacity`` leaves free)
+        and the ready tasks another runner holds (their lock is taken)."""
+        skip = self.done | self.in_flight | self.given_up | _blocked(self.grid, self.given_up)
+        deps = self.grid.deps
+        ready = sorted(
+            (t for t in deps if t not in skip and all(d in self.done for d in deps[t])), key=_priority
+        )
+        elsewhere = [t for t in ready if self.state.is_locked(t)]
+        held = set(elsewhere)
+        free = [t for t in ready if t not in held]
+        return free[: max(0, capacity - len(self.in_flight))], elsewhere
+
+    def finished(self, outcome: Outcome) -> None:
+        """Record how a submitted task ended; a task failing more than ``retries`` times is given up."""
+        task = outcome.task
+        self.in_flight.discard(task)
+        if outcome.status in ("done", "skipped") or is_done(task, self.grid.layout):
+            self.done.add(task)
+            self.report.done += outcome.status == "done"
+            self.log(f"[grid] {outcome.status:<7} {task.id}")
+        elif outcome.status == "failed":
+            # a worker killed by the cluster could not: its job log's last lines stand in for the traceback
+            self.state.mark_failed(task, outcome.error, outcome.details)
+            self.attempts[task] = self.attempts.get(task, 0) + 1
+            self.log(f"[grid] failed  {task.id}: {outcome.error}")
+            if outcome.details:
+                self.log(textwrap.indent(outcome.details, "    "))
+            if self.attempts[task] > self.retries:
+                self.given_up.add(task)
+                self.report.failed[task] = outcome.error
 
 
 def _blocked(grid: Grid, failed: set[Task]) -> set[Task]:

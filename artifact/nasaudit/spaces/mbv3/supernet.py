@@ -264,54 +264,59 @@ def load_supernet(net: MBV3SuperNet, path: Path) -> dict[str, Any]:
     Any other mismatch (a missing or unknown key, a shape that differs) is a one-line error.
     """
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location=net.stem.conv.weight.device, weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NasauditError(f"cannot read supernet weights {path}: {first}") from None
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise NasauditError(f"{path} is not a supernet checkpoint (expected a state dict of tensors)")
+    state = _read_state(path, "supernet", "supernet", net.stem.conv.weight.device)
     ours = net.state_dict()
     source = "nasaudit"
     if not set(state) <= set(ours):
-        source, mapped = "ofa", {}
-        for key, value in state.items():
-            name = ofa_key(key)
-            if name is None or name not in ours:
-                raise NasauditError(
-                    f"{path.name}: key {key!r} is neither ours nor an OFA MobileNetV3 supernet key"
-                )
-            mapped[name] = value
-        state = mapped
+        source, state = "ofa", _from_ofa(state, ours, path)
     missing = sorted(k for k in set(ours) - set(state) if not k.endswith("num_batches_tracked"))
     if missing:
         raise NasauditError(f"{path.name}: has no {missing[0]!r}; is it a MobileNetV3 (OFA) supernet?")
-    reset = sorted(
-        k for k, v in state.items() if v.shape != ours[k].shape and k.startswith("head.classifier.")
-    )
+    reset = _classifier_to_reset(state, ours, path)
+    net.load_state_dict({k: v for k, v in state.items() if k not in reset}, strict=False)
+    return {"source": source, "classifier_reset": bool(reset)}
+
+
+def _from_ofa(state: dict[str, Tensor], ours: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+    """An OFA MobileNetV3 supernet's state under our names (``ofa_key``); any other key is refused."""
+    mapped = {}
+    for key, value in state.items():
+        name = ofa_key(key)
+        if name is None or name not in ours:
+            raise NasauditError(
+                f"{path.name}: key {key!r} is neither ours nor an OFA MobileNetV3 supernet key"
+            )
+        mapped[name] = value
+    return mapped
+
+
+def _classifier_to_reset(state: dict[str, Tensor], ours: dict[str, Tensor], path: Path) -> set[str]:
+    """The classifier tensors shaped for another class count (left as initialised); any other tensor of
+    another shape is refused."""
+    reset = {k for k, v in state.items() if v.shape != ours[k].shape and k.startswith("head.classifier.")}
     for key, value in state.items():
         if value.shape != ours[key].shape and key not in reset:
             raise NasauditError(
                 f"{path.name}: {key} has shape {tuple(value.shape)} in the file but {tuple(ours[key].shape)} "
                 f"here; check [mbv3] width_mult (OFA's w1.0 and w1.2 files need 1.0 and 1.2)"
             )
-    net.load_state_dict({k: v for k, v in state.items() if k not in reset}, strict=False)
-    return {"source": source, "classifier_reset": bool(reset)}
+    return reset
 
 
 # --- the network nasaudit train retrains ------------------------------------------------------------
 
 
-def _read_state(path: Path) -> dict[str, Tensor]:
+def _read_state(path: Path, weights: str, kind: str, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """The state dict of tensors in ``path`` (bare, or under ``state_dict`` as OFA stores it); the
+    one-line errors name the ``weights`` and the ``kind`` of checkpoint expected."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location=device, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NasauditError(f"cannot read inherited weights {path}: {first}") from None
+        raise NasauditError(f"cannot read {weights} weights {path}: {first}") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise NasauditError(f"{path} is not a network checkpoint (expected a state dict of tensors)")
+        raise NasauditError(f"{path} is not a {kind} checkpoint (expected a state dict of tensors)")
     return state
 
 
@@ -334,7 +339,7 @@ def retrain_network(arch: MBV3Arch, num_classes: int, cfg: MBV3Config) -> MBV3Ne
                 "set [mbv3] init to "
                 'a supernet file or to "scratch"'
             )
-        source, state = Path(arch.weights), _read_state(Path(arch.weights))
+        source, state = Path(arch.weights), _read_state(Path(arch.weights), "inherited", "network")
     else:
         source, supernet = Path(cfg.init), MBV3SuperNet(plan, num_classes)
         load_supernet(supernet, source)
