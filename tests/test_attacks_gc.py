@@ -25,11 +25,11 @@ from nasaudit.attacks.gc import (
     weights_and_biases,
 )
 from nasaudit.attacks.nas_gc import NAS_TARGETS
+from nasaudit.attacks.victim import VICTIMS, mbv3_spec, save_victim, supernet_spec
 from nasaudit.config import GCConfig, load_profile
 from nasaudit.data.poison import load_poison, save_poison
 from nasaudit.spaces.darts import EvalNetwork, SuperNet, load
 from nasaudit.spaces.mbv3 import MBV3Net, channel_plan, extreme_arch
-from nasaudit.victim import VICTIMS, mbv3_spec, save_victim, supernet_spec
 
 PROFILE = load_profile("smoke")
 GC = dataclasses.replace(PROFILE.gc, steps=30, poison_batch_size=64)

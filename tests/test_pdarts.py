@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import nasaudit.nas.pdarts as pdarts
+from nasaudit.attacks.victim import read_victim
 from nasaudit.config import load_profile
 from nasaudit.data.datasets import Split, make_dataset
 from nasaudit.data.poison import apply_poison, make_poison
@@ -26,7 +27,6 @@ from nasaudit.nas.pdarts import (
     split_search_data,
 )
 from nasaudit.spaces.darts import CELL_TYPES, EDGES, PRIMITIVES, Genotype
-from nasaudit.victim import read_victim
 
 PAPER = load_profile("paper")
 SMOKE = load_profile("smoke")

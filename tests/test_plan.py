@@ -13,6 +13,7 @@ from torch import nn
 
 from nasaudit.attacks import ATTACKS
 from nasaudit.attacks.nas_gc import NAS_TARGETS
+from nasaudit.attacks.victim import JOB_VICTIMS
 from nasaudit.cli import main
 from nasaudit.config import load_profile
 from nasaudit.defenses import DEFENSES
@@ -27,7 +28,6 @@ from nasaudit.grid.plan import (
     victim_net,
 )
 from nasaudit.nas import NAS
-from nasaudit.victim import JOB_VICTIMS
 
 from conftest import profile_file
 

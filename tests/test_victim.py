@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nasaudit.cli import main
-from nasaudit.config import load_profile
-from nasaudit.errors import NasauditError
-from nasaudit.io import write_json
-from nasaudit.models import MODELS
-from nasaudit.spaces.darts import EvalNetwork, SuperNet, load
-from nasaudit.spaces.mbv3 import MBV3Net, channel_plan, random_arch
-from nasaudit.train import train_model
-from nasaudit.victim import (
+from nasaudit.attacks.victim import (
     VICTIMS,
     best_train_job,
     load_victim,
@@ -27,6 +19,14 @@ from nasaudit.victim import (
     supernet_spec,
     victim_from_train_job,
 )
+from nasaudit.cli import main
+from nasaudit.config import load_profile
+from nasaudit.errors import NasauditError
+from nasaudit.io import write_json
+from nasaudit.models import MODELS
+from nasaudit.spaces.darts import EvalNetwork, SuperNet, load
+from nasaudit.spaces.mbv3 import MBV3Net, channel_plan, random_arch
+from nasaudit.train import train_model
 
 
 def _supernet() -> tuple[SuperNet, dict]:

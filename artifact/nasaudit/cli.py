@@ -236,9 +236,9 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
 
 
 def cmd_victim(args: argparse.Namespace) -> None:
+    from nasaudit.attacks.victim import make_victim_file
     from nasaudit.config import load_profile
     from nasaudit.runs import job_lock
-    from nasaudit.victim import make_victim_file
 
     out = output(args.out, folder=False)
     profile = load_profile(args.profile, args.set)

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nasaudit.attacks.base import ATTACKS, AttackContext, choose_indices
+from nasaudit.attacks.victim import Victim, read_victim
 from nasaudit.batch_cap import capped, capped_size
 from nasaudit.config import GCConfig
 from nasaudit.data.datasets import ImageDataset
@@ -66,7 +67,6 @@ from nasaudit.data.poison import Poison, make_poison
 from nasaudit.errors import NasauditError
 from nasaudit.io import jsonable, load_torch, save_torch, sha256_file, write_json
 from nasaudit.progress import bar as progress_bar
-from nasaudit.victim import Victim, read_victim
 
 ROUNDING = "nearest uint8 level of x+Δ (numpy rint), clipped to the ε ball and [0, 255]"
 

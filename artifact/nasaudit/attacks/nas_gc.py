@@ -18,10 +18,10 @@ from torch import nn
 
 from nasaudit.attacks.base import ATTACKS, AttackContext
 from nasaudit.attacks.gc import gradient_canceling, require_victim, weights_and_biases
+from nasaudit.attacks.victim import read_victim
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.poison import Poison
 from nasaudit.registry import Registry
-from nasaudit.victim import read_victim
 
 
 def architecture_parameters(model: nn.Module) -> list[str]:

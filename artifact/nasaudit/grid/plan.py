@@ -458,7 +458,7 @@ class VictimNet:
     """The network a GC poison differentiates: its timer name, victim kind and constructor."""
 
     name: str
-    kind: str  # a nasaudit.victim.VICTIMS kind, which decides NAS-specific GC's target
+    kind: str  # a nasaudit.attacks.victim.VICTIMS kind, which decides NAS-specific GC's target
     build: Callable[[], nn.Module]
 
 
@@ -474,8 +474,8 @@ def _pdarts_victim(profile: Profile) -> VictimNet:
 
 
 def victim_net(profile: Profile, algorithm: str) -> VictimNet:
+    from nasaudit.attacks.victim import JOB_VICTIMS
     from nasaudit.nas import NAS
-    from nasaudit.victim import JOB_VICTIMS
 
     if algorithm in SEARCH_VICTIMS:
         return SEARCH_VICTIMS.get(algorithm)(profile)

@@ -167,7 +167,7 @@ class VictimStage:
         if supernet.is_file():
             file = supernet
         else:
-            from nasaudit.victim import victim_from_train_job
+            from nasaudit.attacks.victim import victim_from_train_job
 
             net = env.profile.darts_net
             file = victim_from_train_job(

@@ -532,7 +532,7 @@ def _end_stage(
 
 def _save_victim(path: Path, current: _Stage, data: ImageDataset, dropout: float) -> None:
     """The converged last-stage supernet, rebuildable from its spec, for NAS-specific GC."""
-    from nasaudit.victim import save_victim, supernet_spec
+    from nasaudit.attacks.victim import save_victim, supernet_spec
 
     spec = supernet_spec({**current.kwargs, "skip_dropout": dropout}, current.model)
     save_victim(

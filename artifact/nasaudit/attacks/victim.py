@@ -6,6 +6,9 @@ biases they target). A victim file stores, next to the state dict, the *kind* of
 spec from which that kind rebuilds it, plus the dataset and class count it was trained for, so an
 attack can load any victim without knowing which search produced it, and a victim trained on other
 classes is refused at the boundary rather than poisoning with the wrong gradients.
+
+The file belongs to the attacks that read it (``gc``, ``nas_gc``); `nasaudit victim`, P-DARTS (its
+supernet) and the grid's victim stage write it.
 """
 
 from __future__ import annotations
