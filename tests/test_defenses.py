@@ -381,16 +381,21 @@ def test_table4_is_one_sided_welch_against_the_undefended_cell_without_correctio
     assert not out.loc[("denoise", "nas_gc"), "significant"]
 
 
+def poison_then_sanitize(data, profile, folder, keep: np.ndarray):
+    """An RLF poison file of ``data``, the poisoned data, and a defended file keeping ``keep`` of it."""
+    context = AttackContext(profile=profile, device=torch.device("cpu"), cache_dir=folder)
+    poison = run_attack("rlf", data, 0.5, 0, context)
+    poisoned = apply_poison(poison, data)
+    defended = save_defended(make_defended("sanitize", poisoned, 0, keep), folder / "sanitized")
+    return save_poison(poison, folder / "rlf"), poisoned, defended
+
+
 def test_search_data_applies_the_poison_then_the_defense(tiny_dataset, profile, tmp_path) -> None:
     from nasaudit.nas.base import search_data
     from nasaudit.runs import data_identity
 
-    context = AttackContext(profile=profile, device=torch.device("cpu"), cache_dir=tmp_path)
-    poison = run_attack("rlf", tiny_dataset, 0.5, 0, context)
-    poison_path = save_poison(poison, tmp_path / "rlf")
-    poisoned = apply_poison(poison, tiny_dataset)
     keep = np.arange(1, len(tiny_dataset.train), 3)
-    defended_path = save_defended(make_defended("sanitize", poisoned, 0, keep), tmp_path / "kept")
+    poison_path, poisoned, defended_path = poison_then_sanitize(tiny_dataset, profile, tmp_path, keep)
 
     same, clean_provenance = search_data(tiny_dataset)
     assert same is tiny_dataset and clean_provenance["poison"] is None and "defense" not in clean_provenance
@@ -411,12 +416,8 @@ def test_search_data_applies_the_poison_then_the_defense(tiny_dataset, profile, 
 def test_search_takes_a_defended_dataset(digits, profile, tmp_path) -> None:
     from nasaudit.cli import main
 
-    context = AttackContext(profile=profile, device=torch.device("cpu"), cache_dir=tmp_path)
-    poison = run_attack("rlf", digits, 0.5, 0, context)
-    poison_path = save_poison(poison, tmp_path / "rlf")
-    poisoned = apply_poison(poison, digits)
     keep = np.arange(0, len(digits.train), 2)
-    defended_path = save_defended(make_defended("sanitize", poisoned, 0, keep), tmp_path / "sanitized")
+    poison_path, _, defended_path = poison_then_sanitize(digits, profile, tmp_path, keep)
     out = tmp_path / "search"
     argv = [
         "search",
