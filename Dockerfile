@@ -1,8 +1,9 @@
-# One image per NAS algorithm, each with the PyTorch of its official implementation where that is
-# at least 2.0, else 2.0.1, the oldest this package supports (README, "Containers", says which and why).
+# One image per NAS algorithm, each with the PyTorch the paper's authors ran it with (their forks'
+# requirement files) where that is at least 2.0, else 2.0.0, the oldest this package supports (README,
+# "Containers", says which and why).
 #   make docker-build-pdarts      # or: docker build --target pdarts --tag nasaudit:pdarts .
 #   make docker-run ALGO=pdarts CMD="data info digits"
-# torch 2.0.1 supports Python 3.8-3.11, requirements.txt's other pins need >= 3.11: so 3.11.
+# torch 2.0.x supports Python 3.8-3.11, requirements.txt's other pins need >= 3.11: so 3.11.
 
 FROM python:3.11-slim-bookworm AS python
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -35,14 +36,15 @@ ENTRYPOINT ["nasaudit"]
 CMD ["--help"]
 
 # Each target, as root: requirements.txt's pins other than torch's (adapted to the target's torch by
-# docker/torch-VERSION.txt), then torch and torchvision from the CUDA wheel index its build arguments
-# name, holding those pins, then the package; only then the unprivileged user.
-# cu118 is the oldest CUDA whose torch 2.0.1 wheels carry sm_90 (H100) kernels; cu117's stop at sm_86.
+# docker/torch-MAJOR.MINOR.txt), then torch and torchvision from the CUDA wheel index its build
+# arguments name, holding those pins, then the package; only then the unprivileged user.
+# cu118 is the oldest CUDA whose torch 2.0.x wheels carry sm_90 (H100) kernels; cu117's stop at sm_86.
 
-# P-DARTS (Chen et al., 2019): official README asks for "PyTorch 0.4 or above".
+# P-DARTS as the authors ran it: ztcoalson/pdarts reqs_pip.txt:37 torch==2.0.0+cu118 (its torchvision
+# 0.15.0+cu118 is not on PyPI; 0.15.1 is torch 2.0.0's release pair).
 FROM base AS pdarts
-ARG TORCH_VERSION=2.0.1
-ARG TORCHVISION_VERSION=0.15.2
+ARG TORCH_VERSION=2.0.0
+ARG TORCHVISION_VERSION=0.15.1
 ARG CUDA_VARIANT=cu118
 RUN python /opt/nasaudit/docker/requirements.py "${TORCH_VERSION}" > /opt/nasaudit/requirements-image.txt \
     && pip install --requirement /opt/nasaudit/requirements-image.txt \
@@ -53,10 +55,11 @@ RUN python /opt/nasaudit/docker/requirements.py "${TORCH_VERSION}" > /opt/nasaud
     && pip check
 USER 1000:1000
 
-# TE-NAS (Chen et al., 2021): official requirements.txt pins torch==1.6.0.
+# TE-NAS: the authors ran torch==1.8.0+cu111 (ztcoalson/TENAS reqs_pip.txt:53), older than this package
+# supports: the oldest it does.
 FROM base AS tenas
-ARG TORCH_VERSION=2.0.1
-ARG TORCHVISION_VERSION=0.15.2
+ARG TORCH_VERSION=2.0.0
+ARG TORCHVISION_VERSION=0.15.1
 ARG CUDA_VARIANT=cu118
 RUN python /opt/nasaudit/docker/requirements.py "${TORCH_VERSION}" > /opt/nasaudit/requirements-image.txt \
     && pip install --requirement /opt/nasaudit/requirements-image.txt \
@@ -67,7 +70,7 @@ RUN python /opt/nasaudit/docker/requirements.py "${TORCH_VERSION}" > /opt/nasaud
     && pip check
 USER 1000:1000
 
-# RoBoT (He et al., 2024): official requirements.txt pins torch==2.0.1.
+# RoBoT as the authors ran it: ztcoalson/RoBoT reqs_pip.txt:41 torch==2.0.1 (PyPI's, CUDA 11.7).
 FROM base AS robot
 ARG TORCH_VERSION=2.0.1
 ARG TORCHVISION_VERSION=0.15.2
@@ -81,10 +84,11 @@ RUN python /opt/nasaudit/docker/requirements.py "${TORCH_VERSION}" > /opt/nasaud
     && pip check
 USER 1000:1000
 
-# NSGANetV2 (Lu et al., 2020): official README lists PyTorch 1.5.1.
+# NSGANetV2: the authors ran torch==1.8.0+cu111 (ztcoalson/nsganetv2 requirements.txt:43; 1.5.1 before
+# commit f8b664b), older than this package supports: the oldest it does.
 FROM base AS nsganetv2
-ARG TORCH_VERSION=2.0.1
-ARG TORCHVISION_VERSION=0.15.2
+ARG TORCH_VERSION=2.0.0
+ARG TORCHVISION_VERSION=0.15.1
 ARG CUDA_VARIANT=cu118
 RUN python /opt/nasaudit/docker/requirements.py "${TORCH_VERSION}" > /opt/nasaudit/requirements-image.txt \
     && pip install --requirement /opt/nasaudit/requirements-image.txt \

@@ -8,8 +8,8 @@ PROFILE ?= paper
 DATASETS ?= cifar10 cifar100 mnist fashionmnist svhn
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke-test smoke-bless smoke-portability test test-all lint data bench clean table1 table2 table3 table4 table5 \
-	table6 figures
+.PHONY: help venv smoke-test smoke-bless smoke-portability test test-all test-slurm lint data bench gpu-check clean table1 table2 \
+	table3 table4 table5 table6 figures report
 include mk/docker.mk
 
 help:  ## list the targets
@@ -43,8 +43,15 @@ lint: $(STAMP) docker-lint  ## ruff, and hadolint on the Dockerfile
 test: lint  ## ruff + the fast test suite (skips tests marked slow)
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: lint  ## ruff + every test, the slow ones too
-	$(PY) -m pytest -q
+test-all: lint  ## ruff + every test, the slow ones too, and test-slurm when root
+	$(PY) -m pytest -q -m "not slurm"
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) test-slurm; else echo "test-all: test-slurm skipped (needs root)"; fi
+
+# A one-node Slurm cluster on localhost (tests/slurm/localslurm.py): installed with apt when missing,
+# started in a temporary folder, stopped (exactly its processes) and removed after the checks.
+test-slurm: $(STAMP)  ## (root) the slurm runner against a real one-node Slurm on localhost; ~15 min on 2 cores
+	$(PY) tests/slurm/localslurm.py install
+	$(PY) -m pytest -q -m slurm tests/slurm
 
 data: $(STAMP)  ## download the real datasets into data/ (needs internet; checksums verified)
 	for d in $(DATASETS); do $(VENV)/bin/nasaudit data download $$d || exit 1; done
@@ -105,8 +112,14 @@ table2: $(STAMP)  ## Table 2: training-free metrics, clean vs poisoned (p = 50%)
 figures: $(STAMP)  ## Figure 1: cells of the best clean and worst RLF-50% P-DARTS architecture of `make table1`
 	$(VENV)/bin/nasaudit figure cells --grid results --profile $(PROFILE) --out results/$(PROFILE)/figures/figure1
 
+report: $(STAMP)  ## one HTML page, no network: every table vs the paper, plots, provenance (results/PROFILE/report)
+	$(VENV)/bin/nasaudit report --profile $(PROFILE) --results results
+
 bench: $(STAMP)  ## speed against plain-PyTorch baselines measured in the same run (CPU, and GPU if present)
 	$(PY) -m benchmarks
+
+gpu-check: $(STAMP)  ## on a GPU machine, first: preflight, GPU ratios, fp32 vs bf16, concurrency, GPU-hours (~8 min)
+	$(PY) -m benchmarks.gpu_check --out results/gpu-check
 
 clean:  ## remove results/ and caches (keeps data/ and .venv/)
 	rm -rf results .pytest_cache .ruff_cache

@@ -4,8 +4,8 @@ Both run first-order DARTS as the official search does: one α step on an arch-v
 weight step on a weight-train batch. The plain loop is what the official script does: two torch
 DataLoaders over PIL images with torchvision transforms (crop, flip, to-tensor, normalise), fp32, NCHW,
 a full backward for each step. Ours keeps both halves on the device with batched augmentation, lets
-each step's backward compute only the gradients it uses, and on CUDA adds bf16 autocast and
-channels_last. Throughput counts weight-train images per second.
+each step's backward compute only the gradients it uses, and on CUDA adds channels_last; both run in
+fp32, as the paper profile's ``[pdarts] precision`` does. Throughput counts weight-train images per second.
 """
 
 from __future__ import annotations

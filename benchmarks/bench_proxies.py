@@ -40,23 +40,34 @@ def _seconds_per_call(net: nn.Module, inputs: Tensor) -> tuple[dict[str, float],
     return wall, cpu
 
 
-def main() -> None:
+def run(device: torch.device) -> dict[str, float]:
+    """Seconds per κ_NTK call of each path on ``device``, their ratio and the relative κ difference."""
     cfg = load_profile("paper").tenas
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    for device in devices:
-        torch.manual_seed(0)
-        net = scoring_net(initial_candidates(cfg), cfg, CLASSES, stem=True).to(device)
-        inputs = torch.randn(cfg.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
-        print(f"κ_NTK, TE-NAS scoring supernet ({sum(p.numel() for p in net.parameters())} parameters), "
-              f"batch {cfg.batch_size}×3×{IMAGE_SIZE}×{IMAGE_SIZE}, {device}, "
-              f"{torch.get_num_threads()} CPU threads")  # fmt: skip
-        kappa = {label: ntk_cond(net, inputs, batched=batched) for label, batched in PATHS.items()}  # warm-up
-        wall, cpu = _seconds_per_call(net, inputs)
-        for label in PATHS:
-            print(f"  {label:10s} {wall[label]:6.3f} s wall {cpu[label]:6.3f} s CPU  κ = {kappa[label]:.6g}")
-        error = abs(kappa["batched"] - kappa["per-sample"]) / kappa["per-sample"]
-        print(f"  speed-up batched / per-sample: {wall['per-sample'] / wall['batched']:.2f}× wall, "
-              f"{cpu['per-sample'] / cpu['batched']:.2f}× CPU; κ differs by {error:.1e}")  # fmt: skip
+    torch.manual_seed(0)
+    net = scoring_net(initial_candidates(cfg), cfg, CLASSES, stem=True).to(device)
+    inputs = torch.randn(cfg.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    print(f"κ_NTK, TE-NAS scoring supernet ({sum(p.numel() for p in net.parameters())} parameters), "
+          f"batch {cfg.batch_size}×3×{IMAGE_SIZE}×{IMAGE_SIZE}, {device}, "
+          f"{torch.get_num_threads()} CPU threads")  # fmt: skip
+    kappa = {label: ntk_cond(net, inputs, batched=batched) for label, batched in PATHS.items()}  # warm-up
+    wall, cpu = _seconds_per_call(net, inputs)
+    for label in PATHS:
+        print(f"  {label:10s} {wall[label]:6.3f} s wall {cpu[label]:6.3f} s CPU  κ = {kappa[label]:.6g}")
+    error = abs(kappa["batched"] - kappa["per-sample"]) / kappa["per-sample"]
+    print(f"  speed-up batched / per-sample: {wall['per-sample'] / wall['batched']:.2f}× wall, "
+          f"{cpu['per-sample'] / cpu['batched']:.2f}× CPU; κ differs by {error:.1e}")  # fmt: skip
+    return {
+        "per_sample_s": wall["per-sample"],
+        "batched_s": wall["batched"],
+        "ratio": wall["per-sample"] / wall["batched"],
+        "kappa_rel_diff": error,
+    }
+
+
+def main() -> None:
+    run(torch.device("cpu"))
+    if torch.cuda.is_available():
+        run(torch.device("cuda"))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rate(score, pool, data, cfg, device: torch.device) -> tuple[float, np.ndarray, str]:  # type: ignore[no-untyped-def]
+def _rate(score, pool, data, cfg, device: torch.device) -> tuple[float, np.ndarray, float]:  # type: ignore[no-untyped-def]
     score(pool[:1], data, cfg, device)  # warm-up: allocator, kernels, lazy imports
     _sync(device)
     if device.type == "cuda":
@@ -76,17 +76,20 @@ def _rate(score, pool, data, cfg, device: torch.device) -> tuple[float, np.ndarr
     values = score(pool, data, cfg, device)
     _sync(device)
     rate = len(pool) / (time.perf_counter() - start)
-    memory = (
-        f"   peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
-    )
-    return rate, values, memory
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return rate, values, peak
+
+
+def _memory(peak: float) -> str:
+    return "" if peak != peak else f"   peak {peak:.1f} GiB"  # NaN: not measured (CPU)
 
 
 def _hours(rate: float) -> str:
     return f"{PAPER_POOL / rate / 3600:.1f} h"
 
 
-def run(device: torch.device, archs: int, stacks: list[int]) -> None:
+def run(device: torch.device, archs: int, stacks: list[int]) -> dict[str, object]:
+    """Architectures per second of the loop and of each stack size, with peak GPU memory (GiB)."""
     cfg = load_profile("paper").robot
     data = load_dataset("digits")
     pool = sample_pool(archs, 0, cfg.pool_ops)[:archs]
@@ -94,16 +97,25 @@ def run(device: torch.device, archs: int, stacks: list[int]) -> None:
         f"RoBoT pool scoring on {device} ({torch.get_num_threads()} CPU threads): {len(pool)} architectures, "
         f"C={cfg.channels}, {cfg.layers} cells, batch {cfg.proxy_batch}, {', '.join(cfg.proxies)}"
     )
-    baseline, reference, memory = _rate(_one_by_one, pool, data, cfg, device)
+    baseline, reference, peak = _rate(_one_by_one, pool, data, cfg, device)
     pool_time = f"60,000-architecture pool: {_hours(baseline)}"
-    print(f"  one-by-one loop        {baseline:8.3f} arch/s   {pool_time}{memory}")
+    print(f"  one-by-one loop        {baseline:8.3f} arch/s   {pool_time}{_memory(peak)}")
+    result: dict[str, object] = {"archs": len(pool), "loop_arch_per_s": baseline, "stacks": {}}
     for stack in stacks:
-        ours, values, memory = _rate(_stacked(stack), pool, data, cfg, device)
+        ours, values, peak = _rate(_stacked(stack), pool, data, cfg, device)
         same = np.allclose(values, reference, rtol=1e-2, atol=1e-6, equal_nan=True)
         print(
             f"  score_pool, stack {stack:3d} {ours:8.3f} arch/s   60,000-architecture pool: {_hours(ours)}"
-            f"   {ours / baseline:.2f}× the loop; scores equal to the loop's: {same}{memory}"
+            f"   {ours / baseline:.2f}× the loop; scores equal to the loop's: {same}{_memory(peak)}"
         )
+        result["stacks"][stack] = {  # type: ignore[index]
+            "arch_per_s": ours,
+            "ratio": ours / baseline,
+            "pool_hours": PAPER_POOL / ours / 3600,
+            "peak_gib": peak,
+            "equal_to_loop": bool(same),
+        }
+    return result
 
 
 def main(archs: int | None = None, stacks: list[int] | None = None) -> None:

@@ -2,7 +2,8 @@
 
 The plain loop is what a typical CIFAR script does: a torch DataLoader over PIL images with
 torchvision transforms (crop, flip, to-tensor, normalise) plus cutout, fp32, NCHW. Ours keeps the
-data on the device with batched augmentation, and on CUDA adds bf16 autocast and channels_last.
+data on the device with batched augmentation, channels_last on CUDA, in the recipe's precision (fp32
+as the paper profile runs; ``run(..., precision="bf16")`` times the opt-in bf16 autocast).
 """
 
 from __future__ import annotations
@@ -104,11 +105,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run(device: torch.device) -> dict[str, float]:
+def run(device: torch.device, precision: str = "fp32") -> dict[str, float]:
     profile = load_profile("paper")
     gpu = device.type == "cuda"
     channels, layers, batches = (36, 20, 60) if gpu else (16, 8, 6)
-    cfg = dataclasses.replace(profile.train, batch_size=128 if gpu else 64)
+    cfg = dataclasses.replace(profile.train, batch_size=128 if gpu else 64, precision=precision)
     n = (batches + 4) * cfg.batch_size
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n))
@@ -123,7 +124,7 @@ def run(device: torch.device) -> dict[str, float]:
     plain = _plain_loop(model(), dataset, cfg, device, batches)
     ours = _ours(model(), dataset, cfg, device, batches)
     print(
-        f"[train/{device.type}] P-DARTS eval net C={channels} L={layers} batch {cfg.batch_size}: "
+        f"[train/{device.type}/{precision}] P-DARTS eval net C={channels} L={layers} batch {cfg.batch_size}: "
         f"plain loop {plain:8.1f} img/s, nasaudit {ours:8.1f} img/s, ratio {ours / plain:5.2f}x"
     )
     return {"plain": plain, "ours": ours, "ratio": ours / plain}

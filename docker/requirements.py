@@ -3,7 +3,8 @@
 The images (and .venv-compat) install torch and torchvision separately, at the version a build
 argument names, from the CUDA wheel index. What else they install must still come from
 requirements.txt, so that native and container runs use the same libraries, except where an older
-torch cannot work with a pin: docker/torch-VERSION.txt lists those replacements, each with its reason.
+torch cannot work with a pin: docker/torch-MAJOR.MINOR.txt lists those replacements for every release
+of that line, each with its reason.
 
     python docker/requirements.py 2.0.1 > requirements-torch-2.0.1.txt
 """
@@ -34,7 +35,8 @@ def read_pins(path: Path) -> dict[str, str]:
 
 def requirements_for(torch_version: str, root: Path = ROOT) -> list[str]:
     pins = read_pins(root / "requirements.txt")
-    replacements_file = root / "docker" / f"torch-{torch_version}.txt"
+    line = ".".join(torch_version.split(".")[:2])
+    replacements_file = root / "docker" / f"torch-{line}.txt"
     replacements = read_pins(replacements_file) if replacements_file.exists() else {}
     unknown = sorted(set(replacements) - set(pins))
     if unknown:

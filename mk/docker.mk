@@ -35,20 +35,24 @@ docker-lint: $(STAMP)  ## hadolint on the Dockerfile, ruff on docker/
 	$(VENV)/bin/ruff check docker
 	$(VENV)/bin/ruff format --check docker
 
-# The images' library set without Docker: the oldest torch any target pins, CPU wheels from PyPI, and
-# requirements.txt's other pins as docker/requirements.py adapts them to that torch.
-COMPAT_VENV := .venv-compat
-COMPAT_TORCH := 2.0.1
-COMPAT_TORCHVISION := 0.15.2
+# The images' library sets without Docker: one venv per distinct torch the targets pin (.venv-compat-
+# VERSION), CPU-run wheels from PyPI, and requirements.txt's other pins as docker/requirements.py adapts
+# them to that torch. COMPAT_PAIRS lists torch:torchvision as the Dockerfile's targets pin them.
+COMPAT_PAIRS := 2.0.0:0.15.1 2.0.1:0.15.2
+COMPAT_TORCHES := $(foreach pair,$(COMPAT_PAIRS),$(word 1,$(subst :, ,$(pair))))
+compat_torchvision = $(word 2,$(subst :, ,$(filter $(1):%,$(COMPAT_PAIRS))))
+.PHONY: $(addprefix test-compat-,$(COMPAT_TORCHES))
 
-$(COMPAT_VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml docker/requirements.py docker/torch-$(COMPAT_TORCH).txt
-	$(PYTHON) -m venv $(COMPAT_VENV)
-	$(PYTHON) docker/requirements.py $(COMPAT_TORCH) > $(COMPAT_VENV)/requirements.txt
-	$(COMPAT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
-		torch==$(COMPAT_TORCH) torchvision==$(COMPAT_TORCHVISION) \
-		-r $(COMPAT_VENV)/requirements.txt -r requirements-dev.txt
-	$(COMPAT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+.venv-compat-%/.installed: requirements.txt requirements-dev.txt pyproject.toml docker/requirements.py docker/torch-2.0.txt
+	$(PYTHON) -m venv .venv-compat-$*
+	$(PYTHON) docker/requirements.py $* > .venv-compat-$*/requirements.txt
+	.venv-compat-$*/bin/python -m pip install --quiet --disable-pip-version-check \
+		torch==$* torchvision==$(call compat_torchvision,$*) \
+		-r .venv-compat-$*/requirements.txt -r requirements-dev.txt
+	.venv-compat-$*/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-test-compat: $(COMPAT_VENV)/.installed  ## the fast tests under the oldest pinned PyTorch (2.0.1), in .venv-compat
-	$(COMPAT_VENV)/bin/python -m pytest -q -m "not slow"
+test-compat: $(addprefix test-compat-,$(COMPAT_TORCHES))  ## the fast tests under each torch the images pin (test-compat-VERSION: one)
+
+$(addprefix test-compat-,$(COMPAT_TORCHES)): test-compat-%: .venv-compat-%/.installed
+	.venv-compat-$*/bin/python -m pytest -q -m "not slow"

@@ -36,6 +36,14 @@ def test_edge_labels_are_the_genotypes_ops() -> None:
     assert node_names == {"$c_{k-2}$", "$c_{k-1}$", "0", "1", "2", "3", "$c_{k}$"}
 
 
+def test_a_node_reading_one_input_twice_shows_both_edges() -> None:
+    fig = cells_figure([("RANDOM_3", load("random_3"))])  # normal node 3: dil_conv_5x5 on input 1, twice
+    labels = {t.get_gid(): t for t in fig.axes[0].texts if t.get_gid()}
+    first, second = labels["normal:3:1"], labels["normal:3:1:again"]
+    assert first.get_text() == second.get_text() == "dil_conv_5x5"
+    assert first.get_position() != second.get_position()
+
+
 def test_one_column_per_architecture() -> None:
     fig = cells_figure([("clean", load("pdarts")), ("poisoned", load("darts_v1"))])
     assert len(fig.axes) == 4
@@ -86,7 +94,10 @@ def test_grid_pair_is_the_best_clean_and_the_worst_rlf_architecture(tmp_path) ->
             json.dumps({"space": "darts", "architecture": load(name).to_json()})
         )
         layout.train_dir(key).mkdir(parents=True)
-        (layout.train_dir(key) / "result.json").write_text(json.dumps({"test_accuracy": accuracy}))
+        log = [{"epoch": 0, "test_acc": accuracy}, {"epoch": 1, "test_acc": accuracy - 10.0}]
+        (layout.train_dir(key) / "result.json").write_text(
+            json.dumps({"test_accuracy": accuracy - 10, "log": log})
+        )
     (clean_label, clean), (rlf_label, rlf) = figure1_architectures(tmp_path, profile)
     assert clean == load(chosen[("none", 1)]) and rlf == load(chosen[("rlf", 1)])
     assert clean_label == "clean (best of 2, 95.00%)" and rlf_label == "RLF p = 50% (worst of 2, 70.00%)"

@@ -23,10 +23,48 @@ def test_every_subcommand_has_help(capsys) -> None:
     paths = list(_subcommand_paths(build_parser()))
     assert ("data", "download") in paths and ("poison", "inspect") in paths
     for path in paths:
-        with pytest.raises(SystemExit) as exit_:
-            main([*path, "--help"])
-        assert exit_.value.code == 0
+        assert main([*path, "--help"]) == 0
         assert "usage: nasaudit " + " ".join(path) in capsys.readouterr().out
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_help_shows_every_default_and_one_profile_default() -> None:
+    """Every option with a default says it in --help, and --profile defaults to the same everywhere."""
+    from nasaudit.options import DEFAULT_PROFILE
+
+    profiles = set()
+    for parser in _parsers(build_parser()):
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert f"(default: {action.default})" in text or "default" in (action.help or ""), action
+            if "--profile" in action.option_strings:
+                profiles.add(action.default)
+    assert profiles == {DEFAULT_PROFILE}
+
+
+@pytest.mark.parametrize(
+    ("argv", "registry"),
+    [
+        (["poison", "--help"], "nasaudit.attacks:ATTACKS"),
+        (["search", "--help"], "nasaudit.nas:NAS"),
+        (["defend", "--help"], "nasaudit.defenses:DEFENSES"),
+    ],
+)
+def test_help_lists_the_registered_names(capsys, argv, registry) -> None:
+    import importlib
+
+    module, name = registry.split(":")
+    assert main(argv) == 0
+    names = getattr(importlib.import_module(module), name).names()
+    assert ", ".join(names) in " ".join(capsys.readouterr().out.split())
 
 
 def test_poison_make_inspect_apply(tmp_path, capsys) -> None:
@@ -119,7 +157,16 @@ def test_random_baseline_reports_mean_and_std(tmp_path, capsys, quick_profile) -
     genotypes = [
         json.loads((out / f"arch_{i:03d}" / "result.json").read_text())["description"] for i in (0, 1)
     ]
-    assert genotypes[0]["architecture"] != genotypes[1]["architecture"]
+    from nasaudit.spaces.darts import GENOTYPES
+
+    # the profile lists the authors' random genotypes: trial k retrains the k-th, whatever the seed
+    assert [g["architecture"] for g in genotypes] == [GENOTYPES.get(f"random_{k}").to_json() for k in (1, 2)]
+    assert (
+        main(["random-baseline", "--profile", quick_profile, "--n", "3", "--out", str(tmp_path / "b3")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "[random_baseline] genotypes lists 2" in err and err.count("\n") == 1
+    assert not (tmp_path / "b3").exists()  # refused before any work
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from nasaudit.defenses import (
     apply_defended,
     load_defended,
     make_defended,
+    run_defense,
     save_defended,
 )
 from nasaudit.defenses import relabel as relabel_module
@@ -115,13 +116,51 @@ def test_load_rejects_other_data_and_tampering(tiny_dataset, tmp_path) -> None:
         ([0, 40], {}, "outside 0..39"),
         ([], {}, "non-empty"),
         ([0, 1], {"labels": np.array([0, 4])}, "label is outside 0..3"),
-        ([0, 1], {"images": np.zeros((2, 32, 32, 3), dtype=np.float32)}, "images must be uint8"),
+        ([0, 1], {"images": np.zeros((2, 32, 32, 3), dtype=np.float64)}, "images must be uint8 or float32"),
+        (
+            [0, 1],
+            {"images": np.full((2, 32, 32, 3), 1.5, dtype=np.float32)},
+            r"float32 images must lie in \[0, 1\]",
+        ),
     ],
 )
 def test_invalid_defended_data_is_one_line(tiny_dataset, keep, kwargs, message) -> None:
     with pytest.raises(NasauditError, match=message) as err:
         make_defended("test", tiny_dataset, 0, np.array(keep, dtype=np.int64), **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_poison_outcome_counts_what_became_of_the_poisoned_samples_per_class(
+    tiny_dataset, context, tmp_path, monkeypatch
+) -> None:
+    """run_defense records, per class of the split the defense saw, the poisoned and clean samples it
+    dropped and kept: the reference counts them one sample at a time."""
+    labels = tiny_dataset.train.labels
+    keep = np.array([0, 1, 2, 5, 8, 13, 21, 22, 34, 39])
+    poisoned = np.array([1, 3, 5, 7, 9, 11, 13, 30, 31, 39])
+    monkeypatch.setitem(
+        DEFENSES._items, "fixed", lambda data, seed, ctx: make_defended("fixed", data, seed, keep)
+    )
+    defended = run_defense("fixed", tiny_dataset, 0, context, poisoned=poisoned)
+    assert (
+        run_defense("fixed", tiny_dataset, 0, context).poison_outcome is None
+    )  # nothing known, nothing said
+    outcome = defended.poison_outcome
+    for c in ("all", *range(4)):
+        members = [i for i in range(40) if c == "all" or labels[i] == c]
+        counts = outcome if c == "all" else outcome["per_class"][str(c)]
+        expected = {
+            "samples": len(members),
+            "poisoned": sum(i in poisoned for i in members),
+            "poisoned_dropped": sum(i in poisoned and i not in keep for i in members),
+            "poisoned_kept": sum(i in poisoned and i in keep for i in members),
+            "clean_dropped": sum(i not in poisoned and i not in keep for i in members),
+            "clean_kept": sum(i not in poisoned and i in keep for i in members),
+        }
+        assert {k: counts[k] for k in expected} == expected
+    assert outcome["poisoned_kept"] == 4 and outcome["poisoned_dropped"] == 6
+    manifest = load_defended(save_defended(defended, tmp_path / "d"), tiny_dataset)
+    assert manifest.poison_outcome == outcome
 
 
 # --- loss-based sanitisation ------------------------------------------------------------------------
@@ -217,9 +256,10 @@ def test_timestep_matches_two_sigma() -> None:
     assert abs(ratio[t] - 0.2) <= abs(ratio[t - 1] - 0.2) and abs(ratio[t] - 0.2) <= abs(ratio[t + 1] - 0.2)
 
 
+@pytest.mark.parametrize("store", ["float32", "uint8"])
 @pytest.mark.parametrize("add_noise", [True, False])
-def test_a_perfect_noise_predictor_recovers_the_clean_image(tiny_dataset, profile, add_noise) -> None:
-    cfg = dataclasses.replace(profile.defenses.denoise, add_noise=add_noise, batch_size=64)
+def test_a_perfect_noise_predictor_recovers_the_clean_image(tiny_dataset, profile, add_noise, store) -> None:
+    cfg = dataclasses.replace(profile.defenses.denoise, add_noise=add_noise, batch_size=64, store=store)
     alphas = linear_alphas()
     t = denoising_timestep(alphas, cfg.sigma)
     clean = torch.from_numpy(tiny_dataset.train.images).permute(0, 3, 1, 2).double() / 127.5 - 1
@@ -232,7 +272,11 @@ def test_a_perfect_noise_predictor_recovers_the_clean_image(tiny_dataset, profil
     out = denoise_images(
         tiny_dataset.train.images, true_noise, alphas, cfg, seed=0, device=torch.device("cpu")
     )
-    np.testing.assert_array_equal(out, tiny_dataset.train.images)
+    if store == "uint8":
+        np.testing.assert_array_equal(out, tiny_dataset.train.images)
+    else:  # unquantised, as the authors stored theirs: [0, 1] floats
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, tiny_dataset.train.images / 255.0, atol=1e-6)
     assert (seen[0] == t).all()
 
 
@@ -244,15 +288,34 @@ def test_denoising_a_unet_keeps_shapes_and_is_independent_of_the_batch_size(tiny
             images,
             predict,
             alphas,
-            dataclasses.replace(profile.defenses.denoise, batch_size=b),
+            dataclasses.replace(profile.defenses.denoise, batch_size=b, store=store),
             seed=3,
             device=torch.device("cpu"),
         )
         for b in (3, 10)
+        for store in ("float32", "uint8")
     ]
-    assert outs[0].shape == images.shape and outs[0].dtype == np.uint8
-    np.testing.assert_array_equal(outs[0], outs[1])
-    assert not np.array_equal(outs[0], images)
+    assert outs[0].shape == images.shape and outs[0].dtype == np.float32 and outs[1].dtype == np.uint8
+    assert (
+        outs[0].min() >= 0.0 and outs[0].max() <= 1.0 and len(np.unique(outs[0] * 255 % 1)) > 2
+    )  # not levels
+    assert np.abs(outs[1].astype(int) - np.round(outs[0].astype(np.float64) * 255)).max() <= 1
+    np.testing.assert_allclose(outs[0], outs[2], atol=1e-6)  # independent of the batch size (up to float32)
+    np.testing.assert_array_equal(outs[1], outs[3])
+    assert not np.array_equal(outs[1], images)
+
+
+def test_float_images_of_a_defense_feed_the_search_as_their_pixel_values(tiny_dataset) -> None:
+    from nasaudit.data.device import DeviceData
+
+    floats = (tiny_dataset.train.images / 255.0).astype(np.float32)
+    defended = make_defended("test", tiny_dataset, 0, np.arange(40), images=floats)
+    data = apply_defended(defended, tiny_dataset)
+    as_float = DeviceData(data.train, data).transform(torch.from_numpy(data.train.images))
+    as_uint8 = DeviceData(tiny_dataset.train, tiny_dataset).transform(
+        torch.from_numpy(tiny_dataset.train.images)
+    )
+    assert torch.allclose(as_float, as_uint8, atol=1e-6)
 
 
 def test_denoise_defense_loads_a_saved_ddpm_and_replaces_every_image(tiny_dataset, context, tmp_path) -> None:

@@ -18,10 +18,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ALGOS = ("pdarts", "tenas", "robot", "nsganetv2")
 # torchvision release paired with each torch release (pytorch.org, "previous versions").
-TORCHVISION_FOR = {"2.0.1": "0.15.2", "2.1.2": "0.16.2", "2.2.2": "0.17.2", "2.3.1": "0.18.1"}
+TORCHVISION_FOR = {
+    "2.0.0": "0.15.1",
+    "2.0.1": "0.15.2",
+    "2.1.2": "0.16.2",
+    "2.2.2": "0.17.2",
+    "2.3.1": "0.18.1",
+}
 # The newest Python each torch line publishes wheels for.
 NEWEST_PYTHON_FOR = {"2.0": (3, 11), "2.1": (3, 11), "2.2": (3, 12), "2.3": (3, 12)}
-OLDEST_SUPPORTED_TORCH = "2.0.1"
+OLDEST_SUPPORTED_TORCH = "2.0.0"
+# What the paper's authors ran (their forks' requirement files): the images pin these where they are at
+# least the oldest supported torch, else that one.
+AS_RUN_TORCH = {"pdarts": "2.0.0", "tenas": "1.8.0", "robot": "2.0.1", "nsganetv2": "1.8.0"}
 
 
 @dataclass
@@ -166,7 +175,12 @@ def test_readme_table_agrees_with_the_dockerfile(stages, algo) -> None:
     assert cell, f"image torch cell {row['image torch']!r} is not 'TORCH + torchvision TV, CUDA'"
     assert cell.groups() == (image_torch, args["TORCHVISION_VERSION"], args["CUDA_VARIANT"])
     official = re.search(r"\d+(\.\d+)+", row["official torch"])[0]
-    expected = official if version_tuple(official) >= (2, 0) else OLDEST_SUPPORTED_TORCH
+    assert official == AS_RUN_TORCH[algo]
+    expected = (
+        official
+        if version_tuple(official) >= version_tuple(OLDEST_SUPPORTED_TORCH)
+        else OLDEST_SUPPORTED_TORCH
+    )
     assert image_torch == expected
     assert row["reason"]
 
@@ -178,9 +192,10 @@ def load_requirements_script():
     return module
 
 
-def test_image_pins_are_requirements_txt_adapted_to_torch_2_0_1() -> None:
+@pytest.mark.parametrize("torch_version", ["2.0.0", "2.0.1"])
+def test_image_pins_are_requirements_txt_adapted_to_torch_2_0(torch_version) -> None:
     done = subprocess.run(
-        [sys.executable, "docker/requirements.py", "2.0.1"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "docker/requirements.py", torch_version], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     image = dict(line.split("==") for line in done.stdout.split())
@@ -202,12 +217,13 @@ def test_requirements_script_rejects_bad_input(tmp_path) -> None:
     (tmp_path / "docker").mkdir()
     (tmp_path / "requirements.txt").write_text("torch==2.14.1\nnumpy==2.4.6\n")
     assert module.requirements_for("2.14.1", tmp_path) == ["numpy==2.4.6"]
-    (tmp_path / "docker" / "torch-2.0.1.txt").write_text("Numpy==1.26.4\n")
+    (tmp_path / "docker" / "torch-2.0.txt").write_text("Numpy==1.26.4\n")  # every 2.0.x release
+    assert module.requirements_for("2.0.1", tmp_path) == module.requirements_for("2.0.0", tmp_path)
     assert module.requirements_for("2.0.1", tmp_path) == ["Numpy==1.26.4"]
-    (tmp_path / "docker" / "torch-2.0.1.txt").write_text("scipy==1.10.0\n")
+    (tmp_path / "docker" / "torch-2.0.txt").write_text("scipy==1.10.0\n")
     with pytest.raises(SystemExit, match=r"replaces pins requirements\.txt does not have: scipy"):
         module.requirements_for("2.0.1", tmp_path)
-    (tmp_path / "docker" / "torch-2.0.1.txt").write_text("numpy>=1.26\n")
+    (tmp_path / "docker" / "torch-2.0.txt").write_text("numpy>=1.26\n")
     with pytest.raises(SystemExit, match="not an exact pin"):
         module.requirements_for("2.0.1", tmp_path)
     done = subprocess.run(
@@ -325,9 +341,17 @@ def test_make_lint_runs_hadolint() -> None:
     assert [".venv/bin/hadolint", "--no-color", "Dockerfile"] in commands
 
 
-def test_make_test_compat_uses_the_oldest_pinned_torch(stages) -> None:
-    oldest = min((stages[algo].args()["TORCH_VERSION"] for algo in ALGOS), key=version_tuple)
+def test_make_test_compat_covers_each_distinct_pinned_torch(stages) -> None:
+    pinned = {
+        stages[algo].args()["TORCH_VERSION"]: stages[algo].args()["TORCHVISION_VERSION"] for algo in ALGOS
+    }
+    assert len(pinned) == 2  # the images differ where the authors' environments did
     commands = make_n("--always-make", "test-compat")
-    (install,) = [command for command in commands if f"torch=={oldest}" in command]
-    assert f"torchvision=={TORCHVISION_FOR[oldest]}" in install
-    assert commands[-1] == [".venv-compat/bin/python", "-m", "pytest", "-q", "-m", "not slow"]
+    for torch_version, torchvision in pinned.items():
+        venv = f".venv-compat-{torch_version}"
+        (install,) = [command for command in commands if f"torch=={torch_version}" in command]
+        assert f"torchvision=={torchvision}" in install and install[0] == f"{venv}/bin/python"
+        assert [f"{venv}/bin/python", "-m", "pytest", "-q", "-m", "not slow"] in commands
+        assert ["python3", "docker/requirements.py", torch_version] == commands[
+            commands.index(["python3", "-m", "venv", venv]) + 1
+        ][:3]

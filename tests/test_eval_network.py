@@ -34,6 +34,75 @@ def test_darts_v2_count_is_exactly_the_published_one() -> None:
     assert count_parameters(EvalNetwork(GENOTYPES.get("darts_v2"), 36, 20, 10)) == 3_349_342
 
 
+def _reference_count(genotype: Genotype, C: int, layers: int, classes: int) -> int:
+    """Parameters of the authors' NetworkCIFAR without its auxiliary head, counted from the structure
+    of their model.py and operations.py (ztcoalson/pdarts): stem 3×3 conv + BN; per cell the two
+    preprocessing ops (FactorizedReduce after a reduction, else ReLU-Conv1×1-BN), then one op per edge
+    (SepConv = 2 × [depthwise k×k, pointwise, BN], DilConv = depthwise + pointwise + BN, pools and the
+    identity none, skip at stride 2 = FactorizedReduce); BN is affine; the classifier has a bias."""
+
+    def bn(c: int) -> int:
+        return 2 * c
+
+    def factorized(c_in: int, c_out: int) -> int:
+        return 2 * c_in * (c_out // 2) + bn(c_out)
+
+    def op(name: str, c: int, stride: int) -> int:
+        kind, _, size = name.partition("_conv_")
+        k = int(size[0]) if size else 0
+        if kind == "sep":
+            return 2 * (k * k * c + c * c + bn(c))
+        if kind == "dil":
+            return k * k * c + c * c + bn(c)
+        return factorized(c, c) if name == "skip_connect" and stride == 2 else 0
+
+    c_stem = 3 * C
+    total = 3 * 9 * c_stem + bn(c_stem)
+    c_pp, c_p, c, reduction_prev = c_stem, c_stem, C, False
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        c = 2 * c if reduction else c
+        pairs, concat = genotype.cell(reduction)
+        total += factorized(c_pp, c) if reduction_prev else c_pp * c + bn(c)
+        total += c_p * c + bn(c)
+        total += sum(op(name, c, 2 if reduction and inp < 2 else 1) for name, inp in pairs)
+        c_pp, c_p, reduction_prev = c_p, len(concat) * c, reduction
+    return total + c_p * classes + classes
+
+
+# RANDOM_1..10 at C = 36, L = 20 on CIFAR-10, from ``_reference_count``.
+AUTHORS_RANDOM_PARAMS = {
+    "random_1": 2_827_702, "random_2": 2_911_510, "random_3": 2_453_158, "random_4": 2_323_990,
+    "random_5": 3_562_318, "random_6": 3_794_734, "random_7": 3_312_190, "random_8": 2_943_910,
+    "random_9": 3_107_206, "random_10": 2_824_030,
+}  # fmt: skip
+
+
+def test_the_reference_count_reproduces_the_published_sizes() -> None:
+    assert _reference_count(GENOTYPES.get("darts_v2"), 36, 20, 10) == 3_349_342  # DARTS: 3.3M
+    assert _reference_count(GENOTYPES.get("pdarts"), 36, 20, 10) == 3_433_798  # P-DARTS: 3.4M
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_RANDOM_PARAMS))
+def test_the_authors_random_genotypes_have_their_networks_size(name: str) -> None:
+    genotype = GENOTYPES.get(name)
+    for classes in (10, 100):
+        ours = count_parameters(EvalNetwork(genotype, 36, 20, classes, auxiliary=True))
+        assert ours == _reference_count(genotype, 36, 20, classes)
+    assert count_parameters(EvalNetwork(genotype, 36, 20, 10)) == AUTHORS_RANDOM_PARAMS[name]
+
+
+def test_a_node_reading_one_input_twice_applies_both_ops() -> None:
+    genotype = GENOTYPES.get("random_3")  # normal node 3: dil_conv_5x5 on input 1, twice
+    torch.manual_seed(0)
+    net = EvalNetwork(genotype, 4, 3, 10).eval()
+    cell = net.cells[0]
+    assert cell.inputs[6] == cell.inputs[7] == 1 and cell.ops[6] is not cell.ops[7]
+    x = torch.randn(2, 3, 32, 32)
+    out, _ = net(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
 def _small(auxiliary: bool = True, name: str = "pdarts") -> EvalNetwork:
     torch.manual_seed(0)
     return EvalNetwork(GENOTYPES.get(name), 4, 5, 10, auxiliary=auxiliary)

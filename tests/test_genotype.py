@@ -33,7 +33,8 @@ def _valid_json() -> dict[str, object]:
 
 
 def test_references_are_registered_and_valid() -> None:
-    assert GENOTYPES.names() == ["darts_v1", "darts_v2", "pdarts", "tenas"]
+    authors_random = [f"random_{k}" for k in range(1, 11)]
+    assert GENOTYPES.names() == sorted(["darts_v1", "darts_v2", "pdarts", "tenas", *authors_random])
     for name in GENOTYPES:
         g = load(name)
         assert len(g.normal) == len(g.reduce) == 8
@@ -107,13 +108,13 @@ def test_load_invalid_genotype_names_the_file(tmp_path: Path) -> None:
         (lambda d: d.update(normal=d["normal"][:6]), "normal cell has 6 edges; a DARTS cell needs exactly 8"),
         (lambda d: d.update(reduce=d["reduce"] + [["skip_connect", 0]]), "reduce cell has 9 edges"),
         (lambda d: d.update(normal="sep_conv_3x3"), "normal cell is 'sep_conv_3x3'"),
-        (lambda d: d["normal"].__setitem__(3, ["conv_9x9", 1]), "unknown op 'conv_9x9'"),
+        (lambda d: d["normal"].__setitem__(3, ["conv_9x9", 1]), "op 'conv_9x9' on edge 3, not an edge op"),
+        (lambda d: d["reduce"].__setitem__(5, ["none", 1]), "op 'none' on edge 5, not an edge operation"),
         (lambda d: d["normal"].__setitem__(3, ["sep_conv_3x3"]), "edge 3 is .* an \\[op, input\\] pair"),
         (lambda d: d["normal"].__setitem__(2, ["sep_conv_3x3", 3]), "node 1 takes input 3, .* inputs 0..2"),
         (lambda d: d["reduce"].__setitem__(7, ["sep_conv_3x3", 5]), "node 3 takes input 5"),
         (lambda d: d["reduce"].__setitem__(0, ["sep_conv_3x3", -1]), "node 0 takes input -1"),
         (lambda d: d["reduce"].__setitem__(0, ["sep_conv_3x3", "0"]), "node 0 takes input '0'"),
-        (lambda d: d["normal"].__setitem__(1, ["sep_conv_3x3", 0]), "node 0 takes input 0 twice"),
         (lambda d: d.update(normal_concat=[2, 2, 3]), "normal_concat .* is invalid"),
         (lambda d: d.update(reduce_concat=[1, 2]), "reduce_concat .* is invalid"),
         (lambda d: d.update(colour="blue"), "unknown key\\(s\\) colour"),
@@ -210,6 +211,45 @@ def test_random_genotype_is_deterministic_per_seed() -> None:
     b = random_genotype(np.random.default_rng(7))
     assert a == b
     assert random_genotype(np.random.default_rng(8)) != a
+
+
+def test_a_node_may_read_one_input_twice() -> None:
+    """As the authors' random genotypes do (RANDOM_3's node 3 reads input 1 twice)."""
+    data = _valid_json()
+    data["normal"][1] = ["sep_conv_3x3", 0]
+    assert Genotype.from_json(data).normal[:2] == (("sep_conv_3x3", 0), ("sep_conv_3x3", 0))
+    assert GENOTYPES.get("random_3").normal[6:] == (("dil_conv_5x5", 1), ("dil_conv_5x5", 1))
+
+
+def test_the_as_run_sampler_shares_a_nodes_input_as_their_random_genotype_py_does() -> None:
+    """Their random_genotype.py draws each edge's input uniformly from 0..node+1 independently (and the
+    op uniformly from the 7 non-'none' ops): node k repeats an input with probability 1/(k+2), every
+    input is equally likely, and every op too. The "distinct" sampler never repeats one."""
+    rng = np.random.default_rng(0)
+    draws = 4000
+    repeats, inputs, ops = np.zeros(4), np.zeros((4, 5)), {op: 0 for op in EDGE_OPS}
+    for _ in range(draws):
+        g = random_genotype(rng, sampling="as_run")
+        for cell in (g.normal, g.reduce):
+            for node in range(4):
+                (op_a, in_a), (op_b, in_b) = cell[2 * node], cell[2 * node + 1]
+                repeats[node] += in_a == in_b
+                inputs[node, in_a] += 1
+                inputs[node, in_b] += 1
+                ops[op_a] += 1
+                ops[op_b] += 1
+    cells = 2 * draws
+    expected = np.array([1 / 2, 1 / 3, 1 / 4, 1 / 5])
+    assert np.all(np.abs(repeats / cells - expected) < 0.02)  # binomial sd ≤ 0.0056
+    for node in range(4):
+        share = inputs[node, : node + 2] / (2 * cells)
+        assert np.all(np.abs(share - 1 / (node + 2)) < 0.02) and inputs[node, node + 2 :].sum() == 0
+    share = np.array(list(ops.values())) / (8 * cells)
+    assert np.all(np.abs(share - 1 / 7) < 0.01)
+    distinct = [random_genotype(rng, sampling="distinct") for _ in range(200)]
+    assert all(
+        c[2 * k][1] != c[2 * k + 1][1] for g in distinct for c in (g.normal, g.reduce) for k in range(4)
+    )
 
 
 def test_random_genotypes_are_valid_and_use_every_op_but_none() -> None:

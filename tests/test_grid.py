@@ -38,8 +38,10 @@ from nasaudit.grid import (
     run_grid,
     task_seed,
 )
-from nasaudit.grid.state import TaskState
+from nasaudit.grid.runners import check_finished
+from nasaudit.grid.stages import task_state
 from nasaudit.nas import NAS
+from nasaudit.runs import job_lock
 
 from conftest import set_toml
 
@@ -55,6 +57,7 @@ def write_profile(folder: Path, name: str = "quick", **table1: str) -> Path:
         ("darts_net", "layers"): "3",
         ("random_baseline", "n"): "2",
         ("grid", "victim_attacks"): '["rlf"]',  # rlf ignores its victim; it makes the GC path cheap
+        ("grid", "per_trial_poisons"): "true",
         ("grid", "trial_shared_attacks"): "[]",
         ("grid", "retries"): "0",
         ("grid", "train_subset"): "0",
@@ -127,6 +130,31 @@ def test_expansion_counts(tmp_path, registered) -> None:
     # rlf is a victim attack here: one poison per algorithm; gaussian's are shared by the algorithms
 
 
+def test_poisons_are_shared_by_all_trials_as_run(tmp_path, registered) -> None:
+    """As run, every trial searches one poison per (dataset, attack, budget); per_trial_poisons draws
+    one per trial (except trial_shared_attacks)."""
+    profile = load_profile(write_profile(tmp_path))
+    shared = replace(profile, grid=replace(profile.grid, per_trial_poisons=False))
+    for chosen, per_cell in ((shared, 1), (profile, 3)):
+        grid = build_grid(load_experiment("table1", chosen), Layout.of(tmp_path, chosen))
+        poisons = grid.by_stage()["poison"]
+        assert len(poisons) == len(ATTACKS) * 2 * per_cell  # attacks × budgets (× trials)
+        for attack in ATTACKS:
+            searches = [
+                t for t in grid.deps if t.stage == "search" and t.attack == attack and t.budget == 0.5
+            ]
+            used = {dep for t in searches for dep in grid.deps[t]}
+            assert len(searches) == 3 and len(used) == per_cell
+    assert {
+        t.trial
+        for t in build_grid(load_experiment("table1", shared), Layout.of(tmp_path, shared)).by_stage()[
+            "poison"
+        ]
+    } == {-1}
+    path = Layout.of(tmp_path, shared).poison(Task("poison", "tiny", "", "gaussian", 0.5, -1))
+    assert path.name == "all_trials"
+
+
 def test_filters_and_unknown_names(tmp_path, registered) -> None:
     profile = load_profile(write_profile(tmp_path))
     experiment = load_experiment("table1", profile)
@@ -193,6 +221,15 @@ def test_dependencies_put_victims_after_every_clean_trial(tiny) -> None:
         (grid.layout.search_dir(JobKey("tiny", "fixed", "rlf", 0.5, 1)) / "architecture.json").read_text()
     )
     assert search["search_data"]["poison"].endswith("poisons/rlf/fixed/p0.5/trial01.npz")
+    # every finished output records the run that made it: the same profile finds them all its own, an
+    # edit of a section no stage reads changes nothing, an edit of the retraining recipe is refused
+    check_finished(grid, spec)
+    unused = replace(spec.profile, pdarts=replace(spec.profile.pdarts, epochs=99))
+    check_finished(grid, replace(spec, profile=unused))
+    recipe = replace(spec.profile, train=replace(spec.profile.train, lr=0.5))
+    refused = r"result\.json: made by another run \(its config differs .* \(\d+ more outputs like it\)$"
+    with pytest.raises(NasauditError, match=refused):
+        check_finished(grid, replace(spec, profile=recipe))
 
 
 class Flaky:
@@ -203,6 +240,9 @@ class Flaky:
 
     def output(self, task, layout):  # type: ignore[no-untyped-def]
         return self.real.output(task, layout)
+
+    def identity(self, task, env):  # type: ignore[no-untyped-def]
+        return self.real.identity(task, env)
 
     def run(self, task, env) -> None:  # type: ignore[no-untyped-def]
         if task.id == self.broken:
@@ -221,8 +261,10 @@ def test_a_failed_job_is_reported_not_recorded_and_a_rerun_resumes(tiny, monkeyp
     assert not report.ok and list(report.failed) == [failed]
     assert report.failed[failed] == "RuntimeError: CUDA error: an illegal memory access was encountered"
     assert report.blocked == [Task("retrain", "tiny", "fixed", "gaussian", 0.5, 1)]
-    assert not is_done(failed, grid.layout) and not (grid.layout.search_dir(failed.key)).exists()
-    assert TaskState(grid.layout.state_dir).failure(failed) == report.failed[failed]
+    assert not is_done(failed, grid.layout)  # the folder holds the run's claim and its lock, no result
+    left = {p.name for p in grid.layout.search_dir(failed.key).iterdir()}
+    assert left <= {"job.json", ".architecture.json.lock"}
+    assert task_state(grid.layout).failure(failed) == report.failed[failed]
     done_before = {
         t: STAGES.get(t.stage).output(t, grid.layout).stat().st_mtime_ns
         for t in grid.deps
@@ -237,7 +279,7 @@ def test_a_failed_job_is_reported_not_recorded_and_a_rerun_resumes(tiny, monkeyp
     assert all(
         STAGES.get(t.stage).output(t, grid.layout).stat().st_mtime_ns == m for t, m in done_before.items()
     )
-    assert TaskState(grid.layout.state_dir).failure(failed) is None
+    assert task_state(grid.layout).failure(failed) is None
 
 
 def test_grid_status_counts_and_failures(tmp_path, registered, monkeypatch, capsys) -> None:
@@ -256,12 +298,12 @@ def test_grid_status_counts_and_failures(tmp_path, registered, monkeypatch, caps
         STAGES._items, "retrain", Flaky(STAGES.get("retrain"), "retrain.tiny.fixed.none.p0.t2")
     )
     run_grid(grid, spec, "local", RunnerOptions(workers=0), log=lambda _: None)  # the victim waits on t2
-    state = TaskState(grid.layout.state_dir)
+    state = task_state(grid.layout)
     running = Task("retrain", "tiny", "fixed", "rlf", 0.1, 0)  # blocked by the victim; pretend it runs
     state.mark_running(running, "test")
     stale = Task("retrain", "tiny", "fixed", "rlf", 0.1, 1)
     state.mark_running(stale, "a killed run")  # a marker whose lock nobody holds
-    with state.claim(running) as claimed:
+    with job_lock(STAGES.get("retrain").output(running, grid.layout), wait=False) as claimed:
         assert claimed
         status = grid_status(grid)
     text = render_status(grid, status)
@@ -335,14 +377,62 @@ def test_slurm_runner_through_submitit_debug_executor(tiny, monkeypatch) -> None
         assert ours["test_accuracy"] == theirs["test_accuracy"] and ours["seed"] == theirs["seed"]
 
 
+class AdoptingBackend:
+    """Follows one task an earlier run submitted, and reports every task it runs as killed."""
+
+    capacity = 2
+
+    def __init__(self, earlier: Task) -> None:
+        self.earlier, self.submitted, self.in_flight = earlier, [], []
+
+    def adopt(self, tasks: list[Task]) -> list[Task]:
+        assert self.earlier in tasks
+        self.in_flight.append(self.earlier)
+        return [self.earlier]
+
+    def submit(self, tasks: list[Task]) -> None:
+        self.submitted += tasks
+        self.in_flight += tasks
+
+    def wait(self) -> list:
+        from nasaudit.grid.stages import Outcome
+
+        finished, self.in_flight = self.in_flight, []
+        return [
+            Outcome(t, "failed", f"Slurm job 5 ended FAILED ({t.id})", "last lines:\nKilled")
+            for t in finished
+        ]
+
+    def close(self) -> None:
+        pass
+
+
+def test_schedule_follows_adopted_tasks_and_keeps_a_dead_worker_log(tiny) -> None:
+    from nasaudit.grid.runners import schedule
+
+    _, grid, _ = tiny
+    earlier = next(t for t in grid.deps if not grid.deps[t])
+    backend = AdoptingBackend(earlier)
+    lines, log = _log()
+    report = schedule(grid, backend, retries=0, log=log)
+    assert earlier not in backend.submitted and earlier in report.failed  # followed, not submitted again
+    assert lines[0] == "[grid] following 1 tasks an earlier run submitted (still queued or running)"
+    assert "    last lines:\n    Killed" in "\n".join(lines)
+    state = task_state(grid.layout)
+    assert state.failure(earlier) == f"Slurm job 5 ended FAILED ({earlier.id})"
+    assert (grid.layout.state_dir / f"{earlier.id}.traceback").read_text() == "last lines:\nKilled"
+
+
 def _result(accuracy: float, key: JobKey) -> dict:
-    """A result.json as nasaudit.train writes it."""
+    """A result.json as nasaudit.train writes it; its best epoch was 0.5 points above its last."""
     return {
         "test_accuracy": accuracy,
         "test_loss": 0.5,
+        "best_test_accuracy": accuracy + 0.5,
+        "best_epoch": 0,
         "params": 1000,
         "epochs": 600,
-        "log": [],
+        "log": [{"epoch": 0, "test_acc": accuracy + 0.5}, {"epoch": 1, "test_acc": accuracy}],
         "wall_time": 1.0,
         "seed": task_seed(Task("retrain", *vars(key).values())),
         "dataset": key.dataset,
@@ -376,14 +466,21 @@ def test_table_from_results_has_the_cells_and_marks(tmp_path, registered, capsys
     assert "jobs have no result yet" in capsys.readouterr().err
     fake_results(grid, _accuracy)
     assert main(args) == 0
-    printed = capsys.readouterr().out
-    assert "ΔImp. baseline tiny/fixed: 90.05% (mean of our 2 random architectures)" in printed
+    printed = capsys.readouterr().out  # each trial reports its best epoch ([results] accuracy = "best")
+    assert "ΔImp. baseline tiny/fixed: 90.55% (mean of our 2 random architectures)" in printed
     table = pd.read_csv(out / "table1.csv")
     assert len(table) == 1 + 2 * 2 and (table["n"] == 3).all()
     cell = table.set_index(["attack", "budget"])
-    assert cell.loc[("rlf", 0.5), "mean"] == pytest.approx(92.1)
-    assert cell.loc[("rlf", 0.5), "delta_imp"] == pytest.approx(92.1 - 90.05)
+    assert cell.loc[("rlf", 0.5), "mean"] == pytest.approx(92.6)
+    assert cell.loc[("rlf", 0.5), "delta_imp"] == pytest.approx(92.6 - 90.55)
     assert cell.loc[("rlf", 0.5), "significant"] and table["significant"].sum() == 1
+    final = tmp_path / "final" / path.name  # the same profile name: the same results folder
+    final.parent.mkdir()
+    final.write_text(set_toml(path.read_text(), "results", "accuracy", '"final"'))
+    assert main([*args[:2], "--profile", str(final), *args[4:]]) == 0
+    assert "ΔImp. baseline tiny/fixed: 90.05%" in capsys.readouterr().out
+    cell = pd.read_csv(out / "table1.csv").set_index(["attack", "budget"])
+    assert cell.loc[("rlf", 0.5), "mean"] == pytest.approx(92.1)
     assert (out / "table1.md").read_text().count("<u>**") == 2 and (out / "table1.tex").is_file()
 
     assert main([*args, "--published-baselines"]) == 2  # tiny has no published baseline
@@ -518,6 +615,7 @@ def _run(path: Path, name: str, results: Path) -> Grid:
     grid = build_grid(load_experiment(name, profile), Layout.of(results, profile))
     spec = RunSpec(profile, results, None, "cpu")
     assert run_grid(grid, spec, "local", RunnerOptions(workers=0), log=lambda _: None).ok
+    check_finished(grid, spec)  # every stage's identity recomputed from files = the one its run recorded
     return grid
 
 
@@ -571,6 +669,11 @@ def test_table4_defends_the_shared_poison_and_tests_against_the_undefended_job(t
     assert _seen(layout, defended)["n_train"] == 20  # half of each class kept
     record = json.loads((layout.search_dir(defended) / "architecture.json").read_text())["search_data"]
     assert record["defense"] == "sanitize" and record["poison"].endswith("poisons/gaussian/p0.5/trial00.npz")
+    outcome = json.loads(layout.defended(defend).with_suffix(".json").read_text())["poison_outcome"]
+    assert outcome["poisoned"] == 20 and outcome["poisoned_dropped"] + outcome["poisoned_kept"] == 20
+    assert (
+        sum(c["poisoned"] for c in outcome["per_class"].values()) == 20
+    )  # the manifest says what became of it
     relabelled = _seen(layout, JobKey("tiny", "seeing", "rlf", 0.5, 1, defense="relabel"))
     assert relabelled["n_train"] == 40 and relabelled["train_sha256"] != tiny.train.sha256
     fake_results(grid, lambda k: 93.0 + 2.0 * (k.defense == "sanitize") + 0.1 * k.trial)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,11 +70,11 @@ def test_surrogate_switching_picks_the_better_correlated_predictor() -> None:
     X, y = _synthetic()
     noise = np.random.default_rng(1)
     kinds = {
-        "good": nsga.SurrogateKind(lambda cfg, seed: _Fixed(lambda Z: Z[:, :10].sum(1)), lambda d: 2),
+        "good": nsga.SurrogateKind(lambda cfg, seed: _Fixed(lambda Z: Z[:, :10].sum(1)), lambda cfg, d: 2),
         "noisy": nsga.SurrogateKind(
-            lambda cfg, seed: _Fixed(lambda Z: noise.standard_normal(len(Z))), lambda d: 2
+            lambda cfg, seed: _Fixed(lambda Z: noise.standard_normal(len(Z))), lambda cfg, d: 2
         ),
-        "greedy": nsga.SurrogateKind(lambda cfg, seed: _Fixed(lambda Z: Z.sum(1)), lambda d: 10_000),
+        "greedy": nsga.SurrogateKind(lambda cfg, seed: _Fixed(lambda Z: Z.sum(1)), lambda cfg, d: 10_000),
     }
     for order in (["noisy", "good", "greedy"], ["good", "noisy", "greedy"]):
         result = nsga.select_surrogate(X, y, order, CFG, seed=0, kinds=kinds.__getitem__)
@@ -92,11 +93,35 @@ def test_registered_surrogates_learn_a_smooth_function() -> None:
     assert min(taus.values()) > 0.25 and taus["rbf"] > 0.6 and taus["gp"] > 0.6, taus  # y is linear in X
     result = nsga.select_surrogate(X, y, ["rbf", "gp", "cart", "mlp"], CFG, seed=0)
     assert result["winner"] in ("rbf", "gp", "cart", "mlp") and result["skipped"] == []
-    assert nsga.select_surrogate(X[:30], y[:30], ["rbf", "gp"], CFG, seed=0)["skipped"] == ["rbf"]
+    constant = dataclasses.replace(CFG, gp_trend="constant")  # the linear trend needs d + 2 points too
+    assert nsga.select_surrogate(X[:30], y[:30], ["rbf", "gp"], constant, seed=0)["skipped"] == ["rbf"]
     with pytest.raises(NasauditError, match="no surrogate"):
-        nsga.select_surrogate(X[:30], y[:30], ["rbf"], CFG, seed=0)
+        nsga.select_surrogate(X[:30], y[:30], ["rbf", "gp"], CFG, seed=0)
     with pytest.raises(NasauditError, match="unknown surrogate 'svm'"):
         nsga.select_surrogate(X, y, ["svm"], CFG, seed=0)
+
+
+def test_gp_linear_trend_carries_a_plane_that_the_constant_trend_leaves_to_the_correlation() -> None:
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0, 2, (60, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0]) + 1.0
+    far = rng.uniform(8, 10, (10, 4))  # well outside the data
+    truth = far @ np.array([1.0, -2.0, 0.5, 3.0]) + 1.0
+    linear = nsga.Kriging("linear").fit(X, y)
+    # DACE's regr_linear: 1 + 4 coefficients, the GLS fit takes the whole plane, no residual is left
+    assert linear.model["beta"].shape == (5,) and np.abs(linear.model["gamma"]).max() < 1e-6
+    assert np.allclose(linear.predict(far), truth, atol=1e-6) and np.allclose(linear.predict(X), y, atol=1e-6)
+    assert nsga.Kriging.LOWER <= linear.model["theta"] <= nsga.Kriging.UPPER
+    constant = nsga.Kriging("constant").fit(X, y)
+    assert constant.model["beta"].shape == (1,) and np.abs(constant.model["gamma"]).max() > 1e-3
+    assert np.allclose(constant.predict(X), y, atol=1e-3)  # still an interpolator
+
+
+def test_box_search_only_accepts_a_better_likelihood() -> None:
+    X, y = _synthetic(50)
+    model = nsga.Kriging("constant").fit(X[:, :6], y)
+    at_one = model._fit_theta(1.0)["objective"]
+    assert model.model["objective"] <= at_one and model.model["theta"] != 1.0  # it moved, downhill
 
 
 def _dominates(a, b) -> bool:
@@ -184,8 +209,9 @@ def search_data(digits):
     return digits.with_train(Split(train.images[:120], train.labels[:120]))
 
 
-def _search(out, data, profile=None, seed=0):
-    context = SearchContext(profile or _tiny_profile(), torch.device("cpu"), out, progress=False)
+def _search(out, data, profile=None, seed=0, clean=None, cache=None):
+    context = SearchContext(profile or _tiny_profile(), torch.device("cpu"), out, progress=False,
+                            cache_dir=cache or out / "cache", clean=clean)  # fmt: skip
     return run_search("nsganetv2", data, seed, context, {"dataset": data.name, "poison": None})
 
 
@@ -198,14 +224,18 @@ def test_search_writes_a_resumable_job_folder(tmp_path, search_data, monkeypatch
     assert all(0 <= e["val_accuracy"] <= 100 and e["mflops"] > 0 and e["params"] > 0 for e in archive)
     plan = json.loads((tmp_path / "iterations" / "001.json").read_text())
     assert (
-        plan["archive_size"] == 4 and len(plan["candidates"]) == 2 and plan["surrogate"]["skipped"] == ["rbf"]
+        plan["archive_size"] == 4
+        and len(plan["candidates"]) == 2
+        and plan["surrogate"]["skipped"] == ["rbf", "gp"]
     )
     front = json.loads((tmp_path / "pareto.json").read_text())
     selected = [e["mflops"] for e in front["selected"]]
     assert selected == sorted(selected, reverse=True)
     assert front["pick"] == front["selected"][min(3, len(selected)) - 1]
     assert record["space"] == "mbv3" and record["architecture"]["weights"] == "subnet.pt"
-    assert (tmp_path / "supernet.pt").is_file() and not (tmp_path / "supernet" / "checkpoint.pt").exists()
+    supernet = Path(json.loads((tmp_path / "search_state.json").read_text())["supernet"]["folder"])
+    assert supernet.parent == tmp_path / "cache" / "mbv3_supernet"  # the dataset's shared one
+    assert (supernet / "supernet.pt").is_file() and not (supernet / "supernet" / "checkpoint.pt").exists()
     space, arch = load_architecture(str(tmp_path / "architecture.json"))
     assert space == "mbv3" and arch == MBV3Arch.from_json(front["pick"]["architecture"])
     assert arch.weights == str(tmp_path / "subnet.pt")
@@ -215,6 +245,63 @@ def test_search_writes_a_resumable_job_folder(tmp_path, search_data, monkeypatch
     monkeypatch.setattr(nsga.Evaluator, "__call__", lambda *a: pytest.fail("re-evaluated an architecture"))
     monkeypatch.setattr(shrink, "train_supernet", lambda *a, **k: pytest.fail("retrained the supernet"))
     assert _search(tmp_path, search_data)["architecture"] == record["architecture"]
+
+
+def test_retraining_starts_from_clean_weights_whatever_the_poison(tmp_path, search_data, monkeypatch) -> None:
+    """Paper and code: the supernet is one no poison touches, and the pick is retrained from it."""
+    from nasaudit.attacks import AttackContext, run_attack
+    from nasaudit.data.poison import apply_poison
+    from nasaudit.nas.mbv3_supernet import SUPERNET_SEED
+    from nasaudit.spaces.mbv3 import obtain_supernet
+
+    profile, cache, cpu = _baseline_profile("search"), tmp_path / "cache", torch.device("cpu")
+    context = AttackContext(profile=profile, device=cpu, cache_dir=tmp_path / "attack")
+    flipped = apply_poison(run_attack("rlf", search_data, 0.5, 0, context), search_data)
+    assert (flipped.train.labels != search_data.train.labels).mean() > 0.4
+    seen = []
+    real = shrink.train_supernet
+    monkeypatch.setattr(
+        shrink, "train_supernet", lambda net, data, *a, **k: seen.append(data) or real(net, data, *a, **k)
+    )
+    _search(tmp_path / "clean", search_data, profile, cache=cache)
+    _search(tmp_path / "rlf", flipped, profile, clean=search_data, cache=cache)
+    # one supernet for both searches, trained once, on the clean labels
+    assert len(seen) == 1 and torch.equal(seen[0].labels.cpu(), torch.as_tensor(search_data.train.labels))
+    sources = [
+        json.loads((tmp_path / job / "search_state.json").read_text())["supernet"] for job in ("clean", "rlf")
+    ]
+    assert sources[0] == sources[1] and sources[0]["key"]["train_sha256"] == search_data.train.sha256
+    # the same weights as a supernet trained from the clean data alone, in another folder
+    alone = obtain_supernet(search_data, profile, seed=SUPERNET_SEED, folder=tmp_path / "alone", device=cpu,
+                            progress=False)  # fmt: skip
+    shared = MBV3SuperNet(channel_plan(profile.mbv3.width_mult), search_data.num_classes)
+    load_supernet(shared, Path(sources[0]["folder"]) / "supernet.pt")
+    assert all(torch.equal(v, shared.state_dict()[k]) for k, v in alone.state_dict().items())
+    for job in ("clean", "rlf"):  # what `nasaudit train` retrains each pick from
+        space, arch = load_architecture(str(tmp_path / job / "architecture.json"))
+        start = MODELS.get(space)(arch, search_data.num_classes, profile).state_dict()
+        inherited = alone.extract(arch).state_dict()
+        assert all(torch.equal(v, inherited[k]) for k, v in start.items() if "classifier" not in k)
+
+
+def test_candidates_get_a_fresh_classifier_unless_told_otherwise(search_data, monkeypatch) -> None:
+    profile = _tiny_profile()
+    supernet = MBV3SuperNet(channel_plan(profile.mbv3.width_mult), search_data.num_classes)
+    arch = random_arch(np.random.default_rng(0), [32])
+    built = []
+    monkeypatch.setattr(nsga, "train_model", lambda build, *a, **k: built.append(build()) or {
+        "test_accuracy": 50.0, "wall_time": 0.0})  # fmt: skip
+    split = nsga.split_validation(search_data, 40)
+    for reset in (True, False):
+        cfg = dataclasses.replace(profile.nsganetv2, reset_classifier=reset)
+        nsga.Evaluator(supernet, split, dataclasses.replace(profile, nsganetv2=cfg), torch.device("cpu"))(
+            arch, 0
+        )
+    inherited = supernet.extract(arch).head.classifier.weight
+    assert not torch.equal(built[0].head.classifier.weight, inherited)  # evaluator.py:155-158
+    assert torch.equal(built[1].head.classifier.weight, inherited)
+    # the held-out split is one for every search of the data (OFA's fixed VALID_SEED)
+    assert nsga.split_validation(search_data, 40).test.sha256 == split.test.sha256
 
 
 @pytest.mark.slow
@@ -266,7 +353,7 @@ def test_a_folder_holding_another_search_is_refused(tmp_path, search_data) -> No
     nsga.claim_folder(tmp_path, 0, search_data, profile)  # the same search resumes
     other = dataclasses.replace(profile, nsganetv2=dataclasses.replace(profile.nsganetv2, initial=5))
     for seed, prof in ((1, profile), (0, other)):
-        with pytest.raises(NasauditError, match="holds a search with another seed, configuration or data"):
+        with pytest.raises(NasauditError, match=r"search_state\.json: made by another run"):
             nsga.claim_folder(tmp_path, seed, search_data, prof)
 
 

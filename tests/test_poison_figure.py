@@ -51,4 +51,4 @@ def test_cli_writes_png_and_pdf(poisons, tmp_path, capsys) -> None:
     assert out.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
     assert "Figure 2 (2 poison(s), digits)" in capsys.readouterr().out
     assert main(["figure", "poisons", "--poison", str(paths[0]), "--n", "0", "--out", str(out)]) == 2
-    assert "draw at least one sample" in capsys.readouterr().err
+    assert "--n: 0 must be at least 1" in capsys.readouterr().err

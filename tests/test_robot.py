@@ -11,7 +11,7 @@ import torch
 
 import nasaudit.nas.robot_pool as robot_pool
 from nasaudit.config import load_profile
-from nasaudit.data.datasets import ImageDataset
+from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.poison import apply_poison, make_poison
 from nasaudit.errors import NasauditError
 from nasaudit.nas import NAS, SearchContext, run_search
@@ -188,6 +188,17 @@ def test_poisoned_data_changes_the_proxy_batch_both_halves_and_the_pool_key(tiny
         assert pool_key(poisoned, 0, TINY) != pool_key(tiny_dataset, 0, TINY)
 
 
+def test_proxy_batch_comes_from_the_half_the_queries_train_on(tiny_dataset) -> None:
+    train, half = tiny_dataset.train, len(tiny_dataset.train) // 2
+    images = train.images.copy()
+    images[half:] = 255 - images[half:]
+    other_second_half = tiny_dataset.with_train(Split(images, train.labels))
+    x, y = proxy_batch(tiny_dataset, 0, half, CPU)  # the whole first half, in some order
+    x2, y2 = proxy_batch(other_second_half, 0, half, CPU)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert sorted(y.tolist()) == sorted(query_halves(tiny_dataset).train.labels.tolist())
+
+
 # --- BO and the greedy phase on synthetic pools ---------------------------------------------------------
 
 
@@ -257,6 +268,89 @@ def test_final_pick_is_the_most_accurate_queried_architecture() -> None:
     assert result["pick"] != top_under_best_w  # the fix: the pick is by accuracy, not by score
 
 
+def test_best_weights_are_the_last_to_reach_the_best_accuracy_and_repeats_are_not_reprobed(
+    monkeypatch,
+) -> None:
+    # archs: 0 = A (top under w1, w4), 1 = B (top under w2, w3), then D, C under w2 but E, D under w3
+    norm = np.array([[0.0, 0.0], [1.0, 1.0], [0.5, 0.0], [0.9, 0.0], [0.0, 0.9]])
+    w1, w2, w3, w4 = [0.0, -1.0], [1.0, 0.1], [0.1, 1.0], [-1.0, -1.0]
+    accuracy = {0: 50.0, 1: 70.0, 2: 60.0, 3: 10.0, 4: 20.0}
+    script = iter([w1, w2, w3, w2, w4])  # w2 comes back: bayes_opt would not probe it again
+    seen: list[np.ndarray] = []
+
+    def scripted(weights, values, step, seed, cfg, dim):
+        seen.append(weights.copy())
+        return np.array(next(script))
+
+    monkeypatch.setattr("nasaudit.nas.robot.propose_weights", scripted)
+    cfg = dataclasses.replace(BO, bo_init=1, bo_steps=4, queries=4)
+    result = robot_search(norm, lambda i: accuracy[i], cfg, seed=0)
+    bo = [e for e in result["evaluations"] if e["phase"] != "greedy"]
+    assert [e["arch"] for e in bo] == [0, 1, 1, 1, 0]
+    assert [e["repeated"] for e in bo] == [False, False, False, True, False]
+    np.testing.assert_array_equal(seen[-1], [w1, w2, w3])  # the GP never saw the repeat
+    # w2 and w3 both reached 70 (w2 also when it came back): as run, the last evaluated one wins,
+    # so the greedy phase walks the ranking under w3 and trains E, D (under w2 it would be D, C)
+    assert result["best_weights"] == w3
+    assert [e["arch"] for e in result["evaluations"] if e["phase"] == "greedy"] == [4, 3]
+
+
+def _acquisition_run(monkeypatch, seeds: str) -> dict[str, np.ndarray]:
+    """One GP-UCB proposal on a synthetic objective: the L-BFGS-B starts it used, the random samples
+    the acquisition was evaluated on, the fresh points drawn after them, and the proposal."""
+    import scipy.optimize
+
+    starts: list[np.ndarray] = []
+    real = scipy.optimize.minimize
+
+    def recording(fun, x0, **kwargs):
+        if np.size(x0) == 3:  # the acquisition's runs (the GP's kernel fit has one parameter)
+            starts.append(np.array(x0))
+        return real(fun, x0, **kwargs)
+
+    monkeypatch.setattr(scipy.optimize, "minimize", recording)
+    rng = np.random.default_rng(5)
+    weights = rng.uniform(-1, 1, (6, 3))
+    values = -np.sum((weights - 0.3) ** 2, axis=1)
+    cfg = dataclasses.replace(BO, acquisition_samples=50, acquisition_starts=4, acquisition_seeds=seeds)
+    proposal = propose_weights(weights, values, 3, 11, cfg, 3)
+    replay = np.random.default_rng([11, 3, 3])  # the step's generator: GP seed, samples, then starts
+    replay.integers(2**31 - 1)
+    samples = replay.uniform(-1.0, 1.0, (50, 3))
+    fresh = replay.uniform(-1.0, 1.0, (4, 3))
+    return {"starts": np.array(starts), "samples": samples, "fresh": fresh, "proposal": proposal}
+
+
+def test_acquisition_is_refined_from_fresh_random_points_as_bayes_opt_1_2_0(monkeypatch) -> None:
+    run = _acquisition_run(monkeypatch, "random")
+    np.testing.assert_array_equal(run["starts"], run["fresh"])  # acq_max: new uniform seeds ...
+    assert not any(np.all(run["samples"] == start, axis=1).any() for start in run["starts"])  # ... only
+    assert np.all(np.abs(run["proposal"]) <= 1.0)
+    run = _acquisition_run(monkeypatch, "best")
+    assert all(np.all(run["samples"] == start, axis=1).any() for start in run["starts"])
+
+
+def test_acquisition_keeps_the_last_optimum_among_equals(monkeypatch) -> None:
+    import scipy.optimize
+
+    # every L-BFGS-B run "finds" its own start with the same, unbeatable value: ">=" keeps the last
+    real = scipy.optimize.minimize
+
+    def unbeatable(fun, x0, **kwargs):
+        if np.size(x0) != 2:  # the GP's kernel fit
+            return real(fun, x0, **kwargs)
+        return scipy.optimize.OptimizeResult(x=np.array(x0), fun=-1e9, success=True)
+
+    monkeypatch.setattr(scipy.optimize, "minimize", unbeatable)
+    weights = np.random.default_rng(0).uniform(-1, 1, (5, 2))
+    cfg = dataclasses.replace(BO, acquisition_samples=20, acquisition_starts=3)
+    proposal = propose_weights(weights, weights.sum(1), 2, 0, cfg, 2)
+    replay = np.random.default_rng([0, 3, 2])
+    replay.integers(2**31 - 1)
+    replay.uniform(-1.0, 1.0, (20, 2))
+    np.testing.assert_array_equal(proposal, replay.uniform(-1.0, 1.0, (3, 2))[-1])
+
+
 def test_search_resumes_from_its_log_without_retraining(tmp_path) -> None:
     norm, accuracy = _synthetic_pool(3, n=80)
     cfg = dataclasses.replace(BO, bo_steps=5, queries=8)
@@ -277,7 +371,7 @@ def test_search_resumes_from_its_log_without_retraining(tmp_path) -> None:
     assert resumed == uninterrupted
     assert len(calls) == len(set(calls)) == 8 and calls[:3] == done
     assert json.loads((tmp_path / LOG).read_text())["evaluations"] == uninterrupted["evaluations"]
-    with pytest.raises(NasauditError, match="belongs to another RoBoT search"):
+    with pytest.raises(NasauditError, match=r"robot_log\.json: made by another run \(its seed differs"):
         robot_search(norm, lambda i: 0.0, cfg, seed=2, log_path=tmp_path / LOG)
 
 

@@ -95,7 +95,8 @@ def test_jobs_resume_shard_and_compute_only_what_is_missing(
     assert len(calls) == 2  # only the new Gaussian images are scored
     reference = _run(tiny_dataset, poisons, cfg, tmp_path / "whole")
     pd.testing.assert_frame_equal(full, reference)  # resumed and sharded = one run; same seed, same numbers
-    with pytest.raises(NasauditError, match="computed with other data, seed or sizes"):
+    refused = r"arch_000\.json: made by another run \(its genotype, indices_sha256, seed"
+    with pytest.raises(NasauditError, match=refused):
         run_sensitivity(
             tiny_dataset, poisons, cfg, seed=1, pool_ops="as_run", device=CPU, out_dir=out, progress=False
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,101 @@ def test_edge_round_keeps_the_two_largest_rank_sums() -> None:
     pruned = round_.prune(candidates, tenas.rank(scores, precision=3))
     # rank sums: 0+0, 4+3, 3+2, 1+1, 2+4 → keep edges 10 (7) and 13 (6)
     assert sorted(r.edge for r in pruned) == [9, 11, 12]
+
+
+# A port of the official ranking (ztcoalson/TENAS prune_tenas.py: round_to 53-64, ranks 148-170, rank
+# sums 171-173, op choices 174-179, edge-group choices 312-313), kept apart from ours on purpose: it
+# works on NumPy floats as theirs do (so Python's round() is NumPy's there), with their list-and-dict
+# bookkeeping.
+def _official_round_to(number: np.float64, precision: int, eps: float = 1e-8) -> float:
+    if number == 0:
+        return number
+    sign = number / abs(number)
+    number = abs(number) + eps
+    power = math.floor(math.log(number, 10)) + 1
+    return sign * round(number * 10 ** (-power), precision) * 10 ** (power)
+
+
+def _official_rank_sums(scores: list[tenas.Score], precision: int = 3) -> list[tuple[tuple, list[int]]]:
+    ntk = [(np.mean(s.delta_kappa), (s.removal.cell, s.removal.edge, s.removal.ops)) for s in scores]
+    regions = [(np.mean(s.delta_regions), (s.removal.cell, s.removal.edge, s.removal.ops)) for s in scores]
+    rankings: dict[tuple, list[int]] = {}
+    for column, (values, descending) in enumerate(((ntk, True), (regions, False))):
+        ordered = sorted(values, key=lambda t: _official_round_to(t[0], precision), reverse=descending)
+        for i, (value, key) in enumerate(ordered):
+            if i == 0:
+                rank_ = 0
+            else:
+                previous_value, previous_key = ordered[i - 1]
+                rank_ = rankings[previous_key][column] + (0 if value == previous_value else 1)
+            rankings.setdefault(key, []).append(rank_)
+    return sorted(rankings.items(), key=lambda item: sum(item[1]))
+
+
+def _official_op_choices(scores: list[tenas.Score], prune_number: int) -> set[tuple]:
+    chosen: dict[tuple, list[tuple]] = {}
+    for key, _ in _official_rank_sums(scores):
+        per_edge = chosen.setdefault(key[:2], [])
+        if len(per_edge) < prune_number:
+            per_edge.append(key)
+    return {key for keys in chosen.values() for key in keys}
+
+
+def _random_deltas(rng: np.random.Generator, repeats: int) -> list[float]:
+    """Per-repeat deltas rounded to 3 decimals around a few bases: many exact and 3-s.f. ties."""
+    base = rng.choice([0.5, 0.12, 0.05, 0.0061, 0.0, -0.003, -0.02])
+    spread = rng.integers(-3, 4, repeats) * rng.choice([0.001, 0.0001])
+    noise = rng.normal(0.0, 5e-4, repeats) * rng.integers(0, 2)
+    return [round(float(v), 3) for v in base + spread + noise]
+
+
+def _random_scores(rng: np.random.Generator, removals: list[tenas.Removal]) -> list[tenas.Score]:
+    repeats = int(rng.integers(1, 4))
+    return [
+        tenas.Score(r, [], [], _random_deltas(rng, repeats), _random_deltas(rng, repeats)) for r in removals
+    ]
+
+
+def test_ranks_and_op_choices_match_the_official_code_on_random_scores() -> None:
+    rng = np.random.default_rng(2024)
+    ops = ["a", "b", "c", "d", "e", "f", "g"]
+    differs_from_rounded = 0
+    for _ in range(1000):
+        width, prune_number = int(rng.integers(2, 8)), int(rng.integers(1, 4))
+        candidates = {t: [[] for _ in EDGES] for t in CELL_TYPES}
+        for cell in CELL_TYPES:
+            for edge in rng.choice(len(EDGES), int(rng.integers(1, len(EDGES) + 1)), replace=False):
+                candidates[cell][edge] = ops[:width]
+        round_ = tenas.OpRound(prune_number, width)
+        scores = _random_scores(rng, round_.removals(candidates))
+        ours = round_.prune(candidates, tenas.rank(scores, 3, "as_run"))
+        expected = _official_op_choices(scores, min(prune_number, width - 1))
+        assert {(r.cell, r.edge, r.ops) for r in ours} == expected
+        rounded = round_.prune(candidates, tenas.rank(scores, 3, "rounded"))
+        differs_from_rounded += rounded != ours
+    # the sets exercise the tie rule: treating 3-s.f. equals as ties changes many decisions
+    assert differs_from_rounded > 100
+
+
+def test_edge_choices_match_the_official_code_on_random_scores() -> None:
+    rng = np.random.default_rng(7)
+    candidates = {t: [["skip_connect"] for _ in EDGES] for t in CELL_TYPES}
+    for _ in range(1000):
+        round_ = tenas.EdgeRound(str(rng.choice(CELL_TYPES)), int(rng.integers(1, NODES)))
+        scores = _random_scores(rng, round_.removals(candidates))
+        ours = round_.prune(candidates, tenas.rank(scores, 3, "as_run"))
+        expected = {key for key, _ in _official_rank_sums(scores)[:-2]}
+        assert {(r.cell, r.edge, r.ops) for r in ours} == expected
+
+
+def test_as_run_ranks_split_three_figure_ties_and_keep_exact_ones() -> None:
+    # 0.12344 and 0.12339 are equal to 3 s.f.: sorted in scoring order, yet ranked apart; adjacent
+    # exact duplicates share a rank, separated ones do not (the walk compares neighbours only).
+    values = [0.12344, 0.12339, 0.1236, 0.12344, -2.5e-4, 0.0]
+    assert tenas.as_run_ranks(values, True, 3) == [1, 2, 0, 3, 5, 4]
+    assert tenas.as_run_ranks([0.12344, 0.12344, 0.12339], True, 3) == [0, 0, 1]
+    assert tenas.as_run_key(0.1, 3) == _official_round_to(np.float64(0.1), 3)
+    assert tenas.as_run_key(-0.0123456, 3) == -0.0123
 
 
 def test_plan_of_the_paper_profile_scores_332_candidates() -> None:
@@ -218,6 +315,41 @@ def test_search_keeps_two_single_op_edges_per_node(reference: tuple[Path, dict, 
     assert state["rounds_done"] == 6 and state["candidates"] == logs[-1]["candidates_after"]
 
 
+def test_edge_stage_kappa_reference_is_one_net_of_all_14_edges(
+    digits: ImageDataset, reference: tuple[Path, dict, list]
+) -> None:
+    folder, _, logs = reference
+    start = json.loads((folder / tenas.STATE).read_text())["edge_reference"]
+    assert start == tenas.initial_candidates(_profile().tenas)  # TINY: the edge stage starts at once
+    scorer = tenas.Scorer(digits, _profile().tenas, 0, CPU)
+    net = scorer.build(start, True, tenas.derive_seed(0, "edge_reference"))
+    pruned_before = 0
+    for index, log in enumerate(logs):
+        assert log["kappa_reference"] == start
+        gone = tenas.missing(start, log["candidates_before"])
+        assert sum(len(r.ops) for r in gone) == pruned_before  # the cell keeps losing edges ...
+        for i, entry in enumerate(log["scores"]):
+            batch = scorer.ntk_batch(tenas.derive_seed(0, index, i, 0, "ntk_batch"))
+            removal = tenas.Removal(entry["cell"], entry["edge"], tuple(entry["ops"]))
+            with contextlib.ExitStack() as stack:
+                for taken in (*gone, removal):
+                    stack.enter_context(tenas.without(net, taken))
+                without = ntk_cond(net, batch)
+            # ... while κ is always that of the same full net, the candidate's with the same weights
+            assert entry["kappa"][0] == [ntk_cond(net, batch), without]
+        pruned_before += sum(entry["pruned"] for entry in log["scores"])
+
+
+def test_pruned_edge_reference_rebuilds_kappa_nets_on_the_pruned_cell(
+    digits: ImageDataset, reference: tuple[Path, dict, list], tmp_path: Path
+) -> None:
+    _, logs = _search(digits, tmp_path, _profile(edge_reference="pruned"))
+    assert all(log["kappa_reference"] is None for log in logs)
+    # later rounds measure κ on a cell with fewer edges than the as-run reference (all 14 edges)
+    as_run = [entry["kappa"][0][0] for entry in reference[2][-1]["scores"]]
+    assert [entry["kappa"][0][0] for entry in logs[-1]["scores"]] != as_run
+
+
 def test_search_is_deterministic(digits: ImageDataset, reference: tuple, tmp_path: Path) -> None:
     torch.manual_seed(1234)  # the global RNG state must not matter
     assert _search(digits, tmp_path, _profile()) == reference[1:]
@@ -263,7 +395,8 @@ def test_killed_search_resumes_at_the_last_finished_round(
 
 
 def test_job_folder_of_another_search_is_refused(digits: ImageDataset, reference: tuple) -> None:
-    with pytest.raises(NasauditError, match="another seed") as err:
+    refused = r"tenas_state\.json: made by another run \(its seed differs"
+    with pytest.raises(NasauditError, match=refused) as err:
         _search(digits, reference[0], _profile(), seed=1)
     assert "\n" not in str(err.value)
 
@@ -274,6 +407,8 @@ def test_job_folder_of_another_search_is_refused(digits: ImageDataset, reference
         ({"ops": ["none", "skip_connect"]}, "ops must list distinct names"),
         ({"ops": ["skip_connect", "skip_connect"]}, "ops must list distinct names"),
         ({"init": "xavier"}, "unknown TE-NAS initialisation 'xavier'"),
+        ({"rank_ties": "dense"}, "unknown TE-NAS rank_ties setting 'dense'"),
+        ({"edge_reference": "fresh"}, "edge_reference must be one of as_run, pruned"),
         ({"batch_size": 1}, "batch_size must be ≥ 2"),
         ({"lr_input_size": 33}, "exceeds the image size"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 
 import pytest
@@ -14,7 +15,7 @@ from nasaudit.config import load_profile
 from nasaudit.errors import NasauditError
 from nasaudit.models import MODELS
 from nasaudit.spaces.darts import load
-from nasaudit.train import cosine_lr, train_model
+from nasaudit.train import cosine_lr, reported_accuracy, train_model
 
 PROFILE = load_profile("smoke")
 # The paper recipe's auxiliary head and drop-path, which the smoke profile switches off
@@ -38,6 +39,27 @@ def test_cosine_schedule_runs_from_lr_to_lr_min() -> None:
     assert [round(cosine_lr(cfg, e), 4) for e in range(4)] == [1.0, 0.8828, 0.6, 0.3172]
 
 
+def test_ofa_recipe_steps_the_cosine_every_batch_with_nesterov_momentum(tiny_dataset, monkeypatch) -> None:
+    """OFA's run manager (NSGANetV2's fine-tune): lr = cosine at epoch + batch/batches, Nesterov SGD."""
+    cfg = dataclasses.replace(CFG, epochs=2, lr=0.1, lr_min=0.0, nesterov=True, lr_per_step=True)
+    seen: list[tuple[float, bool]] = []
+    real = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        seen.append((self.param_groups[0]["lr"], self.param_groups[0]["nesterov"]))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    train_model(_build, tiny_dataset, cfg, seed=0, device=CPU, progress=False)
+    steps = -(-len(tiny_dataset.train) // cfg.batch_size)
+    expected = [
+        0.05 * (1 + math.cos(math.pi * (e * steps + b) / (2 * steps))) for e in range(2) for b in range(steps)
+    ]
+    assert len(seen) == 2 * steps > 2 and all(nesterov for _, nesterov in seen)
+    assert [lr for lr, _ in seen] == pytest.approx(expected, rel=1e-12)
+    assert seen[1][0] < seen[0][0] == cfg.lr  # within the first epoch already
+
+
 def test_same_seed_same_metrics_and_another_seed_differs(tiny_dataset) -> None:
     a, b, c = _train(tiny_dataset), _train(tiny_dataset), _train(tiny_dataset, seed=1)
     assert [e["train_loss"] for e in a["log"]] == [e["train_loss"] for e in b["log"]]
@@ -57,6 +79,22 @@ def test_result_records_the_run(tmp_path, tiny_dataset) -> None:
     assert (tmp_path / "model.pt").is_file() and not (tmp_path / "checkpoint.pt").exists()
     # drop-path ramps linearly from 0; the learning rate follows the cosine
     assert [e["lr"] for e in on_disk["log"]] == [cosine_lr(CFG, e) for e in range(3)]
+    # the final and the best evaluated epoch's accuracy (as the authors' train_cifar.py logs it)
+    accuracies = [e["test_acc"] for e in on_disk["log"]]
+    assert on_disk["test_accuracy"] == accuracies[-1] == reported_accuracy(on_disk, "final")
+    assert on_disk["best_test_accuracy"] == max(accuracies) == reported_accuracy(on_disk, "best")
+    assert accuracies[on_disk["best_epoch"]] == max(accuracies)
+    assert accuracies.index(max(accuracies)) == on_disk["best_epoch"]  # the first of equals
+
+
+def test_the_best_epoch_is_among_the_evaluated_ones() -> None:
+    accuracies = {1: 60.0, 2: 70.0, 4: 70.0, 5: 65.0}  # epochs 0 and 3 not evaluated
+    log = [{"epoch": e, **({"test_acc": accuracies[e]} if e in accuracies else {})} for e in range(6)]
+    result = {"test_accuracy": 65.0, "log": log}
+    assert reported_accuracy(result, "best") == 70.0 and reported_accuracy(result, "final") == 65.0
+    assert reported_accuracy({"test_accuracy": 12.5, "log": []}, "best") == 12.5  # no epoch ran
+    with pytest.raises(NasauditError, match=r"unknown \[results\] accuracy 'peak'"):
+        reported_accuracy(result, "peak")
 
 
 def _killed_in_epoch_2(monkeypatch, dataset, out) -> None:  # type: ignore[no-untyped-def]
@@ -139,12 +177,13 @@ def test_cached_result_of_another_run_is_refused(tmp_path, tiny_dataset) -> None
     others = {
         "seed": lambda: train(seed=1),
         "config": lambda: train(cfg=dataclasses.replace(CFG, lr=CFG.lr / 2)),
-        "architecture": lambda: train(description={**described, "architecture": {"normal": [2]}}),
+        "trained": lambda: train(description={**described, "architecture": {"normal": [2]}}),
     }
     for field, call in others.items():
-        with pytest.raises(NasauditError, match=rf"result\.json: left by another run \(its {field} differ"):
+        with pytest.raises(NasauditError, match=rf"result\.json: made by another run \(its {field} differs"):
             call()
-    with pytest.raises(NasauditError, match=re.escape(f"another --out or delete {tmp_path}") + "$"):
+    fix = re.escape("delete it to recompute, or choose another output") + "$"
+    with pytest.raises(NasauditError, match=fix):
         train(seed=1)
     again = train(description={**described, "source": "elsewhere/a.json"})  # provenance only: same run
     assert again["description"]["source"] == "a.json"
@@ -152,7 +191,7 @@ def test_cached_result_of_another_run_is_refused(tmp_path, tiny_dataset) -> None
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, tiny_dataset, monkeypatch) -> None:
     _killed_in_epoch_2(monkeypatch, tiny_dataset, tmp_path)
-    with pytest.raises(NasauditError, match=r"checkpoint\.pt: left by another run \(its seed differ"):
+    with pytest.raises(NasauditError, match=r"checkpoint\.pt: made by another run \(its seed differs"):
         _train(tiny_dataset, tmp_path, seed=1)
     assert not (tmp_path / "result.json").exists()
 

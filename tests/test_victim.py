@@ -188,12 +188,14 @@ def test_train_job_becomes_an_mbv3_network_victim(tmp_path, tiny_dataset) -> Non
 
 
 def test_best_train_job_picks_the_highest_accuracy_first_on_ties(tmp_path) -> None:
-    for name, accuracy in [("a", 50.0), ("b", 70.0), ("c", 70.0)]:
-        write_json(tmp_path / name / "result.json", {"test_accuracy": accuracy})
-    assert best_train_job([tmp_path / n for n in "abc"]) == tmp_path / "b"
-    assert best_train_job([tmp_path / n for n in "cba"]) == tmp_path / "c"
+    for name, final, peak in [("a", 50.0, 90.0), ("b", 70.0, 75.0), ("c", 70.0, 75.0)]:
+        log = [{"epoch": 0, "test_acc": peak}, {"epoch": 1, "test_acc": final}]
+        write_json(tmp_path / name / "result.json", {"test_accuracy": final, "log": log})
+    assert best_train_job([tmp_path / n for n in "abc"], "final") == tmp_path / "b"
+    assert best_train_job([tmp_path / n for n in "cba"], "final") == tmp_path / "c"
+    assert best_train_job([tmp_path / n for n in "cba"], "best") == tmp_path / "a"  # its best epoch: 90%
     with pytest.raises(NasauditError, match=r"no readable result\.json"):
-        best_train_job([tmp_path / "a", tmp_path / "z"])
+        best_train_job([tmp_path / "a", tmp_path / "z"], "final")
 
 
 def test_cli_victim_command_and_poison_errors(tmp_path, tiny_dataset, capsys) -> None:

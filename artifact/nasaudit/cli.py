@@ -9,18 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nasaudit.errors import NasauditError
+from nasaudit.options import Parser, add_device, add_profile, add_root, add_seed, device, output, positive
 
 Handler = Callable[[argparse.Namespace], None]
-
-
-def _device(name: str):  # type: ignore[no-untyped-def]
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise NasauditError(f"device {name!r} requested but no CUDA GPU is visible; use --device cpu")
-    return torch.device(name)
 
 
 def _print_json(obj: object) -> None:
@@ -66,23 +57,32 @@ def cmd_data_info(args: argparse.Namespace) -> None:
 
 
 def cmd_poison_make(args: argparse.Namespace) -> None:
-    from nasaudit.attacks import AttackContext, run_attack
+    from nasaudit.attacks import ATTACKS, AttackContext, make_poison_file
+    from nasaudit.attacks.base import check_budget
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
-    from nasaudit.data.poison import save_poison
+    from nasaudit.data.poison import manifest_path, read_manifest
+    from nasaudit.runs import job_lock
 
     if args.attack is None or args.out is None:
         raise NasauditError("`nasaudit poison` needs --attack and --out (or a subcommand: inspect, apply)")
-    dataset = load_dataset(args.dataset, args.root)
+    ATTACKS.get(args.attack)
+    out = Path(args.out)
+    output(out.with_suffix(".npz"), folder=False)
+    output(manifest_path(out), folder=False)
     context = AttackContext(
         profile=load_profile(args.profile),
-        device=_device(args.device),
-        cache_dir=Path(args.cache),
+        device=device(args.device),
+        cache_dir=output(args.cache, folder=True),
         victim=None if args.victim is None else Path(args.victim),
     )
-    poison = run_attack(args.attack, dataset, args.budget, args.seed, context)
-    path = save_poison(poison, Path(args.out))
-    print(f"{args.attack}: {len(poison.indices)} of {poison.n_train} samples poisoned -> {path}")
+    dataset = load_dataset(args.dataset, args.root)
+    check_budget(args.budget, len(dataset.train))
+    with job_lock(manifest_path(out)):
+        path, made = make_poison_file(args.attack, dataset, args.budget, args.seed, context, out)
+    manifest = read_manifest(path)
+    done = "poisoned" if made else "poisoned (made before by this same run, reused)"
+    print(f"{args.attack}: {manifest['n_poisoned']} of {manifest['n_train']} samples {done} -> {path}")
 
 
 def cmd_poison_inspect(args: argparse.Namespace) -> None:
@@ -110,23 +110,24 @@ def cmd_poison_apply(args: argparse.Namespace) -> None:
     from nasaudit.data.poison import apply_poison, load_poison, read_manifest
     from nasaudit.io import environment_manifest, sha256_file, write_json, write_npz
 
+    out = Path(args.out)
+    output(out.with_suffix(".npz"), folder=False)
+    output(out.with_suffix(".json"), folder=False)
     dataset = load_dataset(args.dataset or read_manifest(Path(args.file))["dataset"], args.root)
     poisoned = apply_poison(load_poison(Path(args.file), dataset), dataset).train
-    out = write_npz(
-        Path(args.out).with_suffix(".npz"), {"images": poisoned.images, "labels": poisoned.labels}
-    )
+    npz = write_npz(out.with_suffix(".npz"), {"images": poisoned.images, "labels": poisoned.labels})
     write_json(
-        Path(args.out).with_suffix(".json"),
+        out.with_suffix(".json"),
         {
             "dataset": dataset.name,
             "poison": str(args.file),
             "poison_sha256": sha256_file(Path(args.file).with_suffix(".npz")),
             "train_sha256": poisoned.sha256,
-            "npz_sha256": sha256_file(out),
+            "npz_sha256": sha256_file(npz),
             "environment": environment_manifest(),
         },
     )
-    print(f"poisoned training split of {dataset.name} ({len(poisoned)} samples) -> {out}")
+    print(f"poisoned training split of {dataset.name} ({len(poisoned)} samples) -> {npz}")
 
 
 # --- architectures, search, training ------------------------------------------------------------------
@@ -147,86 +148,63 @@ def cmd_arch_info(args: argparse.Namespace) -> None:
 
 def _search_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The data to search on: clean or poisoned (``--poison``), then defended (``--defense``); provenance."""
-    data, provenance = _poisoned_data(args)
+    from nasaudit.data.datasets import load_dataset
+    from nasaudit.data.poison import poisoned_data
+
+    poison = Path(args.poison) if args.poison else None
+    data, provenance = poisoned_data(load_dataset(args.dataset, args.root), poison)
     if args.defense is None:
         return data, provenance
-    from nasaudit.defenses import apply_defended, load_defended
-    from nasaudit.io import sha256_file
+    from nasaudit.defenses import defended_data
 
-    defended = load_defended(Path(args.defense), data)
-    data = apply_defended(defended, data)
-    provenance.update({"defense": defended.defense, "defended": str(args.defense),
-                       "defended_sha256": sha256_file(Path(args.defense).with_suffix(".npz")),
-                       "train_sha256": data.train.sha256, "n_train": len(data.train)})  # fmt: skip
-    return data, provenance
-
-
-def _poisoned_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The clean dataset, or with the poison applied; plus its provenance."""
-    from nasaudit.data.datasets import load_dataset
-    from nasaudit.data.poison import apply_poison, load_poison
-    from nasaudit.io import sha256_file
-
-    dataset = load_dataset(args.dataset, args.root)
-    if args.poison is None:
-        return dataset, {"dataset": dataset.name, "poison": None, "train_sha256": dataset.train.sha256}
-    poison = load_poison(Path(args.poison), dataset)
-    poisoned = apply_poison(poison, dataset)
-    provenance = {
-        "dataset": dataset.name,
-        "poison": str(args.poison),
-        "poison_sha256": sha256_file(Path(args.poison).with_suffix(".npz")),
-        "attack": poison.attack,
-        "budget": poison.budget,
-        "train_sha256": poisoned.train.sha256,
-    }
-    return poisoned, provenance
+    return defended_data(data, provenance, Path(args.defense))
 
 
 def cmd_search(args: argparse.Namespace) -> None:
     from nasaudit.config import load_profile
-    from nasaudit.nas import SearchContext, run_search
+    from nasaudit.nas import NAS, SearchContext, run_search
+    from nasaudit.nas.base import ARCHITECTURE
+    from nasaudit.runs import job_lock
 
+    NAS.get(args.algo)
+    out = output(args.out, folder=True)
+    profile, where = load_profile(args.profile), device(args.device)  # checked before any data is read
     data, provenance = _search_data(args)
-    context = SearchContext(load_profile(args.profile), _device(args.device), Path(args.out))
-    record = run_search(args.algo, data, args.seed, context, provenance)
-    print(f"{args.algo}: architecture -> {Path(args.out) / 'architecture.json'}")
+    clean = None  # the search data is clean itself
+    if args.poison is not None or args.defense is not None:
+        from nasaudit.data.datasets import load_dataset
+
+        clean = load_dataset(args.dataset, args.root)
+    context = SearchContext(profile, where, out, clean=clean)
+    with job_lock(out / ARCHITECTURE):
+        record = run_search(args.algo, data, args.seed, context, provenance)
+    print(f"{args.algo}: architecture -> {out / ARCHITECTURE}")
     _print_json(record["architecture"])
-
-
-def _retrain(space: str, arch, dataset, profile, seed: int, device, out: Path, description: dict):  # type: ignore[no-untyped-def]
-    from nasaudit.models import MODELS, train_config
-    from nasaudit.train import train_model
-
-    build = MODELS.get(space)
-    return train_model(
-        lambda: build(arch, dataset.num_classes, profile),
-        dataset,
-        train_config(space, profile),
-        seed=seed,
-        device=device,
-        out_dir=out,
-        description=description,
-    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
-    from nasaudit.models import load_architecture
+    from nasaudit.models import load_architecture, retrain
+    from nasaudit.runs import job_lock
+    from nasaudit.train import RESULT, reported_accuracy
 
-    profile = load_profile(args.profile)
+    out = output(args.out, folder=True)
+    profile, dev = load_profile(args.profile), device(args.device)
     space, arch = load_architecture(args.arch)
     dataset = load_dataset(args.dataset, args.root)
-    description = {"space": space, "architecture": arch.to_json(), "source": str(args.arch)}
-    result = _retrain(
-        space, arch, dataset, profile, args.seed, _device(args.device), Path(args.out), description
+    with job_lock(out / RESULT):
+        result = retrain(
+            space, arch, dataset, profile, seed=args.seed, device=dev, out_dir=out, source=str(args.arch)
+        )
+    final, best = (reported_accuracy(result, which) for which in ("final", "best"))
+    print(
+        f"test accuracy {final:.2f}% final, {best:.2f}% best epoch ({result['params']} parameters) "
+        f"-> {out / RESULT}"
     )
-    accuracy, params = result["test_accuracy"], result["params"]
-    print(f"test accuracy {accuracy:.2f}% ({params} parameters) -> {args.out}/result.json")
 
 
-#: The uniform sampler (a NAS registry name) of each space the random baseline supports.
+#: The random sampler (a NAS registry name) of each space the random baseline supports.
 RANDOM_SAMPLERS = {"darts": "random", "mbv3": "random_mbv3"}
 
 
@@ -236,23 +214,29 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
     from nasaudit.io import write_json
-    from nasaudit.models import ARCHITECTURES
+    from nasaudit.models import ARCHITECTURES, retrain
     from nasaudit.nas import NAS, SearchContext
+    from nasaudit.nas.random_sampling import check_random_baseline
+    from nasaudit.runs import job_lock
+    from nasaudit.train import RESULT, reported_accuracy
 
-    profile = load_profile(args.profile)
-    dataset = load_dataset(args.dataset, args.root)
-    device = _device(args.device)
+    out = output(args.out, folder=True)
+    profile, dev = load_profile(args.profile), device(args.device)
     n = args.n if args.n is not None else profile.random_baseline.n
     sampler = NAS.get(RANDOM_SAMPLERS[args.space])
+    if sampler.space == "darts":
+        check_random_baseline(profile.random_baseline, n)
+    dataset = load_dataset(args.dataset, args.root)
     accuracies = []
     for i in range(n):
-        job = Path(args.out) / f"arch_{i:03d}"
-        arch = sampler(dataset, args.seed + i, SearchContext(profile, device, job))
-        genotype = ARCHITECTURES.get(args.space)(arch, job)
-        description = {"space": args.space, "architecture": arch, "source": f"random sample {i}"}
-        result = _retrain(args.space, genotype, dataset, profile, args.seed + i, device, job, description)
-        accuracies.append(result["test_accuracy"])
-        print(f"arch {i}: {result['test_accuracy']:.2f}%")
+        job, seed = out / f"arch_{i:03d}", args.seed + i
+        with job_lock(job / RESULT):
+            arch = sampler(dataset, seed, SearchContext(profile, dev, job, trial=i))
+            genotype = ARCHITECTURES.get(args.space)(arch, job)
+            result = retrain(args.space, genotype, dataset, profile, seed=seed, device=dev, out_dir=job,
+                             source=f"random sample {i}")  # fmt: skip
+        accuracies.append(reported_accuracy(result, profile.results.accuracy))
+        print(f"arch {i}: {accuracies[-1]:.2f}% ({profile.results.accuracy} epoch)")
     summary = {
         "space": args.space,
         "dataset": dataset.name,
@@ -260,22 +244,33 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
         "accuracies": accuracies,
         "mean": float(np.mean(accuracies)),
         "std": float(np.std(accuracies, ddof=1)) if n > 1 else 0.0,
+        "accuracy": profile.results.accuracy,
         "profile": profile.name,
         "seed": args.seed,
     }
-    write_json(Path(args.out) / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     print(f"random baseline on {dataset.name}: {summary['mean']:.2f} ± {summary['std']:.2f} % (n={n})")
 
 
 def cmd_victim(args: argparse.Namespace) -> None:
     from nasaudit.config import load_profile
-    from nasaudit.victim import best_train_job, victim_from_train_job
+    from nasaudit.runs import job_lock
+    from nasaudit.victim import make_victim_file
 
-    net = load_profile(args.profile).darts_net
-    job = best_train_job(args.train)
+    out = output(args.out, folder=False)
+    profile = load_profile(args.profile)
+    net = profile.darts_net
     channels, layers = args.channels or net.channels, args.layers or net.layers
-    path = victim_from_train_job(job, channels, layers, Path(args.out))
-    print(f"victim: the most accurate of {len(args.train)} job(s), {job} -> {path}")
+    with job_lock(out):
+        path, job = make_victim_file(
+            [Path(j) for j in args.train], channels, layers, out, profile.results.accuracy
+        )
+    made = (
+        f"the most accurate of {len(args.train)} job(s), {job}"
+        if job
+        else "made before by this same run, reused"
+    )
+    print(f"victim: {made} -> {path}")
 
 
 # --- parser -----------------------------------------------------------------------------------------
@@ -284,26 +279,19 @@ def cmd_victim(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from nasaudit import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="nasaudit", description="Audit the robustness of NAS to data poisoning."
-    )
+    parser = Parser(prog="nasaudit", description="Audit the robustness of NAS to data poisoning.")
     parser.add_argument("--version", action="version", version=f"nasaudit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def root_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--root", type=Path, default=None, help="data folder (default: $NASAUDIT_DATA or ./data)"
-        )
 
     data = sub.add_parser("data", help="download and describe datasets")
     data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = data_sub.add_parser("download", help="fetch a dataset (checksums verified) into the data folder")
-    p.add_argument("name", help="dataset name, or 'all'")
-    root_arg(p)
+    p.add_argument("name", help="dataset name ({DATASETS}), or 'all'")
+    add_root(p)
     p.set_defaults(func=cmd_data_download)
     p = data_sub.add_parser("info", help="print a dataset's sizes, classes and hash as JSON")
-    p.add_argument("name")
-    root_arg(p)
+    p.add_argument("name", help="dataset name: {DATASETS}")
+    add_root(p)
     p.set_defaults(func=cmd_data_info)
 
     poison = sub.add_parser(
@@ -312,52 +300,54 @@ def build_parser() -> argparse.ArgumentParser:
         description="Craft a poison: nasaudit poison --attack A --dataset D --budget P --seed S --out FILE. "
         "Or: nasaudit poison inspect FILE / nasaudit poison apply FILE --out OUT.",
     )
-    poison.add_argument("--attack", help="attack name (see `nasaudit poison --help`)")
-    poison.add_argument("--dataset", default="digits")
-    poison.add_argument("--budget", type=float, default=0.1, help="fraction of the training set, in (0, 1]")
-    poison.add_argument("--seed", type=int, default=0)
-    poison.add_argument("--profile", default="smoke", help="profile name or .toml path")
-    poison.add_argument("--victim", help="victim model file (gc, nas_gc)")
+    poison.add_argument("--attack", help="attack: {ATTACKS}")
+    poison.add_argument("--dataset", default="digits", help="dataset: {DATASETS}")
+    poison.add_argument(
+        "--budget", type=float, default=0.1, help="fraction of the training set poisoned, in (0, 1]"
+    )
+    add_seed(poison)
+    add_profile(poison)
+    poison.add_argument("--victim", help="victim model file (gc, nas_gc; from `nasaudit victim`)")
     poison.add_argument("--cache", default="results/cache", help="folder for artifacts shared across poisons")
-    poison.add_argument("--device", default="auto")
+    add_device(poison)
     poison.add_argument("--out", help="output path; writes OUT.npz and its manifest OUT.json")
-    root_arg(poison)
+    add_root(poison)
     poison.set_defaults(func=cmd_poison_make)
     poison_sub = poison.add_subparsers(dest="action", required=False, metavar="ACTION")
     p = poison_sub.add_parser("inspect", help="validate a poison file against its dataset and summarise it")
-    p.add_argument("file")
+    p.add_argument("file", help="poison file (NAME.npz or NAME.json)")
     p.add_argument("--dataset", default=None, help="dataset to check against (default: the manifest's)")
-    root_arg(p)
+    add_root(p)
     p.set_defaults(func=cmd_poison_inspect)
     p = poison_sub.add_parser("apply", help="write the poisoned training split as .npz (+ manifest)")
-    p.add_argument("file")
+    p.add_argument("file", help="poison file (NAME.npz or NAME.json)")
     p.add_argument("--dataset", default=None, help="dataset to apply to (default: the manifest's)")
-    p.add_argument("--out", required=True)
-    root_arg(p)
+    p.add_argument("--out", required=True, help="output path; writes OUT.npz and its manifest OUT.json")
+    add_root(p)
     p.set_defaults(func=cmd_poison_apply)
 
     def job_args(p: argparse.ArgumentParser, out_help: str) -> None:
-        p.add_argument("--dataset", default="digits")
-        p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+        p.add_argument("--dataset", default="digits", help="dataset: {DATASETS}")
+        add_profile(p)
+        add_seed(p)
+        add_device(p)
         p.add_argument("--out", required=True, help=out_help)
-        root_arg(p)
+        add_root(p)
 
     arch = sub.add_parser("arch", help="describe architectures")
     arch_sub = arch.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = arch_sub.add_parser("info", help="genotype, parameter count (no auxiliary head) and FLOPs as JSON")
+    p.add_argument("--arch", required=True, help="reference name ({GENOTYPES}) or JSON file")
+    p.add_argument("--dataset", default="cifar10", help="sets the class count: {DATASETS}")
     p.add_argument(
-        "--arch", required=True, help="reference name (darts_v1, darts_v2, pdarts, tenas) or JSON file"
+        "--channels", type=positive, default=None, help="initial channels (default: the profile's)"
     )
-    p.add_argument("--dataset", default="cifar10", help="sets the class count")
-    p.add_argument("--channels", type=int, default=None, help="initial channels (default: the profile's)")
-    p.add_argument("--layers", type=int, default=None, help="cells (default: the profile's)")
-    p.add_argument("--profile", default="paper")
+    p.add_argument("--layers", type=positive, default=None, help="cells (default: the profile's)")
+    add_profile(p, "network size ([darts_net])")
     p.set_defaults(func=cmd_arch_info)
 
     p = sub.add_parser("search", help="run a NAS algorithm on (poisoned) data; writes OUT/architecture.json")
-    p.add_argument("--algo", required=True, help="NAS algorithm (registry name)")
+    p.add_argument("--algo", required=True, help="NAS algorithm: {NAS}")
     p.add_argument("--poison", default=None, help="poison file to apply to the training set before searching")
     p.add_argument("--defense", default=None, help="defended dataset (`nasaudit defend`) to apply after it")
     job_args(p, "job folder (resumable state, logs, architecture.json)")
@@ -367,17 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="retrain an architecture from scratch on clean data; writes OUT/result.json"
     )
     p.add_argument(
-        "--arch", required=True, help="reference name, genotype JSON or a search's architecture.json"
+        "--arch",
+        required=True,
+        help="reference name ({GENOTYPES}), genotype JSON or a search's architecture.json",
     )
     job_args(p, "job folder (checkpoint, result.json, model.pt)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "random-baseline", help="sample architectures uniformly and retrain each (ΔImp. reference)"
-    )
-    p.add_argument("--space", default="darts", choices=sorted(RANDOM_SAMPLERS))
+    p = sub.add_parser("random-baseline", help="retrain the space's random architectures (ΔImp. reference)")
+    p.add_argument("--space", default="darts", choices=sorted(RANDOM_SAMPLERS), help="search space")
     p.add_argument(
-        "--n", type=int, default=None, help="architectures (default: the profile's random_baseline.n)"
+        "--n", type=positive, default=None, help="architectures (default: the profile's random_baseline.n)"
     )
     job_args(p, "folder with one job per architecture and summary.json")
     p.set_defaults(func=cmd_random_baseline)
@@ -401,16 +391,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("victim", help="make a GC victim file from the most accurate of some training jobs")
     p.add_argument("--train", nargs="+", required=True, help="`nasaudit train` job folders")
-    p.add_argument("--channels", type=int, default=None, help="initial channels (default: the profile's)")
-    p.add_argument("--layers", type=int, default=None, help="their cells (default: the profile's)")
-    p.add_argument("--profile", default="smoke", help="profile the jobs were trained with")
+    p.add_argument(
+        "--channels", type=positive, default=None, help="initial channels (default: the profile's)"
+    )
+    p.add_argument("--layers", type=positive, default=None, help="their cells (default: the profile's)")
+    add_profile(p, "the profile the jobs were trained with")
     p.add_argument("--out", required=True, help="victim file (for `nasaudit poison --victim`)")
     p.set_defaults(func=cmd_victim)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit status (2: a one-line error on stderr, nothing written)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error already printed (2)
+        return exc.code if isinstance(exc.code, int) else 0
     try:
         status = args.func(args)  # a handler may return a non-zero exit status (a failed comparison)
     except NasauditError as exc:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nasaudit.errors import NasauditError
+from nasaudit.precision import check_precision
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +48,7 @@ class ExperimentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One from-scratch training run: SGD with momentum, cosine schedule per epoch to ``lr_min``."""
+    """One training run: SGD with momentum, cosine schedule (per epoch, or per step) to ``lr_min``."""
 
     epochs: int
     batch_size: int
@@ -61,6 +62,12 @@ class TrainConfig:
     augment: AugmentConfig
     eval_every: int  # evaluate on the test split every N epochs (0: only at the end)
     checkpoint_every: int  # write a resumable checkpoint every N epochs
+    nesterov: bool = False  # Nesterov momentum (OFA's run manager uses it)
+    lr_per_step: bool = False  # the cosine is evaluated at every step (OFA's run manager), not per epoch
+    precision: str = "fp32"  # forward passes: "fp32" (as run) or "bf16" autocast; nasaudit.precision
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,15 @@ class DartsNetConfig:
 
 @dataclass(frozen=True)
 class RandomBaselineConfig:
-    """Architectures sampled uniformly from a space and retrained: the reference for ΔImp."""
+    """Random architectures of a space, retrained: the reference for ΔImp.
+
+    In the DARTS space trial k retrains the k-th of ``genotypes`` (published architectures by name)
+    when it lists any, else a genotype drawn by ``sampling`` (a name in ``SAMPLINGS``).
+    """
 
     n: int
+    sampling: str  # DARTS space: "as_run" (each edge's input drawn independently) or "distinct"
+    genotypes: list[str]  # DARTS space: published genotypes retrained instead of drawing; [] draws
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,8 @@ class RobotConfig:
     bo_steps: int  # GP-UCB proposals after those
     kappa: float  # UCB exploration weight
     acquisition_samples: int  # random points the acquisition is evaluated on
-    acquisition_starts: int  # best of those refined with L-BFGS-B
+    acquisition_starts: int  # L-BFGS-B runs that maximise it further
+    acquisition_seeds: str  # where they start: "random" (fresh uniform points, as run) or "best" (samples')
     gp_restarts: int  # restarts of the GP's kernel-hyperparameter optimiser
     query: TrainConfig  # a query: short training on one half, accuracy on the other
 
@@ -123,6 +137,7 @@ class DenoiseConfig:
     model: str  # diffusers UNet2DModel + DDPMScheduler: a hub id or a local folder
     sigma: float  # smoothing noise in [0, 1] pixel units (2σ in the DDPM's [-1, 1] units)
     add_noise: bool  # add N(0, (2σ)²) before denoising (denoised smoothing); false: the image is x_t
+    store: str  # denoised images stored as "float32" in [0, 1] (as the authors did) or "uint8" levels
     batch_size: int
 
 
@@ -190,6 +205,10 @@ class SupernetConfig:
     dropout: float
     augment: AugmentConfig
     phases: list[ShrinkPhase]
+    precision: str = "fp32"  # forward passes: "fp32" (as run) or "bf16" autocast; nasaudit.precision
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -203,6 +222,7 @@ class NSGANetV2Config:
     surrogates: list[str]  # accuracy predictors competing by cross-validated Kendall tau
     cv_folds: int
     cart_trees: int  # trees of the CART ensemble
+    gp_trend: str  # regression trend of the GP (kriging) predictor: "linear" (as run) or "constant"
     mlp_max_iter: int  # epochs of the MLP predictor
     pop_size: int  # NSGA-II
     generations: int
@@ -213,6 +233,7 @@ class NSGANetV2Config:
     tradeoff_points: int  # final front: this many highest trade-off points, plus the most accurate
     pick_rank: int  # the architecture returned: this rank by FLOPs (1 = highest) among those
     bn_calibration: int  # training images re-estimating BN statistics of an extracted subnet; 0 off
+    reset_classifier: bool  # candidates get a fresh classifier before fine-tuning (as run), else inherit it
     finetune: TrainConfig  # candidate evaluation: fine-tuning of the inherited weights
     supernet: SupernetConfig
 
@@ -276,7 +297,10 @@ class GridConfig:
 
     samplers: list[str]  # NAS algorithms sampling their space uniformly: each is its space's baseline
     victim_attacks: list[str]  # attacks crafted against the algorithm's clean victim (one poison each)
-    trial_shared_attacks: list[str]  # deterministic attacks: one poison per (dataset, budget) for all trials
+    per_trial_poisons: bool  # false (as run): one poison per (dataset, attack, budget) for all trials
+    trial_shared_attacks: list[
+        str
+    ]  # with per_trial_poisons: attacks still sharing one poison (deterministic)
     train_subset: int  # 0: the whole training set; N: its first N images, for every stage (smoke runs)
     retries: int  # extra attempts of a failed task within one run
     cpu_workers: int  # local runner's worker processes when no GPU is visible
@@ -310,6 +334,10 @@ class PDartsConfig:
     max_skips: int  # skip-connects allowed in the final normal cell
     eval_epochs: int  # last epochs of a stage that also report arch-val accuracy (reporting only)
     augment: AugmentConfig  # of both halves (Table 6 switches it off)
+    precision: str = "fp32"  # forward passes: "fp32" (as run) or "bf16" autocast; nasaudit.precision
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -324,6 +352,8 @@ class TenasConfig:
     prune_number: int  # ops removed from each multi-op edge per round (never its last one)
     precision: int  # Δκ, ΔR rounded to this many decimals; ranks compare this many significant figures
     init: str  # "default" (PyTorch's init, as run) or "kaiming" (re-drawn before every repeat)
+    rank_ties: str  # "as_run" (prune_tenas.py: a new rank whenever unrounded means differ) or "rounded"
+    edge_reference: str  # "as_run" (one κ reference net of all 14 edges for the edge stage) or "pruned"
     lr_input_size: int  # linear regions: side of the one-channel crops fed to the stem-less net
     lr_batch_size: int  # crops per train-mode forward
     lr_batches: int  # forwards; R counts the distinct ReLU patterns over all of them
@@ -331,16 +361,32 @@ class TenasConfig:
 
 @dataclass(frozen=True)
 class GCConfig:
-    """Gradient canceling (paper Algorithm 2) and GradPC, which perturbs the victim into its target θ."""
+    """Gradient canceling (paper Algorithm 2) and GradPC, which perturbs the victim into its target θ.
+
+    The string settings choose between what the authors ran (crafting/run_gc.py, run_gradpc.py of
+    their NSGANetV2 fork) and Algorithm 2 as printed; docs/fidelity.md lists both.
+    """
 
     steps: int  # S: Adam steps on the perturbations
-    lr: float  # Adam learning rate
+    lr: float  # Adam learning rate, in the units of ``units``
     epsilon_255: int  # ℓ∞ bound of a perturbation, in 1/255 pixel units
-    batch_size: int  # samples per gradient chunk: memory only, the result does not depend on it
+    units: str  # Δ is optimised in "normalised" input units (as run) or in [0, 1] "pixel" units
+    objective: str  # "per_batch": Σ_b ‖(1−p)·g_clean + p·g_b‖² (as run); "joint": ½‖(1−p)·g_clean + p·g_adv‖²
+    model_mode: str  # "train": BN on each batch's statistics (as run); "eval": on running statistics
+    poison_batch_size: int  # poisons per batch, a fixed seeded partition: one BN batch, one per-batch term
     gradpc_lr: float  # length of each L2-normalised gradient-ascent step
-    gradpc_radius: float  # L2 ball around the trained θ0 (all targeted parameters as one vector)
+    gradpc_radius: (
+        float  # L2 ball around the trained θ0 (all targeted parameters as one vector); 0: no GradPC
+    )
     gradpc_epochs: int
-    gradpc_batch_size: int
+    gradpc_batch_size: int  # GradPC's batches and then g_clean's (one shuffled loader, as run)
+
+
+@dataclass(frozen=True)
+class ResultsConfig:
+    """What a trial reports from its retraining (tables, ΔImp., the best clean trial for GC)."""
+
+    accuracy: str  # "best": the best evaluated epoch's test accuracy (as the authors read it); "final"
 
 
 @dataclass(frozen=True)
@@ -365,6 +411,7 @@ class Profile:
     pdarts: PDartsConfig
     tenas: TenasConfig
     gc: GCConfig
+    results: ResultsConfig
     name: str = ""
 
 
@@ -419,7 +466,10 @@ def _build(cls: type, table: dict[str, Any], prefix: str, source: str) -> Any:
         raise NasauditError(f"{source}: missing key {key!r}")
     present = [f for f in fields if f in table]
     values = {f: _check(table[f], hints[f], f"{prefix}.{f}" if prefix else f, source) for f in present}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except NasauditError as exc:  # a value its section refuses (__post_init__)
+        raise NasauditError(f"{source}: [{prefix}] {exc}") from None
 
 
 def read_toml(path: Path) -> dict[str, Any]:

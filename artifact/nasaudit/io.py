@@ -1,8 +1,10 @@
-"""Atomic file writes, hashes and manifests.
+"""Atomic file writes, guarded reads, hashes and manifests.
 
 Every result is written to a temporary file in the destination folder and renamed into place, so an
 interrupted run leaves either the old file or the new one, never half of one; resumable jobs rely on
-"the file exists" meaning "the result is complete".
+"the file exists" meaning "the result is complete". A file that is damaged anyway (a disk filled up,
+someone truncated it) is read through ``read_json`` / ``load_torch``, which refuse it with one line
+saying what deleting it costs, instead of a decoder's traceback.
 """
 
 from __future__ import annotations
@@ -22,12 +24,22 @@ from typing import IO, Any
 
 import numpy as np
 
+from nasaudit.errors import NasauditError
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, then setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename: others could not read
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -61,6 +73,65 @@ def save_torch(path: Path, obj: Any) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return write_bytes(path, buf.getvalue())
+
+
+def damaged(path: Path, problem: str, on_delete: str) -> NasauditError:
+    """The one-line refusal of a file that exists but cannot be trusted; ``on_delete`` says what a
+    rerun does once it is deleted (recomputes everything, resumes from a checkpoint, ...)."""
+    return NasauditError(f"{path}: damaged or truncated ({problem}); delete it and rerun, which {on_delete}")
+
+
+def read_json(path: Path, on_delete: str) -> Any:
+    """A JSON file written by ``write_json``; a damaged one is a one-line error (see ``damaged``)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise damaged(path, _first_line(exc), on_delete) from None
+
+
+def load_torch(path: Path, on_delete: str, map_location: Any = "cpu") -> Any:
+    """A checkpoint written by ``save_torch``, loaded with ``weights_only=True``; damaged: one line."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise damaged(path, _first_line(exc), on_delete) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_types(record: Mapping[str, Any], types: Mapping[str, type]) -> str:
+    """The first field of ``record`` whose value is not of its type (bool is not an int), as a phrase;
+    empty when all are right. File readers turn it into their one-line error."""
+    for key, kind in types.items():
+        value = record.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{key} must be {kind.__name__}, got {type(value).__name__} {value!r}"[:200]
+    return ""
+
+
+def check_output(path: Path, folder: bool) -> Path:
+    """Refuse, before any work, an output location that cannot be written: a file where a folder is
+    wanted (or the reverse), a path inside a file, a folder without write permission."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        actual, wanted = ("file", "folder") if folder else ("folder", "file")
+        raise NasauditError(f"output {path} exists and is a {actual}; give a {wanted} path")
+    existing = path if path.exists() and folder else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NasauditError(f"output {path} lies inside {existing}, which is a file; choose another location")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NasauditError(f"output {path}: {existing} is not writable; choose a location you can write")
+    return path
 
 
 def _json_default(obj: Any) -> Any:
@@ -104,9 +175,12 @@ def environment_manifest(device: str = "cpu") -> dict[str, Any]:
 
     from nasaudit import __version__
 
+    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
     return {
         "nasaudit": __version__,
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,  # the CUDA torch was built with (None: a CPU-only build)
+        "gpu": gpu,
         "python": platform.python_version(),
         "host": socket.gethostname(),
         "device": device,

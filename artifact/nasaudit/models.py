@@ -7,15 +7,22 @@ models), the class count and the profile, and returns an ``nn.Module`` whose for
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 import torchvision
 
 from nasaudit.config import Profile, TrainConfig
+from nasaudit.data.datasets import ImageDataset
+from nasaudit.errors import NasauditError
+from nasaudit.io import sha256_file
 from nasaudit.registry import Registry
+from nasaudit.runs import profile_sections
+from nasaudit.train import train_identity, train_model
 
 ModelBuilder = Callable[[Any, int, Profile], nn.Module]
 MODELS: Registry[ModelBuilder] = Registry("model")
@@ -35,23 +42,80 @@ def train_config(space: str, profile: Profile) -> TrainConfig:
 
 def load_architecture(name_or_path: str) -> tuple[str, Any]:
     """(space, architecture) from a reference name, a genotype file or a search's architecture.json."""
-    import json
-
+    from nasaudit.io import damaged
     from nasaudit.spaces.darts import load
 
     path = Path(name_or_path)
     if path.is_file() and path.suffix == ".json":
         try:
             record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            record = None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise damaged(
+                path, str(exc), "(for a search's file: rerunning that search) rewrites it"
+            ) from None
         if isinstance(record, dict) and "space" in record and "architecture" in record:
-            MODELS.get(record["space"])  # an unknown space is a one-line error
-            return record["space"], ARCHITECTURES.get(record["space"])(record["architecture"], path.parent)
+            try:
+                MODELS.get(record["space"])  # an unknown space is a one-line error
+                return record["space"], ARCHITECTURES.get(record["space"])(
+                    record["architecture"], path.parent
+                )
+            except NasauditError as exc:
+                raise NasauditError(f"{path}: {exc}") from None
     return "darts", load(name_or_path)
 
 
-@MODELS.register("darts")
+def retrain_description(space: str, arch: Any, profile: Profile) -> dict[str, Any]:
+    """What retraining ``arch`` trains: its space, its JSON form, the network sizes (the profile
+    sections the space's builder reads) and the hash of the weights it inherits, if any."""
+    description = {
+        "space": space,
+        "architecture": arch.to_json(),
+        "network": profile_sections(profile, MODELS.uses(space)),
+    }
+    weights = getattr(arch, "weights", None)
+    if weights is not None:
+        description["weights_sha256"] = sha256_file(Path(weights)) if Path(weights).is_file() else None
+    return description
+
+
+def retrain(
+    space: str,
+    arch: Any,
+    dataset: ImageDataset,
+    profile: Profile,
+    *,
+    seed: int,
+    device: torch.device,
+    out_dir: Path,
+    progress: bool = True,
+    **provenance: Any,
+) -> dict[str, Any]:
+    """Train ``arch`` from scratch (or its inherited weights) with its space's recipe: paper §4's
+    retraining, shared by ``nasaudit train``, the random baseline and the grid. ``provenance`` (where
+    the architecture came from) is recorded in the result but is not part of the run's identity."""
+    build = MODELS.get(space)
+    return train_model(
+        lambda: build(arch, dataset.num_classes, profile),
+        dataset,
+        train_config(space, profile),
+        seed=seed,
+        device=device,
+        out_dir=out_dir,
+        description={**retrain_description(space, arch, profile), **provenance},
+        progress=progress,
+    )
+
+
+def retrain_identity(
+    space: str, arch: Any, dataset: ImageDataset, profile: Profile, seed: int
+) -> dict[str, Any]:
+    """The identity ``retrain`` records for these arguments (the grid checks finished jobs with it)."""
+    return train_identity(
+        train_config(space, profile), seed, dataset, retrain_description(space, arch, profile)
+    )
+
+
+@MODELS.register("darts", uses=("darts_net",))
 def darts_network(genotype: Any, num_classes: int, profile: Profile) -> nn.Module:
     """The DARTS evaluation network (SPEC §3) sized by ``[darts_net]``; auxiliary head if weighted."""
     from nasaudit.spaces.darts import EvalNetwork, Genotype
@@ -68,7 +132,7 @@ def darts_architecture(data: Any, _: Path) -> Any:
     return Genotype.from_json(data)
 
 
-@MODELS.register("mbv3")
+@MODELS.register("mbv3", uses=("mbv3",))
 def mbv3_network(arch: Any, num_classes: int, profile: Profile) -> nn.Module:
     """An architecture of NSGANetV2's space (SPEC §7); its weights start as ``[mbv3] init`` says."""
     from nasaudit.spaces.mbv3 import MBV3Arch, retrain_network

@@ -104,22 +104,13 @@ def _accuracy(result: dict[str, Any], floor: float) -> dict[str, Any]:
 def step_retrain(run: SmokeRun) -> dict[str, Any]:
     """The published P-DARTS genotype retrained from scratch: a fixed architecture, so its size is exact
     and its accuracy says whether training works; it is also the GC victim of the poison step."""
-    from nasaudit.models import MODELS
+    from nasaudit.models import retrain
     from nasaudit.spaces.darts import load
-    from nasaudit.train import train_model
 
-    genotype = load("pdarts")
     out = run.out / "train" / "pdarts_reference"
-    result = train_model(
-        lambda: MODELS.get("darts")(genotype, run.dataset.num_classes, run.profile),
-        run.dataset,
-        run.profile.train,
-        seed=SEED,
-        device=run.device,
-        out_dir=out,
-        description={"space": "darts", "architecture": genotype.to_json()},  # lets it become a GC victim
-        progress=False,
-    )
+    # as `nasaudit train` retrains: the result records the architecture, so the job can become a GC victim
+    result = retrain("darts", load("pdarts"), run.dataset, run.profile, seed=SEED, device=run.device,
+                     out_dir=out, progress=False)  # fmt: skip
     run.state["reference"] = out
     losses = [entry["train_loss"] for entry in result["log"]]
     run.state["accuracies"] = {"published P-DARTS genotype (fixed)": result["test_accuracy"]}
@@ -140,19 +131,19 @@ DATA_ONLY_ATTACKS = ("gaussian", "rlf")
 def step_poison(run: SmokeRun) -> dict[str, Any]:
     """Every attack at the first budget; GC's victim is the retrained published genotype (a fixed input,
     whatever the searches find), CLF trains its surrogate into the cache."""
-    from nasaudit.attacks import ATTACKS, AttackContext, run_attack
-    from nasaudit.data.poison import apply_poison, load_poison, save_poison
+    from nasaudit.attacks import ATTACKS, AttackContext, make_poison_file
+    from nasaudit.data.poison import apply_poison, load_poison
     from nasaudit.victim import victim_from_train_job
 
     if "reference" not in run.state:
         step_retrain(run)
     net = run.profile.darts_net
     victim = victim_from_train_job(run.state["reference"], net.channels, net.layers, run.out / "victim.pt")
-    context = AttackContext(run.profile, run.device, run.out / "cache", victim)
+    context = AttackContext(run.profile, run.device, run.out / "cache", victim, progress=False)
     budget, epsilon = run.profile.experiment.budgets[0], run.profile.gc.epsilon_255
     outputs: dict[str, Any] = {}
     for name in ATTACKS:
-        path = save_poison(run_attack(name, run.dataset, budget, SEED, context), run.out / "poisons" / name)
+        path, _ = make_poison_file(name, run.dataset, budget, SEED, context, run.out / "poisons" / name)
         poison = load_poison(path, run.dataset)
         poisoned = apply_poison(poison, run.dataset).train
         changed = (poisoned.labels != run.dataset.train.labels) | (
@@ -301,15 +292,14 @@ def step_analyses(run: SmokeRun) -> dict[str, Any]:
     """Table 2 (metric sensitivity, the profile's architectures and attacks) and relabelling of RLF data."""
     from sklearn.metrics import adjusted_rand_score
 
-    from nasaudit.analysis.poisons import ensure_poison
     from nasaudit.analysis.sensitivity import run_sensitivity
-    from nasaudit.attacks import AttackContext
+    from nasaudit.attacks import AttackContext, make_poison_file
     from nasaudit.data.poison import apply_poison, load_poison
     from nasaudit.defenses import DefenseContext, run_defense
 
     cfg, folder = run.profile.sensitivity, run.out / "table2"
-    attack_context = AttackContext(profile=run.profile, device=run.device, cache_dir=run.out / "cache")
-    poisons = {a: ensure_poison(a, run.dataset, cfg.budget, SEED, attack_context, folder / "poisons" / a)
+    context = AttackContext(run.profile, run.device, run.out / "cache", progress=False)
+    poisons = {a: make_poison_file(a, run.dataset, cfg.budget, SEED, context, folder / "poisons" / a)[0]
                for a in {*cfg.attacks, "rlf"}}  # fmt: skip
     table = run_sensitivity(run.dataset, {a: poisons[a] for a in cfg.attacks}, cfg, seed=SEED,
                             pool_ops=run.profile.robot.pool_ops, device=run.device, out_dir=folder,
@@ -361,7 +351,8 @@ def step_grid(run: SmokeRun) -> dict[str, Any]:
 
 
 def step_nsganetv2(run: SmokeRun) -> dict[str, Any]:
-    """A tiny NSGANetV2 search: its own small supernet (2 shrinking phases), a few evaluated archs."""
+    """A tiny NSGANetV2 search: the dataset's shared small supernet (2 shrinking phases), a few
+    evaluated archs."""
     from nasaudit.nas import SearchContext, run_search
     from nasaudit.spaces.mbv3 import FlopsCounter, channel_plan, count_params, extreme_arch
 
@@ -370,6 +361,7 @@ def step_nsganetv2(run: SmokeRun) -> dict[str, Any]:
     run_search("nsganetv2", run.dataset, SEED, context, {"dataset": run.dataset.name, "poison": None})
     archive = json.loads((out / "archive.json").read_text())
     pick = json.loads((out / "pareto.json").read_text())["pick"]
+    supernet = json.loads((out / "search_state.json").read_text())["supernet"]
     plan, space = channel_plan(run.profile.mbv3.width_mult), run.profile.mbv3
     flops = FlopsCounter(plan, run.dataset.num_classes)
     biggest = extreme_arch(space.resolutions, largest=True)
@@ -377,7 +369,7 @@ def step_nsganetv2(run: SmokeRun) -> dict[str, Any]:
     return {
         "largest_flops": largest,
         "largest_params": count_params(biggest, plan, run.dataset.num_classes),
-        "supernet_epochs": len(json.loads((out / "supernet" / "log.json").read_text())),
+        "supernet_epochs": len(json.loads((Path(supernet["folder"]) / "supernet" / "log.json").read_text())),
         "evaluated": len(archive),
         "pick_mflops": within(round(pick["mflops"], 3), round(smallest / 1e6, 3), round(largest / 1e6, 3)),
     }
@@ -531,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nasaudit.smoke: error: {exc}", file=sys.stderr)
         return 2
     write_json(args.out / "summary.json", summary)
+    from nasaudit.report.html import write_report  # the results page a reviewer opens
+
+    page = write_report(profile, run.out / "grid", out=run.out / "report", table2=run.out / "table2")
+    print(f"[smoke] results page (every table against the paper, plots, provenance) -> {page}")
     if args.bless:
         kept = {k: v for k, v in expected.items() if k.split(".", 1)[0] not in steps}
         write_json(args.expected, {**kept, **{k: expectation(v) for k, v in summary.items()}})

@@ -24,14 +24,25 @@ from torch import nn
 
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.errors import NasauditError
-from nasaudit.io import jsonable, save_torch
+from nasaudit.io import check_types, jsonable, load_torch, save_torch, sha256_file
 from nasaudit.registry import Registry
+from nasaudit.runs import IDENTITY, check_same_run, fingerprint
 
 if TYPE_CHECKING:
     from nasaudit.spaces.mbv3 import ChannelPlan, MBV3Arch
 
 FORMAT = "nasaudit-victim/1"
-_KEYS = {"format", "kind", "spec", "dataset", "num_classes", "state_dict"}
+_TYPES = {"kind": str, "spec": dict, "dataset": str, "num_classes": int, "state_dict": dict}
+_KEYS = {"format", *_TYPES}
+#: The JSON types of each kind's spec fields (``kwargs`` of a supernet: its own), checked before a
+#: network is built from them: a float width or a string depth is refused, never coerced.
+_SPEC_TYPES: dict[str, dict[str, type]] = {
+    "darts_supernet": {"kwargs": dict, "candidates_normal": list, "candidates_reduce": list},
+    "darts_network": {"genotype": dict, "channels": int, "layers": int, "auxiliary": bool},
+    "resnet18_cifar": {},
+    "mbv3_network": {"architecture": dict, "widths": dict},
+}
+_KWARGS_TYPES = {"C": int, "layers": int}
 
 VictimBuilder = Callable[[dict[str, Any], int], nn.Module]
 """``(spec, num_classes) -> module`` with freshly initialised weights, shaped like the saved one."""
@@ -138,7 +149,14 @@ def supernet_spec(kwargs: dict[str, Any], net: nn.Module) -> dict[str, Any]:
 
 
 def save_victim(
-    path: Path, model: nn.Module, *, kind: str, spec: dict[str, Any], dataset: str, num_classes: int
+    path: Path,
+    model: nn.Module,
+    *,
+    kind: str,
+    spec: dict[str, Any],
+    dataset: str,
+    num_classes: int,
+    identity: dict[str, Any] | None = None,
 ) -> Path:
     """Write a victim file atomically, after checking that ``kind`` rebuilds ``model`` from ``spec``.
 
@@ -160,6 +178,7 @@ def save_victim(
         "dataset": dataset,
         "num_classes": int(num_classes),
         "state_dict": state,
+        IDENTITY: json.dumps(identity, sort_keys=True),
     }
     return save_torch(Path(path), record)
 
@@ -179,6 +198,11 @@ def read_victim(path: Path, dataset: ImageDataset) -> Victim:
         raise NasauditError(f"{path} is not a readable victim file ({first}); re-create it") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or not set(record) >= _KEYS:
         raise NasauditError(f"{path} is not a {FORMAT} victim file; re-create it with `nasaudit victim`")
+    wrong = check_types(record, _TYPES)
+    if wrong or record["num_classes"] < 1:
+        raise NasauditError(
+            f"{path}: {wrong or 'num_classes must be ≥ 1'}; re-create it with `nasaudit victim`"
+        )
     if record["dataset"] != dataset.name or record["num_classes"] != dataset.num_classes:
         raise NasauditError(
             f"victim {path} was trained on {record['dataset']!r} ({record['num_classes']} classes), "
@@ -200,6 +224,14 @@ def _rebuild(
     if kind not in VICTIMS:
         raise NasauditError(
             f"{where}: unknown victim kind {kind!r}; choose one of: {', '.join(VICTIMS.names())}"
+        )
+    wrong = check_types(spec, _SPEC_TYPES.get(kind, {}))
+    if not wrong and kind == "darts_supernet":
+        wrong = check_types(spec["kwargs"], _KWARGS_TYPES)
+    sizes = [v for k, v in {**spec, **spec.get("kwargs", {})}.items() if k in ("C", "channels", "layers")]
+    if wrong or any(isinstance(v, int) and v < 1 for v in sizes):
+        raise NasauditError(
+            f"{where}: its {kind} spec is invalid ({wrong or 'sizes must be ≥ 1'}); re-create the victim"
         )
     try:
         model = VICTIMS.get(kind)(spec, num_classes)
@@ -257,7 +289,9 @@ JOB_VICTIMS.register("darts")(JobVictim("darts_network", "classifier.weight", _d
 JOB_VICTIMS.register("mbv3")(JobVictim("mbv3_network", "head.classifier.weight", _mbv3_job))
 
 
-def victim_from_train_job(job_dir: Path, channels: int, layers: int, out: Path | None = None) -> Path:
+def victim_from_train_job(
+    job_dir: Path, channels: int, layers: int, out: Path | None = None, identity: dict[str, Any] | None = None
+) -> Path:
     """Turn a finished ``nasaudit train`` job (result.json + model.pt) into a victim of its space.
 
     The job's result records the architecture it retrained (``description.architecture``), its space
@@ -293,15 +327,50 @@ def victim_from_train_job(job_dir: Path, channels: int, layers: int, out: Path |
         ) from None
     model = _rebuild(job.kind, spec, num_classes, state, f"{job_dir} ({size})")
     out = job_dir / "victim.pt" if out is None else Path(out)
-    return save_victim(out, model, kind=job.kind, spec=spec, dataset=dataset, num_classes=num_classes)
+    return save_victim(
+        out, model, kind=job.kind, spec=spec, dataset=dataset, num_classes=num_classes, identity=identity
+    )
 
 
-def best_train_job(job_dirs: Iterable[Path]) -> Path:
-    """The job with the highest test accuracy (paper §4: the best clean architecture across trials)."""
+def victim_identity(job_dirs: Iterable[Path], channels: int, layers: int, accuracy: str) -> dict[str, Any]:
+    """What a victim made from training jobs depends on: their results (by hash), which accuracy
+    picks the most accurate, and the DARTS size."""
+    results = [Path(j) / "result.json" for j in job_dirs]
+    return fingerprint(
+        "victim",
+        train_results=[sha256_file(r) if r.is_file() else None for r in results],
+        accuracy=accuracy,
+        channels=channels,
+        layers=layers,
+    )
+
+
+def make_victim_file(
+    job_dirs: list[Path], channels: int, layers: int, out: Path, accuracy: str
+) -> tuple[Path, Path | None]:
+    """The victim ``out`` of the most accurate of ``job_dirs``: reused when this run made it, else made.
+
+    Returns the file and the job it was made from (None when reused).
+    """
+    identity = victim_identity(job_dirs, channels, layers, accuracy)
+    if Path(out).is_file():
+        record = load_torch(out, "makes the victim again")
+        recorded = record.get(IDENTITY) if isinstance(record, dict) else None
+        check_same_run(out, json.loads(recorded) if isinstance(recorded, str) else None, identity)
+        return Path(out), None
+    job = best_train_job(job_dirs, accuracy)
+    return victim_from_train_job(job, channels, layers, out, identity), job
+
+
+def best_train_job(job_dirs: Iterable[Path], accuracy: str) -> Path:
+    """The job with the highest test accuracy (paper §4: the best clean architecture across trials),
+    ``accuracy`` saying which one a job reports ("best" epoch or "final")."""
+    from nasaudit.train import reported_accuracy
+
     jobs, accuracies = [Path(j) for j in job_dirs], []
     for job in jobs:
         try:
-            accuracies.append(float(json.loads((job / "result.json").read_text())["test_accuracy"]))
+            accuracies.append(reported_accuracy(json.loads((job / "result.json").read_text()), accuracy))
         except (OSError, ValueError, KeyError, TypeError):
             raise NasauditError(
                 f"{job} has no readable result.json; finish it with `nasaudit train`"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nasaudit.errors import NasauditError
+from nasaudit.options import add_device, add_profile, add_root, add_seed, device, output
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -29,34 +30,36 @@ def _named_poison(text: str) -> tuple[str, Path]:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from nasaudit.analysis.poisons import ensure_poison
     from nasaudit.analysis.sensitivity import run_sensitivity
-    from nasaudit.attacks import AttackContext
-    from nasaudit.cli import _device
+    from nasaudit.attacks import AttackContext, make_poison_file
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
+    from nasaudit.data.poison import manifest_path
     from nasaudit.report.sensitivity import to_markdown
+    from nasaudit.runs import job_lock
 
+    shard = _shard(args.shard)
+    out, cache = output(args.out, folder=True), output(args.cache, folder=True)
     profile = load_profile(args.profile)
-    cfg, out, device = profile.sensitivity, Path(args.out), _device(args.device)
+    cfg, dev = profile.sensitivity, device(args.device)
     dataset = load_dataset(args.dataset or profile.experiment.datasets[0], args.root)
     if args.poison:
         poisons = dict(_named_poison(item) for item in args.poison)
     else:
         victim = None if args.victim is None else Path(args.victim)
-        context = AttackContext(profile=profile, device=device, cache_dir=Path(args.cache), victim=victim)
-        poisons = {
-            attack: ensure_poison(attack, dataset, cfg.budget, args.seed, context, out / "poisons" / attack)
-            for attack in cfg.attacks
-        }
-    shard = _shard(args.shard)
+        context = AttackContext(profile=profile, device=dev, cache_dir=cache, victim=victim)
+        poisons = {}
+        for attack in cfg.attacks:
+            path = out / "poisons" / attack
+            with job_lock(manifest_path(path)):
+                poisons[attack], _ = make_poison_file(attack, dataset, cfg.budget, args.seed, context, path)
     table = run_sensitivity(
         dataset,
         poisons,
         cfg,
         seed=args.seed,
         pool_ops=profile.robot.pool_ops,
-        device=device,
+        device=dev,
         out_dir=out,
         shard=shard,
     )
@@ -79,19 +82,34 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def cmd_defend(args: argparse.Namespace) -> int:
-    from nasaudit.cli import _device, _search_data
+    from nasaudit.cli import _search_data
     from nasaudit.config import load_profile
-    from nasaudit.defenses import DefenseContext, run_defense, save_defended
+    from nasaudit.defenses import DEFENSES, DefenseContext, make_defended_file, read_defended_manifest
+    from nasaudit.runs import job_lock
 
+    DEFENSES.get(args.method)
+    out = Path(args.out)
+    output(out.with_suffix(".npz"), folder=False)
+    output(out.with_suffix(".json"), folder=False)
+    profile, dev, cache = load_profile(args.profile), device(args.device), output(args.cache, folder=True)
     data, provenance = _search_data(args)
-    context = DefenseContext(
-        load_profile(args.profile), _device(args.device), Path(args.cache), source=provenance
-    )
-    defended = run_defense(args.method, data, args.seed, context)
-    path = save_defended(defended, Path(args.out))
-    print(
-        f"{args.method}: {len(defended.keep)} of {defended.n_input} samples kept ({defended.kind}) -> {path}"
-    )
+    context = DefenseContext(profile, dev, cache, source=provenance)
+    poisoned = None
+    if args.poison is not None:  # the manifest records what became of the poisoned samples
+        from nasaudit.data.datasets import load_dataset
+        from nasaudit.data.poison import load_poison
+
+        poisoned = load_poison(Path(args.poison), load_dataset(args.dataset, args.root)).indices
+    with job_lock(out.with_suffix(".json")):
+        path, made = make_defended_file(args.method, data, args.seed, context, out, poisoned)
+    manifest = read_defended_manifest(path)
+    done = "" if made else " (made before by this same run, reused)"
+    kept = f"{manifest['n_kept']} of {manifest['n_input']} samples kept ({manifest['kind']})"
+    print(f"{args.method}: {kept}{done} -> {path}")
+    outcome = manifest.get("poison_outcome")
+    if outcome is not None:
+        print(f"  of the {outcome['poisoned']} poisoned samples: {outcome['poisoned_dropped']} dropped, "
+              f"{outcome['poisoned_kept']} kept (per class in the manifest)")  # fmt: skip
     return 0
 
 
@@ -101,6 +119,8 @@ def cmd_figure_cells(args: argparse.Namespace) -> int:
     from nasaudit.report.cells_figure import figure1_architectures, save_cells_figure
     from nasaudit.spaces.darts import Genotype
 
+    for suffix in (".png", ".pdf"):
+        output(Path(args.out).with_suffix(suffix), folder=False)
     if bool(args.arch) == (args.grid is not None):
         raise NasauditError("`figure cells` needs either --arch (one or more) or --grid RESULTS, not both")
     labels = args.label or []
@@ -131,18 +151,18 @@ def add_commands(sub: Any) -> None:
     """Register `sensitivity` and `defend` on the main parser's subcommands."""
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+        add_profile(p)
+        add_seed(p)
+        add_device(p)
         p.add_argument(
             "--cache", default="results/cache", help="folder for surrogates and features shared by runs"
         )
-        p.add_argument(
-            "--root", type=Path, default=None, help="data folder (default: $NASAUDIT_DATA or ./data)"
-        )
+        add_root(p)
 
     p = sub.add_parser("sensitivity", help="Table 2: change of training-free metrics under poisoning")
-    p.add_argument("--dataset", default=None, help="default: the profile's first experiment dataset")
+    p.add_argument(
+        "--dataset", default=None, help="{DATASETS} (default: the profile's first experiment dataset)"
+    )
     p.add_argument(
         "--poison",
         action="append",
@@ -159,8 +179,8 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "defend", help="apply a defense to a (poisoned) training set; writes OUT.npz + OUT.json"
     )
-    p.add_argument("method", help="defense name: denoise, relabel, sanitize")
-    p.add_argument("--dataset", default="digits")
+    p.add_argument("method", help="defense: {DEFENSES}")
+    p.add_argument("--dataset", default="digits", help="dataset: {DATASETS}")
     p.add_argument(
         "--poison", default=None, help="poison file the defense sees applied (default: clean data)"
     )
@@ -184,7 +204,7 @@ def add_figure_cells(figure_sub: Any) -> None:
         help="instead: the paper's pair from a grid's results folder (best clean and worst RLF 50%% "
         "P-DARTS architecture on the profile's first dataset)",
     )
-    p.add_argument("--profile", default="smoke", help="profile of the grid run (with --grid)")
+    add_profile(p, "profile of the grid run (with --grid)")
     p.add_argument("--label", action="append", help="column title per --arch (default: name or job folder)")
     p.add_argument("--out", required=True, help="output path without suffix; writes OUT.png and OUT.pdf")
     p.set_defaults(func=cmd_figure_cells)

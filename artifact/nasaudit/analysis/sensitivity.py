@@ -27,7 +27,6 @@ that ignores labels scores each distinct set of images once (RLF and CLF keep th
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -38,22 +37,24 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from nasaudit.config import SensitivityConfig
 from nasaudit.data.datasets import IMAGE_SHAPE, ImageDataset, Split
 from nasaudit.data.device import DeviceData
 from nasaudit.data.poison import apply_poison, load_poison
 from nasaudit.errors import NasauditError
-from nasaudit.io import environment_manifest, sha256_arrays, write_json
+from nasaudit.io import environment_manifest, read_json, sha256_arrays, write_json
 from nasaudit.nas.robot_pool import architecture_seed, proxy_network, sample_pool, score_networks
+from nasaudit.progress import bar
 from nasaudit.proxies import PROXIES
 from nasaudit.proxies.linear_regions import linear_regions
 from nasaudit.registry import Registry
 from nasaudit.report.sensitivity import CLEAN, summarise, write_outputs
+from nasaudit.runs import check_same_run, job_lock
 from nasaudit.spaces.darts import EDGE_OPS, Genotype, SuperNet
 
 FORMAT = "nasaudit-sensitivity/1"
+_ON_DELETE = "scores that architecture again"
 CROP = 3  # TE-NAS's linear-region inputs are 3×3 crops of one channel
 
 
@@ -214,6 +215,11 @@ def metric_groups(metrics: Sequence[str]) -> dict[str, list[str]]:
     return groups
 
 
+def metric_algorithms(metrics: Sequence[str]) -> dict[str, str]:
+    """Each metric's NAS algorithm (Table 2 groups its columns by it)."""
+    return {m: GROUPS.get(g).algorithm for g, ms in metric_groups(metrics).items() for m in ms}
+
+
 def fixed_indices(n_train: int, cfg: SensitivityConfig, seed: int) -> np.ndarray:
     """``samples`` distinct training indices in random order (the first ``tenas_samples`` serve TE-NAS)."""
     if not 0 < cfg.tenas_samples <= cfg.samples <= n_train:
@@ -256,11 +262,8 @@ def _job_key(
 def _read_record(path: Path, key: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         return {"key": key, "values": {}, "digests": {}, "wall_time": 0.0}
-    record = json.loads(path.read_text())
-    if record.get("key") != key:
-        raise NasauditError(
-            f"{path} was computed with other data, seed or sizes; remove it or use another output folder"
-        )
+    record = read_json(path, _ON_DELETE)
+    check_same_run(path, record.get("key") if isinstance(record, dict) else None, key)
     return record
 
 
@@ -356,25 +359,29 @@ def run_sensitivity(
     folder = Path(out_dir) / "architectures"
     paths = [folder / f"arch_{i:03d}.json" for i in range(len(genotypes))]
     mine = range(k, len(genotypes), n)
-    for i in tqdm(mine, desc="table2", unit="arch", disable=not progress):
-        architecture_job(
-            i,
-            genotypes[i],
-            probes,
-            cfg.metrics,
-            cfg,
-            _job_key(dataset, indices, cfg, seed, i, genotypes[i]),
-            num_classes=dataset.num_classes,
-            init_seed=architecture_seed(seed, i),
-            device=device,
-            path=paths[i],
-        )
+    progress_bar = bar(len(mine), desc="table2", unit="arch", enabled=progress)
+    for i in mine:
+        with job_lock(paths[i]):  # a second identical run waits, then finds the record complete
+            architecture_job(
+                i,
+                genotypes[i],
+                probes,
+                cfg.metrics,
+                cfg,
+                _job_key(dataset, indices, cfg, seed, i, genotypes[i]),
+                num_classes=dataset.num_classes,
+                init_seed=architecture_seed(seed, i),
+                device=device,
+                path=paths[i],
+            )
+        progress_bar.update(1)
+    progress_bar.close()
     if not all(p.is_file() for p in paths):
         return None
-    records = [json.loads(p.read_text()) for p in paths]
+    records = [read_json(p, _ON_DELETE) for p in paths]
     if not all(_complete(r, probes, cfg.metrics) for r in records):
         return None
-    algorithms = {m: GROUPS.get(g).algorithm for g, ms in metric_groups(cfg.metrics).items() for m in ms}
+    algorithms = metric_algorithms(cfg.metrics)
     values = [(r["key"]["index"], r["values"]) for r in records]
     table, per_architecture = summarise(values, budgets, algorithms, dataset.name)
     write_outputs(table, per_architecture, Path(out_dir))

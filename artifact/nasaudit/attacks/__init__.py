@@ -5,6 +5,22 @@ imports every attack module so that registration has happened.
 """
 
 from nasaudit.attacks import clf, gaussian, gc, nas_gc, rlf  # noqa: F401  (registration)
-from nasaudit.attacks.base import ATTACKS, Attack, AttackContext, choose_indices, run_attack
+from nasaudit.attacks.base import (
+    ATTACKS,
+    Attack,
+    AttackContext,
+    choose_indices,
+    make_poison_file,
+    poison_identity,
+    run_attack,
+)
 
-__all__ = ["ATTACKS", "Attack", "AttackContext", "choose_indices", "run_attack"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackContext",
+    "choose_indices",
+    "make_poison_file",
+    "poison_identity",
+    "run_attack",
+]

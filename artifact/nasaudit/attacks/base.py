@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset
-from nasaudit.data.poison import Poison
+from nasaudit.data.poison import Poison, manifest_path, npz_path, save_poison
 from nasaudit.errors import NasauditError
+from nasaudit.io import sha256_file
 from nasaudit.registry import Registry
+from nasaudit.runs import data_identity, fingerprint, profile_sections, reuse
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class AttackContext:
     device: torch.device
     cache_dir: Path  # shared artifacts (surrogates, clean gradients) computed once per dataset and seed
     victim: Path | None = None
+    progress: bool = True  # progress bars on a terminal (the grid's workers turn them off)
 
 
 class Attack(Protocol):
@@ -33,18 +37,57 @@ class Attack(Protocol):
 ATTACKS: Registry[Attack] = Registry("attack")
 
 
-def check_budget(budget: float) -> None:
+def check_budget(budget: float, n_train: int | None = None) -> None:
+    """Refuse a budget outside (0, 1], or one that poisons no sample of ``n_train`` (round(n·p) = 0)."""
     if not 0.0 < budget <= 1.0:
         raise NasauditError(f"poisoning budget {budget} is outside (0, 1]; give a fraction such as 0.1")
+    if n_train is not None and round(n_train * budget) < 1:
+        digits = 1 - math.floor(math.log10(1 / n_train))  # two significant digits, rounded up
+        smallest = math.ceil(10**digits / n_train) / 10**digits
+        raise NasauditError(
+            f"poisoning budget {budget} poisons none of the {n_train} training samples; "
+            f"give at least {smallest:g} (one sample)"
+        )
 
 
 def choose_indices(n_train: int, budget: float, rng: np.random.Generator) -> np.ndarray:
     """round(n·p) distinct training indices drawn uniformly at random (paper §4), sorted."""
-    check_budget(budget)
+    check_budget(budget, n_train)
     count = round(n_train * budget)
     return np.sort(rng.choice(n_train, size=count, replace=False)).astype(np.int64)
 
 
 def run_attack(name: str, dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
-    check_budget(budget)
+    check_budget(budget, len(dataset.train))
     return ATTACKS.get(name)(dataset, budget, seed, context)
+
+
+def poison_identity(
+    attack: str, dataset: ImageDataset, budget: float, seed: int, context: AttackContext
+) -> dict[str, Any]:
+    """What a poison depends on: the attack, its profile sections, budget, seed, data and victim."""
+    victim = context.victim
+    return fingerprint(
+        "poison",
+        attack=attack,
+        budget=budget,
+        seed=seed,
+        data=data_identity(dataset),
+        profile=profile_sections(context.profile, ATTACKS.uses(attack)),
+        victim_sha256=None
+        if victim is None
+        else sha256_file(victim)
+        if Path(victim).is_file()
+        else str(victim),
+    )
+
+
+def make_poison_file(
+    attack: str, dataset: ImageDataset, budget: float, seed: int, context: AttackContext, out: Path
+) -> tuple[Path, bool]:
+    """The poison ``out`` (NAME.npz + NAME.json) of this run: reused when this run made it, else
+    crafted and saved. Returns the npz path and whether it was crafted now."""
+    identity = poison_identity(attack, dataset, budget, seed, context)
+    if reuse(manifest_path(out), identity, "crafts the poison again") is not None:
+        return npz_path(out), False
+    return save_poison(run_attack(attack, dataset, budget, seed, context), out, identity), True

@@ -20,7 +20,7 @@ from nasaudit.attacks.base import ATTACKS, AttackContext, check_budget
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
 from nasaudit.data.poison import Poison, make_poison
-from nasaudit.io import jsonable
+from nasaudit.io import jsonable, load_torch
 from nasaudit.models import MODELS
 from nasaudit.train import train_model
 
@@ -75,15 +75,14 @@ def train_surrogate(dataset: ImageDataset, seed: int, context: AttackContext) ->
         return MODELS.get(SURROGATE)(None, dataset.num_classes, context.profile)
 
     description = {"model": SURROGATE, "purpose": "CLF surrogate (paper Algorithm 1)"}
-    result = train_model(
-        build, dataset, cfg, seed=seed, device=context.device, out_dir=out_dir, description=description
-    )
+    result = train_model(build, dataset, cfg, seed=seed, device=context.device, out_dir=out_dir,
+                         description=description, progress=context.progress)  # fmt: skip
     model = build()
-    model.load_state_dict(torch.load(out_dir / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(load_torch(out_dir / "model.pt", "trains the surrogate again"))
     return model, {**result, "dir": str(out_dir)}
 
 
-@ATTACKS.register("clf")
+@ATTACKS.register("clf", uses=("surrogate",))
 def clf(dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
     check_budget(budget)
     model, result = train_surrogate(dataset, seed, context)

@@ -1,10 +1,12 @@
 """NAS-specific gradient canceling (paper §3.2, §4; SPEC §2): GC aimed at what the search optimises.
 
 For a training-based search (P-DARTS) the victim is the converged last-stage supernet and θ is its
-architecture parameters (α_normal, α_reduce) as they are, with no GradPC: the poisons cancel the
-gradient that drives the architecture choice. For TE-NAS, RoBoT and NSGANetV2 the victim is the best
-clean final architecture, fully trained, and θ is its weights and biases moved by GradPC, as in plain
-GC. Which rule applies is a property of the victim's kind, looked up in ``NAS_TARGETS``.
+architecture parameters (α_normal, α_reduce): the poisons cancel the gradient that drives the
+architecture choice. For TE-NAS, RoBoT and NSGANetV2 the victim is the best clean final architecture,
+fully trained, and θ is its weights and biases. In both cases θ is first moved by GradPC (paper §3.2:
+"In both cases, we first perturb the target parameters θ using GradPC"; the authors' check_norms.py in
+their P-DARTS fork loads ``gradpc-pdarts-eps=1.0-arch/target_model.pth``, GradPC on α at radius 1.0).
+Which parameters are targeted is a property of the victim's kind, looked up in ``NAS_TARGETS``.
 """
 
 from __future__ import annotations
@@ -31,32 +33,22 @@ def architecture_parameters(model: nn.Module) -> list[str]:
 
 @dataclass(frozen=True)
 class TargetRule:
-    """Which parameters of a victim kind NAS-specific GC targets, and whether GradPC moves them first."""
+    """Which parameters of a victim kind NAS-specific GC targets."""
 
     parameters: Callable[[nn.Module], list[str]]
-    use_gradpc: bool
     target: str  # recorded in the poison's parameters
 
 
 NAS_TARGETS: Registry[TargetRule] = Registry("nas_gc victim kind")
-NAS_TARGETS.register("darts_supernet")(TargetRule(architecture_parameters, False, "architecture"))
-NAS_TARGETS.register("darts_network")(TargetRule(weights_and_biases, True, "weights_and_biases"))
-NAS_TARGETS.register("mbv3_network")(TargetRule(weights_and_biases, True, "weights_and_biases"))
-NAS_TARGETS.register("resnet18_cifar")(TargetRule(weights_and_biases, True, "weights_and_biases"))
+NAS_TARGETS.register("darts_supernet")(TargetRule(architecture_parameters, "architecture"))
+NAS_TARGETS.register("darts_network")(TargetRule(weights_and_biases, "weights_and_biases"))
+NAS_TARGETS.register("mbv3_network")(TargetRule(weights_and_biases, "weights_and_biases"))
+NAS_TARGETS.register("resnet18_cifar")(TargetRule(weights_and_biases, "weights_and_biases"))
 
 
-@ATTACKS.register("nas_gc")
+@ATTACKS.register("nas_gc", uses=("gc",))
 def nas_gc(dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
     victim = read_victim(require_victim(context, "nas_gc"), dataset)
     rule = NAS_TARGETS.get(victim.kind)
-    return gradient_canceling(
-        "nas_gc",
-        dataset,
-        budget,
-        seed,
-        context,
-        victim,
-        rule.parameters(victim.model),
-        use_gradpc=rule.use_gradpc,
-        target=rule.target,
-    )
+    names = rule.parameters(victim.model)
+    return gradient_canceling("nas_gc", dataset, budget, seed, context, victim, names, target=rule.target)

@@ -32,7 +32,7 @@ def data_root() -> Path:
 
 @dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # N×32×32×3 uint8
+    images: np.ndarray  # N×32×32×3 uint8 (a defense may store float32 in [0, 1]: data.device.unit_pixels)
     labels: np.ndarray  # N int64
 
     def __len__(self) -> int:

@@ -24,12 +24,18 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     return g
 
 
+def unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] as float: uint8 levels divided by 255, float images (a denoised defense's,
+    stored unquantised as the authors stored theirs) as they are."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
 class DeviceData:
     """One split resident on ``device`` with its normalisation."""
 
     def __init__(self, split: Split, dataset: ImageDataset, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        self.images = torch.from_numpy(split.images).to(self.device)  # N×H×W×3 uint8
+        self.images = torch.from_numpy(split.images).to(self.device)  # N×H×W×3 uint8 (or float in [0, 1])
         self.labels = torch.from_numpy(split.labels).to(self.device)
         self.mean = torch.tensor(dataset.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(dataset.std, device=self.device).view(1, 3, 1, 1)
@@ -70,8 +76,8 @@ class DeviceData:
         augment: AugmentConfig | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """uint8 N×H×W×3 → normalised float N×3×H×W, augmented when ``augment`` is given."""
-        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        """N×H×W×3 pixels → normalised float N×3×H×W, augmented when ``augment`` is given."""
+        x = unit_pixels(images.permute(0, 3, 1, 2))
         if augment is not None:
             x = augment_batch(x, augment, generator)
         x = (x - self.mean) / self.std

@@ -19,10 +19,13 @@ import numpy as np
 
 from nasaudit.data.datasets import IMAGE_SHAPE, ImageDataset, Split
 from nasaudit.errors import NasauditError
-from nasaudit.io import environment_manifest, sha256_file, write_json, write_npz
+from nasaudit.io import check_types, environment_manifest, sha256_file, write_json, write_npz
+from nasaudit.runs import IDENTITY
 
 FORMAT = "nasaudit-poison/1"
-_MANIFEST_KEYS = {"attack", "params", "seed", "dataset", "n_train", "kind", "clean_sha256", "npz_sha256"}
+_MANIFEST_TYPES = {"attack": str, "params": dict, "seed": int, "dataset": str, "n_train": int, "kind": str,
+                   "clean_sha256": str, "npz_sha256": str}  # fmt: skip
+_MANIFEST_KEYS = set(_MANIFEST_TYPES)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ def _validate(p: Poison, num_classes: int, where: str) -> None:
     if len(np.unique(p.indices)) != len(p.indices):
         fail("an index appears twice")
     if p.labels is not None:
+        if p.labels.dtype != np.int64:
+            fail(f"labels must be int64 class indices, got {p.labels.dtype}")
         if p.labels.shape != p.indices.shape:
             fail(f"{len(p.labels)} labels for {len(p.indices)} indices")
         if len(p.labels) and (p.labels.min() < 0 or p.labels.max() >= num_classes):
@@ -104,8 +109,11 @@ def npz_path(path: Path) -> Path:
     return Path(path).with_suffix(".npz")
 
 
-def save_poison(poison: Poison, path: Path) -> Path:
-    """Write NAME.npz then NAME.json (the manifest last, so a manifest means a complete poison)."""
+def save_poison(poison: Poison, path: Path, identity: dict[str, Any] | None = None) -> Path:
+    """Write NAME.npz then NAME.json (the manifest last, so a manifest means a complete poison).
+
+    ``identity`` (``attacks.poison_identity``) records which run made it, so a rerun can reuse it.
+    """
     npz = npz_path(path)
     arrays = {"indices": poison.indices}
     arrays[poison.kind] = poison.labels if poison.labels is not None else poison.images  # type: ignore[assignment]
@@ -122,6 +130,7 @@ def save_poison(poison: Poison, path: Path) -> Path:
         "kind": poison.kind,
         "clean_sha256": poison.clean_sha256,
         "npz_sha256": sha256_file(npz),
+        IDENTITY: identity,
         "environment": environment_manifest(),
     }
     write_json(manifest_path(path), manifest)
@@ -144,6 +153,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
         or not set(manifest) >= _MANIFEST_KEYS
     ):
         raise NasauditError(f"{man}: not a complete nasaudit poison manifest; re-create the poison")
+    wrong = check_types(manifest, _MANIFEST_TYPES)
+    if wrong or manifest["kind"] not in ("labels", "images"):
+        raise NasauditError(f"{man}: {wrong or 'kind must be labels or images'}; re-create the poison")
     return manifest
 
 
@@ -186,6 +198,30 @@ def load_poison(path: Path, dataset: ImageDataset) -> Poison:
     )
     _validate(poison, dataset.num_classes, str(npz))
     return poison
+
+
+def poisoned_data(dataset: ImageDataset, path: Path | None) -> tuple[ImageDataset, dict[str, Any]]:
+    """``dataset`` with the poison at ``path`` applied (None: clean), and its provenance: what a search
+    or a defense records of its data, and what ``runs.data_identity`` reads."""
+    provenance: dict[str, Any] = {
+        "dataset": dataset.name,
+        "poison": None,
+        "clean_sha256": dataset.train.sha256,
+    }
+    if path is None:
+        return dataset, {**provenance, "train_sha256": dataset.train.sha256}
+    poison = load_poison(path, dataset)
+    poisoned = apply_poison(poison, dataset)
+    provenance.update(
+        {
+            "poison": str(npz_path(path)),
+            "poison_sha256": sha256_file(npz_path(path)),
+            "attack": poison.attack,
+            "budget": poison.budget,
+            "train_sha256": poisoned.train.sha256,
+        }
+    )
+    return poisoned, provenance
 
 
 def apply_poison(poison: Poison, dataset: ImageDataset) -> ImageDataset:

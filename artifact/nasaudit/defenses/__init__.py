@@ -6,10 +6,18 @@ with ``nasaudit search --poison P --defense D``.
 """
 
 from nasaudit.defenses import denoise, relabel, sanitize  # noqa: F401  (registration)
-from nasaudit.defenses.base import DEFENSES, Defense, DefenseContext, run_defense
+from nasaudit.defenses.base import (
+    DEFENSES,
+    Defense,
+    DefenseContext,
+    defense_identity,
+    make_defended_file,
+    run_defense,
+)
 from nasaudit.defenses.files import (
     DefendedData,
     apply_defended,
+    defended_data,
     load_defended,
     make_defended,
     read_defended_manifest,
@@ -22,8 +30,11 @@ __all__ = [
     "Defense",
     "DefenseContext",
     "apply_defended",
+    "defended_data",
+    "defense_identity",
     "load_defended",
     "make_defended",
+    "make_defended_file",
     "read_defended_manifest",
     "run_defense",
     "save_defended",

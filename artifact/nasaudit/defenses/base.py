@@ -6,16 +6,18 @@ were poisoned. Defenses register in ``DEFENSES``; the CLI and the tests enumerat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset
-from nasaudit.defenses.files import DefendedData
+from nasaudit.defenses.files import DefendedData, poison_outcome, save_defended
 from nasaudit.registry import Registry
+from nasaudit.runs import data_identity, fingerprint, profile_sections, reuse
 
 
 @dataclass(frozen=True)
@@ -36,5 +38,45 @@ class Defense(Protocol):
 DEFENSES: Registry[Defense] = Registry("defense")
 
 
-def run_defense(name: str, data: ImageDataset, seed: int, context: DefenseContext) -> DefendedData:
-    return DEFENSES.get(name)(data, seed, context)
+def run_defense(
+    name: str,
+    data: ImageDataset,
+    seed: int,
+    context: DefenseContext,
+    poisoned: np.ndarray | None = None,
+) -> DefendedData:
+    """Run a defense; with the ``poisoned`` indices (known to the caller, never shown to the defense)
+    its result records how many poisoned and clean samples it dropped and kept, per class."""
+    defended = DEFENSES.get(name)(data, seed, context)
+    if poisoned is None:
+        return defended
+    return replace(defended, poison_outcome=poison_outcome(defended.keep, data.train.labels, poisoned))
+
+
+def defense_identity(name: str, data: ImageDataset, seed: int, context: DefenseContext) -> dict[str, Any]:
+    """What a defended dataset depends on: the defense, its profile sections, the seed and the input
+    data (by the provenance in ``context.source``: the clean split and the poison applied to it, which
+    also fixes the ``poisoned`` indices whose outcome the manifest records)."""
+    return fingerprint(
+        "defend",
+        defense=name,
+        seed=seed,
+        data=data_identity(data, context.source),
+        profile=profile_sections(context.profile, DEFENSES.uses(name)),
+    )
+
+
+def make_defended_file(
+    name: str,
+    data: ImageDataset,
+    seed: int,
+    context: DefenseContext,
+    out: Path,
+    poisoned: np.ndarray | None = None,
+) -> tuple[Path, bool]:
+    """The defended dataset ``out`` (NAME.npz + NAME.json) of this run: reused when this run made it,
+    else computed and saved. Returns the npz path and whether it was computed now."""
+    identity = defense_identity(name, data, seed, context)
+    if reuse(Path(out).with_suffix(".json"), identity, "runs the defense again") is not None:
+        return Path(out).with_suffix(".npz"), False
+    return save_defended(run_defense(name, data, seed, context, poisoned), out, identity), True

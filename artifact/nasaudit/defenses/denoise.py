@@ -5,8 +5,11 @@ Denoised smoothing as Carlini et al. (2023) and Hong et al. (2024) do it: scale 
 the result as the DDPM state x_t = √ᾱ_t·(x + 2σ·δ) = √ᾱ_t·x + √(1−ᾱ_t)·δ at the timestep t whose
 √(1−ᾱ_t)/√ᾱ_t is closest to 2σ (t = 57 in diffusers' 0-based indexing for σ = 0.1 and the linear
 1000-step schedule; SPEC's "t ≈ 58" counts from 1). One call of the noise predictor gives ε̂ and the
-estimate x̂_0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t, clamped to [−1, 1] and stored as uint8. With
-``add_noise = false`` the image itself is scaled into x_t = √ᾱ_t·x (SPEC's literal reading).
+estimate x̂_0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t, clamped to [−1, 1] and stored as ``[defenses.denoise]
+store`` says: "float32" in [0, 1] as the authors stored theirs (their RoBoT fork's
+darts_space/diffusion_denoise_utils.py hands the stored ``tdata`` tensors straight to ``Normalize``,
+no ``ToTensor``: floats, never quantised), or the nearest "uint8" level. With ``add_noise = false``
+the image itself is scaled into x_t = √ᾱ_t·x (SPEC's literal reading).
 
 The defender does not know which samples are poisoned, so every training image is denoised. The
 noise δ is drawn per sample in dataset order from one seeded generator, so the result does not depend
@@ -18,18 +21,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import safetensors.torch  # noqa: F401  (diffusers 0.31, the torch 2.0 images' pin, uses it unimported)
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from nasaudit.config import DenoiseConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.defenses.base import DEFENSES, DefenseContext
 from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
+from nasaudit.progress import bar as progress_bar
+from nasaudit.registry import Registry
 
 NoisePredictor = Callable[[Tensor, Tensor], Tensor]
 """``(x_t, timesteps) -> ε̂``: a DDPM's noise prediction for a batch (N×3×H×W in [−1, 1] units)."""
@@ -78,15 +83,18 @@ def denoise_images(
     device: torch.device,
     progress: bool = False,
 ) -> np.ndarray:
-    """One-shot denoised copies of uint8 N×H×W×3 ``images`` (see the module docstring)."""
+    """One-shot denoised copies of uint8 N×H×W×3 ``images``, in ``cfg.store``'s dtype (module doc)."""
     t = denoising_timestep(alphas_cumprod, cfg.sigma)
     signal = math.sqrt(float(alphas_cumprod[t]))
     noise_scale = math.sqrt(1.0 - float(alphas_cumprod[t]))
     rng = np.random.default_rng(seed)
-    out = np.empty_like(images)
+    store = STORES.get(cfg.store)
+    out = np.empty(images.shape, dtype=store.dtype)
     starts = range(0, len(images), cfg.batch_size)
     with torch.no_grad():
-        for start in tqdm(starts, desc="denoise", disable=not progress, leave=False):
+        for start in progress_bar(
+            len(starts), desc="denoise", unit="batch", enabled=progress, iterable=starts
+        ):
             batch = torch.from_numpy(images[start : start + cfg.batch_size]).to(device)
             x = batch.permute(0, 3, 1, 2).double() / 127.5 - 1.0
             if cfg.add_noise:
@@ -96,12 +104,25 @@ def denoise_images(
             timesteps = torch.full((len(x_t),), t, device=device, dtype=torch.long)
             eps = predict(x_t, timesteps).double()
             x0 = ((x_t.double() - noise_scale * eps) / signal).clamp(-1.0, 1.0)
-            pixels = torch.round((x0 + 1.0) * 127.5).to(torch.uint8).permute(0, 2, 3, 1)
+            pixels = store.convert(x0).permute(0, 2, 3, 1)
             out[start : start + len(pixels)] = pixels.cpu().numpy()
     return out
 
 
-@DEFENSES.register("denoise")
+@dataclass(frozen=True)
+class Store:
+    """How denoised images (x̂_0 in [−1, 1]) are stored."""
+
+    dtype: type
+    convert: Callable[[Tensor], Tensor]
+
+
+STORES: Registry[Store] = Registry("[defenses.denoise] store")
+STORES.register("float32")(Store(np.float32, lambda x0: ((x0 + 1.0) / 2.0).float()))  # as run: unquantised
+STORES.register("uint8")(Store(np.uint8, lambda x0: torch.round((x0 + 1.0) * 127.5).to(torch.uint8)))
+
+
+@DEFENSES.register("denoise", uses=("defenses.denoise",))
 def denoise(
     data: ImageDataset,
     seed: int,
@@ -111,6 +132,7 @@ def denoise(
 ) -> DefendedData:
     """Every training image replaced by its one-shot denoised version (``ddpm`` is injectable)."""
     cfg = context.profile.defenses.denoise
+    STORES.get(cfg.store)  # a bad setting fails before the DDPM loads
     predict, alphas_cumprod = ddpm if ddpm is not None else load_ddpm(cfg.model, context.device)
     images = denoise_images(
         data.train.images,
@@ -126,6 +148,7 @@ def denoise(
         "model": cfg.model if ddpm is None else "injected",
         "sigma": cfg.sigma,
         "add_noise": cfg.add_noise,
+        "store": cfg.store,
         "timestep": t,
         "alpha_bar": float(alphas_cumprod[t]),
     }

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 import torchvision
 from sklearn.cluster import KMeans
 from torch import nn
-from tqdm import tqdm
 
 from nasaudit.config import RelabelConfig
 from nasaudit.data.datasets import ImageDataset
@@ -27,6 +26,7 @@ from nasaudit.defenses.base import DEFENSES, DefenseContext
 from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
 from nasaudit.io import sha256_arrays, write_npz
+from nasaudit.progress import bar as progress_bar
 
 # The normalisation every torchvision ImageNet classifier was trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,8 +77,9 @@ def pretrained_features(data: ImageDataset, seed: int, context: DefenseContext) 
     images = torch.from_numpy(data.train.images)
     features = []
     with torch.no_grad():
-        for batch in tqdm(
-            images.split(cfg.batch_size), desc="features", disable=not context.progress, leave=False
+        batches = images.split(cfg.batch_size)
+        for batch in progress_bar(
+            len(batches), desc="features", unit="batch", enabled=context.progress, iterable=batches
         ):
             x = batch.to(context.device).permute(0, 3, 1, 2).float().div_(255.0)
             if x.shape[-1] != cfg.image_size:
@@ -97,7 +98,7 @@ def cluster_labels(features: np.ndarray, num_clusters: int, seed: int, n_init: i
     return kmeans.fit_predict(np.asarray(features, dtype=np.float64)).astype(np.int64)
 
 
-@DEFENSES.register("relabel")
+@DEFENSES.register("relabel", uses=("defenses.relabel",))
 def relabel(
     data: ImageDataset, seed: int, context: DefenseContext, *, features: FeatureFunction = pretrained_features
 ) -> DefendedData:

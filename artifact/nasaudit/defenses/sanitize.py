@@ -24,6 +24,7 @@ from nasaudit.data.device import DeviceData
 from nasaudit.defenses.base import DEFENSES, DefenseContext
 from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
+from nasaudit.io import load_torch
 from nasaudit.models import MODELS
 from nasaudit.train import train_model
 
@@ -52,7 +53,7 @@ def surrogate_losses(data: ImageDataset, seed: int, context: DefenseContext) -> 
         progress=context.progress,
     )
     model = build().to(context.device)
-    model.load_state_dict(torch.load(folder / "model.pt", map_location=context.device, weights_only=True))
+    model.load_state_dict(load_torch(folder / "model.pt", "trains the surrogate again", context.device))
     model.eval()
     losses = []
     with torch.no_grad():
@@ -77,7 +78,7 @@ def keep_lowest_loss(losses: np.ndarray, labels: np.ndarray, drop_fraction: floa
     return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
-@DEFENSES.register("sanitize")
+@DEFENSES.register("sanitize", uses=("surrogate", "defenses.sanitize"))
 def sanitize(
     data: ImageDataset, seed: int, context: DefenseContext, *, losses: LossFunction = surrogate_losses
 ) -> DefendedData:

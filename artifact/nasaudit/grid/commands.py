@@ -7,6 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from nasaudit.options import add_profile, add_root, output
+
 
 def _grid(args: argparse.Namespace) -> tuple[Any, Any]:
     from nasaudit.config import load_profile
@@ -23,6 +25,7 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise NasauditError(f"--workers must be ≥ 0 (0 runs tasks in this process), got {args.workers}")
+    output(args.results, folder=True)
     grid, profile = _grid(args)
     overrides = {
         "partition": args.partition,
@@ -53,13 +56,26 @@ def cmd_grid_status(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    import torch
+    import time
 
-    from nasaudit.grid.plan import estimate
+    from nasaudit import options
+    from nasaudit.grid.plan import estimate, record_path
+    from nasaudit.io import jsonable, write_json
 
+    device = None if args.device == "auto" else options.device(args.device)
     grid, profile = _grid(args)
-    device = None if args.device == "auto" else torch.device(args.device)
-    print(estimate(grid, profile, args.root, device).render(args.experiment, profile.name))
+    result = estimate(grid, profile, args.root, device)
+    print(result.render(args.experiment, profile.name))
+    record = {
+        "experiment": args.experiment,
+        "profile": profile.name,
+        "selection": {"algorithms": args.algo or [], "datasets": args.dataset or []},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **jsonable(result),
+    }
+    print(
+        f"recorded for `nasaudit report` -> {write_json(record_path(grid.layout, args.experiment), record)}"
+    )
     return 0
 
 
@@ -67,22 +83,24 @@ def add_commands(sub: Any) -> None:
     """Register `grid run`, `grid status` and `plan` on the main parser's subcommands."""
 
     def selection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("experiment", help="experiment name (table1, table3, table4, table5, table6)")
-        p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
+        p.add_argument("experiment", help="experiment name: {EXPERIMENTS}")
+        add_profile(p)
         p.add_argument("--results", default="results", help="results folder; jobs go to RESULTS/PROFILE/")
         p.add_argument(
-            "--algo", nargs="+", action="extend", help="only these NAS algorithms (and their baseline)"
+            "--algo", nargs="+", action="extend", help="only these NAS algorithms (and their baseline): {NAS}"
         )
-        p.add_argument("--dataset", nargs="+", action="extend", help="only these datasets")
-        p.add_argument(
-            "--root", type=Path, default=None, help="data folder (default: $NASAUDIT_DATA or ./data)"
-        )
+        p.add_argument("--dataset", nargs="+", action="extend", help="only these datasets: {DATASETS}")
+        add_root(p)
 
     grid = sub.add_parser("grid", help="run an experiment's jobs (resumable), or show where they stand")
     grid_sub = grid.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = grid_sub.add_parser("run", help="run every job whose result is missing; a rerun resumes")
     selection(p)
-    p.add_argument("--runner", default="local", help="local (worker processes) or slurm (job arrays)")
+    p.add_argument(
+        "--runner",
+        default="local",
+        help="{RUNNERS} (local: worker processes, slurm: job arrays)",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -107,5 +125,7 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("plan", help="task counts per stage and an estimate of the GPU-hours left")
     selection(p)
-    p.add_argument("--device", default="auto", help="device to time the training steps on (auto, cpu, cuda)")
+    p.add_argument(
+        "--device", default="auto", help="device to time the training steps on (auto, cpu, cuda:N)"
+    )
     p.set_defaults(func=cmd_plan)

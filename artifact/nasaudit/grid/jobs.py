@@ -8,9 +8,10 @@ before the search) and ``variant`` (Table 6: a named change of the search's sett
 them is a Table 1 job, so every table that needs one of those jobs shares its files.
 Each job runs in stages that are cached separately and shared where the paper shares them:
 
-- ``poison``: one per (dataset, attack, budget, trial), shared by every algorithm; the attacks crafted
-  against a victim (GC) get one per algorithm, and a deterministic attack (CLF: its one surrogate per
-  dataset decides everything) gets one per (dataset, budget) shared by all trials;
+- ``poison``: one per (dataset, attack, budget), shared by every trial and algorithm, as the authors
+  ran it (their scripts point every trial at one poison file); the attacks crafted against a victim
+  (GC) get one per algorithm. With ``[grid] per_trial_poisons`` each trial draws its own, except the
+  deterministic ``trial_shared_attacks`` (CLF: its one surrogate per dataset decides everything);
 - ``victim``: one per (dataset, algorithm) = the best clean trial, so it waits for all clean trials;
 - ``defend``: the defense applied to a poison (Table 4), one per (defense, poison);
 - ``search`` on the (poisoned, defended) training set, then ``retrain`` of the found architecture on
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from nasaudit.config import DefenseTableConfig, OODTableConfig, Profile, RobustnessTableConfig
+from nasaudit.config import DefenseTableConfig, GridConfig, OODTableConfig, Profile, RobustnessTableConfig
 from nasaudit.errors import NasauditError
 from nasaudit.registry import Registry
 
@@ -102,6 +103,16 @@ def derive_seed(*parts: object) -> int:
     """A 31-bit seed from a job's key: independent across keys, identical on every machine."""
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()
     return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+def shared_poison_attacks(grid: GridConfig) -> frozenset[str]:
+    """The attacks whose poison all trials share: every attack as run (per_trial_poisons false: their
+    run_search.sh gives every trial the same poison file), else only ``trial_shared_attacks``."""
+    if grid.per_trial_poisons:
+        return frozenset(grid.trial_shared_attacks)
+    from nasaudit.attacks import ATTACKS
+
+    return frozenset(ATTACKS.names())
 
 
 def task_seed(task: Task) -> int:
@@ -181,6 +192,7 @@ class Experiment:
     victim_attacks: frozenset[str] = frozenset()
     trial_shared_attacks: frozenset[str] = frozenset()
     columns: tuple[str, ...] = ()  # key parts the table reports besides (dataset, algorithm, attack, budget)
+    accuracy: str = "best"  # which test accuracy a trial reports ([results] accuracy)
 
     @property
     def jobs(self) -> tuple[JobKey, ...]:
@@ -374,6 +386,10 @@ def _experiment(
             sampler_of[algorithm] = space_sampler[space]
         else:
             unsampled[algorithm] = space
+    if any(NAS.get(s).space == "darts" for s in sampler_of.values()):
+        from nasaudit.nas.random_sampling import check_random_baseline
+
+        check_random_baseline(profile.random_baseline, profile.random_baseline.n)
     baselines = [
         JobKey(dataset, sampler, CLEAN, 0.0, trial)
         for dataset in datasets
@@ -387,8 +403,9 @@ def _experiment(
         sampler_of,
         unsampled,
         frozenset(profile.grid.victim_attacks),
-        frozenset(profile.grid.trial_shared_attacks),
+        shared_poison_attacks(profile.grid),
         columns,
+        profile.results.accuracy,
     )
 
 

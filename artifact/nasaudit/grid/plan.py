@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 from nasaudit.config import PDartsConfig, Profile, TenasConfig
 from nasaudit.errors import NasauditError
-from nasaudit.grid.jobs import Grid, Task
+from nasaudit.grid.jobs import Grid, Layout, Task
 from nasaudit.grid.stages import is_done
+from nasaudit.precision import autocast
 from nasaudit.proxies.ntk import ntk_cond
 from nasaudit.registry import Registry
 
@@ -67,16 +68,29 @@ class Timer:
         self._cache: dict[tuple[str, int, str], float] = {}
 
     def per_image(
-        self, network: str, build: Callable[[], nn.Module], batch: int, *, shape: tuple[int, ...] = IMAGE
+        self,
+        network: str,
+        build: Callable[[], nn.Module],
+        batch: int,
+        *,
+        shape: tuple[int, ...] = IMAGE,
+        precision: str = "fp32",
     ) -> float:
-        """A training step (forward, backward, SGD update); ``network`` names what ``build`` returns."""
-        return self._timed(network, build, batch, shape, train=True)
+        """A training step (forward, backward, SGD update) in the stage's ``precision``; ``network``
+        names what ``build`` returns."""
+        return self._timed(network, build, batch, shape, True, precision)
 
     def forward_per_image(
-        self, network: str, build: Callable[[], nn.Module], batch: int, *, shape: tuple[int, ...] = IMAGE
+        self,
+        network: str,
+        build: Callable[[], nn.Module],
+        batch: int,
+        *,
+        shape: tuple[int, ...] = IMAGE,
+        precision: str = "fp32",
     ) -> float:
         """A forward pass without gradients, in eval mode (scoring, denoising, feature extraction)."""
-        return self._timed(network, build, batch, shape, train=False)
+        return self._timed(network, build, batch, shape, False, precision)
 
     def kappa(self, network: str, build: Callable[[], nn.Module], batch: int) -> float:
         """Seconds of one κ_NTK of ``batch`` images (``ntk_cond``, batched as the search runs it), timed
@@ -90,22 +104,34 @@ class Timer:
         return self._once((network, batch, "kappa"), measure)
 
     def _timed(
-        self, network: str, build: Callable[[], nn.Module], batch: int, shape: tuple[int, ...], train: bool
+        self,
+        network: str,
+        build: Callable[[], nn.Module],
+        batch: int,
+        shape: tuple[int, ...],
+        train: bool,
+        precision: str,
     ) -> float:
         probe = batch if self.device.type == "cuda" else min(batch, CPU_PROBE)
-        seconds = self._probe(network, build, probe, shape, train)
+        seconds = self._probe(network, build, probe, shape, train, precision)
         while probe < batch and seconds * probe < CPU_MIN_SECONDS:
             probe = min(batch, probe * 8)
-            seconds = self._probe(network, build, probe, shape, train)
+            seconds = self._probe(network, build, probe, shape, train, precision)
         return seconds
 
     def _probe(
-        self, network: str, build: Callable[[], nn.Module], probe: int, shape: tuple[int, ...], train: bool
+        self,
+        network: str,
+        build: Callable[[], nn.Module],
+        probe: int,
+        shape: tuple[int, ...],
+        train: bool,
+        precision: str,
     ) -> float:
-        """One measurement per (network, probe batch, kind), whichever batch sizes ask for it."""
+        """One measurement per (network, probe batch, kind, precision), whichever batch sizes ask for it."""
         return self._once(
-            (network, probe, "train" if train else "forward"),
-            lambda: self._measure(build().to(self.device).train(train), probe, shape, train),
+            (network, probe, f"{'train' if train else 'forward'}/{precision}"),
+            lambda: self._measure(build().to(self.device).train(train), probe, shape, train, precision),
         )
 
     def _once(self, key: tuple[str, int, str], measure: Callable[[], float]) -> float:
@@ -115,13 +141,15 @@ class Timer:
                 self._cache[key] = measure()
         return self._cache[key]
 
-    def _measure(self, model: nn.Module, probe: int, shape: tuple[int, ...], train: bool) -> float:
+    def _measure(
+        self, model: nn.Module, probe: int, shape: tuple[int, ...], train: bool, precision: str
+    ) -> float:
         x = torch.randn(probe, *shape, device=self.device)
         y = torch.randint(0, NUM_CLASSES, (probe,), device=self.device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if train else None
 
         def step() -> None:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with autocast(self.device, precision):
                 if optimizer is None:
                     with torch.no_grad():
                         model(x)
@@ -223,8 +251,9 @@ def retrain_seconds(profile: Profile, space: str, n_train: int, timer: Timer) ->
 def _retrain_per_image(profile: Profile, space: str, timer: Timer) -> float:
     from nasaudit.models import train_config
 
-    batch = train_config(space, profile).batch_size
-    return timer.per_image(f"retrain/{space}", partial(_retrain_network, profile, space), batch)
+    cfg = train_config(space, profile)
+    build = partial(_retrain_network, profile, space)
+    return timer.per_image(f"retrain/{space}", build, cfg.batch_size, precision=cfg.precision)
 
 
 # --- searches --------------------------------------------------------------------------------------
@@ -254,7 +283,7 @@ def _robot_search(profile: Profile, n_train: int, timer: Timer) -> tuple[float, 
     def build() -> nn.Module:
         return EvalNetwork(genotype, cfg.channels, cfg.layers, NUM_CLASSES)
 
-    query = timer.per_image("robot", build, cfg.query.batch_size)
+    query = timer.per_image("robot", build, cfg.query.batch_size, precision=cfg.query.precision)
     proxy = timer.per_image("robot", build, cfg.proxy_batch)
     seconds = (
         cfg.queries * cfg.query.epochs * (n_train // 2) * query
@@ -294,7 +323,8 @@ def _pdarts_search(profile: Profile, n_train: int, timer: Timer) -> tuple[float,
     half = int(np.floor(cfg.train_portion * n_train))  # one arch-val batch per weight batch
     seconds = 0.0
     for stage in range(len(cfg.layers)):
-        step = timer.per_image(f"pdarts/stage{stage}", partial(_pdarts_supernet, cfg, stage), cfg.batch_size)
+        build = partial(_pdarts_supernet, cfg, stage)
+        step = timer.per_image(f"pdarts/stage{stage}", build, cfg.batch_size, precision=cfg.precision)
         seconds += (cfg.epochs + cfg.epochs - cfg.warmup_epochs) * half * step
     return seconds, 0.0
 
@@ -363,11 +393,13 @@ def _shrinking_seconds(profile: Profile, n_train: int, timer: Timer) -> float:
     if cfg.weights:
         return 0.0
     full = extreme_arch([_middle(resolutions)], largest=True)
-    teacher = timer.forward_per_image("mbv3/teacher", partial(_mbv3_supernet, profile, full), cfg.batch_size)
+    build = partial(_mbv3_supernet, profile, full)
+    teacher = timer.forward_per_image("mbv3/teacher", build, cfg.batch_size, precision=cfg.precision)
     seconds = 0.0
     for i, phase in enumerate(cfg.phases):
         subnet = _middle_arch(phase.kernels, phase.depths, phase.expands, resolutions)
-        step = timer.per_image(f"mbv3/phase{i}", partial(_mbv3_supernet, profile, subnet), cfg.batch_size)
+        build = partial(_mbv3_supernet, profile, subnet)
+        step = timer.per_image(f"mbv3/phase{i}", build, cfg.batch_size, precision=cfg.precision)
         distil = teacher if i > 0 and cfg.kd_ratio > 0 else 0.0
         seconds += phase.epochs * n_train * (phase.subnets_per_step * step + distil)
     return seconds
@@ -384,15 +416,18 @@ def _candidate_network(profile: Profile) -> nn.Module:
 
 @SEARCH_COSTS.register("nsganetv2")
 def _nsganetv2_search(profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
-    """Its supernet, then per evaluated candidate: fine-tuning, BN recalibration and validation."""
+    """Per evaluated candidate: fine-tuning, BN recalibration and validation; shared by every search of
+    the dataset, its supernet on the clean training set (counted again for the random baseline's)."""
     cfg = profile.nsganetv2
     n_search = max(n_train - cfg.val_size, 0)
     build = partial(_candidate_network, profile)
-    step = timer.per_image("nsganetv2/candidate", build, cfg.finetune.batch_size)
+    step = timer.per_image(
+        "nsganetv2/candidate", build, cfg.finetune.batch_size, precision=cfg.finetune.precision
+    )
     forward = timer.forward_per_image("nsganetv2/candidate", build, cfg.finetune.batch_size)
     evaluation = cfg.finetune.epochs * n_search * step + (cfg.bn_calibration + cfg.val_size) * forward
     evaluations = cfg.initial + cfg.iterations * cfg.per_iteration
-    return _shrinking_seconds(profile, n_search, timer) + evaluations * evaluation, 0.0
+    return evaluations * evaluation, _shrinking_seconds(profile, n_train, timer)
 
 
 # --- poisons ---------------------------------------------------------------------------------------
@@ -413,7 +448,10 @@ def _surrogate_seconds(profile: Profile, n_train: int, timer: Timer) -> float:
 
     cfg = profile.surrogate
     per_image = timer.per_image(
-        "surrogate", lambda: MODELS.get("resnet18_cifar")(None, NUM_CLASSES, profile), cfg.batch_size
+        "surrogate",
+        lambda: MODELS.get("resnet18_cifar")(None, NUM_CLASSES, profile),
+        cfg.batch_size,
+        precision=cfg.precision,
     )
     return cfg.epochs * n_train * per_image
 
@@ -456,38 +494,35 @@ def victim_net(profile: Profile, algorithm: str) -> VictimNet:
     )
 
 
-# Training steps one GC step costs per poison. With more poisons than ``[gc] batch_size`` the exact
-# gradient takes two passes: a plain gradient (forward + backward ≈ one step) and a double backward
-# through each chunk's gradient (forward, backward with create_graph, the backward of that ≈ two steps);
-# poisons that fit one chunk need only the second (attacks/gc.py, canceling_loss).
-GC_PASSES_ONE_CHUNK, GC_PASSES_CHUNKED = 2, 3
+# Training steps one GC step costs per poison. The per-batch objective and a joint one whose poisons
+# fit one batch differentiate each batch's gradient once more (forward, backward with create_graph,
+# the backward of that ≈ two steps); a joint objective over several batches adds a plain gradient
+# pass first (≈ one step) for the exact two-pass gradient (attacks/gc.py).
+GC_PASSES_ONE_PASS, GC_PASSES_TWO_PASS = 2, 3
 
 
-def _gc_seconds(
-    profile: Profile, task: Task, n_train: int, timer: Timer, use_gradpc: bool
-) -> tuple[float, float]:
+def _gc_seconds(profile: Profile, task: Task, n_train: int, timer: Timer) -> tuple[float, float]:
     """GC on the task's victim: the steps on its poisons; shared by its budgets, GradPC and g_clean."""
     cfg, victim = profile.gc, victim_net(profile, task.algorithm)
-    step = timer.per_image(victim.name, victim.build, cfg.batch_size)
-    gradpc = cfg.gradpc_epochs * n_train * timer.per_image(victim.name, victim.build, cfg.gradpc_batch_size)
+    step = timer.per_image(victim.name, victim.build, cfg.poison_batch_size)
+    clean_step = timer.per_image(victim.name, victim.build, cfg.gradpc_batch_size)
+    gradpc = cfg.gradpc_epochs * n_train * clean_step if cfg.gradpc_radius > 0 else 0.0
     poisons = round(n_train * task.budget)
-    factor = GC_PASSES_ONE_CHUNK if poisons <= cfg.batch_size else GC_PASSES_CHUNKED
-    return cfg.steps * poisons * factor * step, (gradpc if use_gradpc else 0.0) + n_train * step
+    two_pass = cfg.objective == "joint" and poisons > cfg.poison_batch_size
+    factor = GC_PASSES_TWO_PASS if two_pass else GC_PASSES_ONE_PASS
+    return cfg.steps * poisons * factor * step, gradpc + n_train * clean_step
 
 
 @POISON_COSTS.register("gc")
 def _gc(profile: Profile, task: Task, n_train: int, timer: Timer) -> tuple[float, float]:
     """GC at the victim's weights and biases moved by GradPC."""
-    return _gc_seconds(profile, task, n_train, timer, use_gradpc=True)
+    return _gc_seconds(profile, task, n_train, timer)
 
 
 @POISON_COSTS.register("nas_gc")
 def _nas_gc(profile: Profile, task: Task, n_train: int, timer: Timer) -> tuple[float, float]:
-    """GC at what the victim's kind targets (P-DARTS's α as they are; otherwise GradPC'd weights)."""
-    from nasaudit.attacks.nas_gc import NAS_TARGETS
-
-    rule = NAS_TARGETS.get(victim_net(profile, task.algorithm).kind)
-    return _gc_seconds(profile, task, n_train, timer, use_gradpc=rule.use_gradpc)
+    """GC at what the victim's kind targets (P-DARTS's α, otherwise weights), moved by GradPC."""
+    return _gc_seconds(profile, task, n_train, timer)
 
 
 # --- defenses --------------------------------------------------------------------------------------
@@ -677,3 +712,9 @@ def estimate(
             profile.grid.reference_gpu_images_per_second * _retrain_per_image(profile, "darts", timer)
         )
     return Estimate(device.type, factor, stages)
+
+
+def record_path(layout: Layout, experiment: str) -> Path:
+    """Where `nasaudit plan` keeps its latest estimate of an experiment: the report sets it against the
+    compute spent without timing the networks again (a minute per table on a CPU)."""
+    return layout.root / "plan" / f"{experiment}.json"

@@ -12,16 +12,17 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import shutil
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Protocol
 
 from nasaudit.config import SlurmConfig
 from nasaudit.errors import NasauditError
+from nasaudit.grid import slurm
 from nasaudit.grid.jobs import CLEAN, STAGE_ORDER, Grid, Task
-from nasaudit.grid.stages import Outcome, RunSpec, execute, is_done
+from nasaudit.grid.stages import Outcome, RunSpec, check_done, execute, is_done, task_state
 from nasaudit.grid.state import TaskState, error_line
 from nasaudit.registry import Registry
 
@@ -34,6 +35,10 @@ class Backend(Protocol):
     capacity: int
 
     def submit(self, tasks: list[Task]) -> None: ...
+
+    def adopt(self, tasks: list[Task]) -> list[Task]:
+        """Take over those of ``tasks`` an earlier run submitted and that are still queued or running."""
+        ...
 
     def wait(self) -> list[Outcome]:
         """Block until a submitted task finishes (or a poll interval passes) and return what finished."""
@@ -71,12 +76,14 @@ def _priority(task: Task) -> tuple:
 
 def schedule(grid: Grid, backend: Backend, retries: int, log: Callable[[str], None] = print) -> Report:
     """Run every task of ``grid`` whose inputs exist, until nothing more can run."""
-    state = TaskState(grid.layout.state_dir)
+    state = task_state(grid.layout)
     report = Report(total=len(grid.deps))
     done = {t for t in grid.deps if is_done(t, grid.layout)}
     report.already_done = len(done)
     attempts: dict[Task, int] = {}
-    in_flight: set[Task] = set()
+    in_flight: set[Task] = set(backend.adopt([t for t in grid.deps if t not in done]))
+    if in_flight:
+        log(f"[grid] following {len(in_flight)} tasks an earlier run submitted (still queued or running)")
     given_up: set[Task] = set()
     try:
         while True:
@@ -102,9 +109,13 @@ def schedule(grid: Grid, backend: Backend, retries: int, log: Callable[[str], No
                     report.done += outcome.status == "done"
                     log(f"[grid] {outcome.status:<7} {task.id}")
                 elif outcome.status == "failed":
-                    state.mark_failed(task, outcome.error)  # a worker killed by the cluster could not
+                    # a worker killed by the cluster could not: its job log's last lines stand in for
+                    # the traceback
+                    state.mark_failed(task, outcome.error, outcome.details)
                     attempts[task] = attempts.get(task, 0) + 1
                     log(f"[grid] failed  {task.id}: {outcome.error}")
+                    if outcome.details:
+                        log(textwrap.indent(outcome.details, "    "))
                     if attempts[task] > retries:
                         given_up.add(task)
                         report.failed[task] = outcome.error
@@ -181,6 +192,9 @@ class LocalBackend:
         for task in tasks:
             self.futures[self.pool.submit(_run_local, task, self.spec)] = task
 
+    def adopt(self, tasks: list[Task]) -> list[Task]:
+        return []  # a local run's workers die with it
+
     def wait(self) -> list[Outcome]:
         if not self.futures:  # only tasks that another runner holds: look again in a while
             time.sleep(POLL_SECONDS)
@@ -214,24 +228,49 @@ def visible_gpus() -> list[str]:
 # --- slurm: job arrays through submitit ---------------------------------------------------------------
 
 
+# submitit always asks Slurm for a warning signal before the time limit (USR2, on which it raises inside
+# the running stage, or kills a process still starting when the limit is short). We ask for SIGURG
+# instead, which a process ignores unless it asks for it: Slurm ends a task at its limit, recorded as
+# TIMEOUT, with the stage's checkpoints on disk for the resubmission.
+WARNING_SIGNAL = "URG@90"
+
+
 def _run_slurm(task: Task, spec: RunSpec) -> Outcome:
-    return execute(task, spec, f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}")
+    """One array element, with as many threads as the job has CPUs: without cgroups nothing else stops
+    torch from using every core of the node."""
+    where = f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}"
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        import torch
+
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        where = f"slurm job {os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return execute(task, spec, where)
 
 
 class SlurmBackend:
     """Ready tasks go out as Slurm job arrays (chunked to the array limit); this process polls them.
 
     ``cluster`` is submitit's: "slurm" on a cluster, "local" or "debug" to exercise the same path on
-    one machine. Killing this driver leaves submitted tasks running; a rerun skips what they finish.
+    one machine. Killing this driver leaves submitted tasks running; each task's ``.slurm`` marker names
+    its job, so a rerun follows the jobs still queued or running and submits only the others. On a
+    cluster, states come from squeue/sacct (``grid.slurm``), and a job that ended without a result
+    (time limit, killed, node failure) is reported with its state, its log and the log's last lines.
     """
 
-    def __init__(self, spec: RunSpec, cfg: SlurmConfig, folder: Path, cluster: str) -> None:
+    def __init__(self, spec: RunSpec, cfg: SlurmConfig, state: TaskState, cluster: str) -> None:
         import submitit
 
-        self.spec, self.cfg = spec, cfg
+        # jobs start in the directory sbatch ran in: absolute paths keep them independent of it
+        root = spec.data_root.resolve() if spec.data_root else None
+        self.spec = replace(spec, results=spec.results.resolve(), data_root=root)
+        self.cfg, self.state, self.cluster = cfg, state, cluster
+        self.array_size = slurm.check_request(cfg) if cluster == "slurm" else max(1, cfg.array_limit)
         self.capacity = 10**9  # everything ready is submitted; Slurm queues it
         self.jobs: dict[object, Task] = {}
-        self.executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        self.ended: set[str] = set()  # jobs seen final without a result once: the file may be in transit
+        self.folder = (state.folder / "submitit").resolve()
+        self.executor = submitit.AutoExecutor(folder=self.folder, cluster=cluster)
         params = {
             "timeout_min": cfg.time_min,
             "gpus_per_node": cfg.gpus_per_task,
@@ -239,34 +278,99 @@ class SlurmBackend:
             "mem_gb": cfg.mem_gb,
             "name": f"nasaudit-{spec.profile.name}",
             "slurm_array_parallelism": cfg.array_parallelism,
+            "slurm_additional_parameters": {"signal": WARNING_SIGNAL},
         }
         if cfg.partition:
             params["slurm_partition"] = cfg.partition
         self.executor.update_parameters(**params)
 
     def submit(self, tasks: list[Task]) -> None:
-        size = max(1, self.cfg.array_limit)
-        for start in range(0, len(tasks), size):
-            chunk = tasks[start : start + size]
-            jobs = self.executor.map_array(_run_slurm, chunk, [self.spec] * len(chunk))
+        for start in range(0, len(tasks), self.array_size):
+            chunk = tasks[start : start + self.array_size]
+            try:
+                jobs = self.executor.map_array(_run_slurm, chunk, [self.spec] * len(chunk))
+            except Exception as exc:  # sbatch refused: its own words, not submitit's traceback
+                lines = [ln for ln in str(exc).splitlines() if "error" in ln.lower()] or [error_line(exc)]
+                raise NasauditError(
+                    f"sbatch refused an array of {len(chunk)} tasks: {lines[-1].strip()}"
+                ) from None
             self.jobs.update(zip(jobs, chunk, strict=True))
+            if self.cluster == "slurm":
+                for job, task in zip(jobs, chunk, strict=True):
+                    self.state.mark_submitted(task, job.job_id, self.folder)
+
+    def adopt(self, tasks: list[Task]) -> list[Task]:
+        if self.cluster != "slurm":
+            return []
+        import submitit
+
+        records = {t: r for t in tasks if (r := self.state.submitted(t))}
+        states = slurm.job_states(r["job_id"] for r in records.values()) or {}
+        adopted = []
+        for task, record in records.items():
+            if states.get(record["job_id"]) in slurm.ACTIVE:
+                self.jobs[submitit.SlurmJob(folder=record["folder"], job_id=record["job_id"])] = task
+                adopted.append(task)
+        return adopted
 
     def wait(self) -> list[Outcome]:
         while True:
-            finished = [job for job in self.jobs if job.done()]  # type: ignore[attr-defined]
-            if finished:
-                break
+            outcomes = self._poll()
+            if outcomes:
+                return outcomes
             time.sleep(self.cfg.poll_seconds)
             if not self.jobs:  # only tasks that another runner holds
                 return []
+
+    def _poll(self) -> list[Outcome]:
+        """The outcomes of the jobs that ended since the last poll."""
+        if self.cluster != "slurm":  # submitit's local executors know their processes
+            return [self._result(job) for job in list(self.jobs) if job.done()]  # type: ignore[attr-defined]
+        running = [job for job in self.jobs if not job.paths.result_pickle.exists()]  # type: ignore[attr-defined]
+        states = slurm.job_states(job.job_id for job in running) or {}  # type: ignore[attr-defined]
         outcomes = []
-        for job in finished:
-            task = self.jobs.pop(job)
-            try:
-                outcomes.append(job.result())  # type: ignore[attr-defined]
-            except Exception as exc:  # timed out, preempted, out of memory
-                outcomes.append(Outcome(task, "failed", f"slurm: {error_line(exc)}"))
+        for job in list(self.jobs):
+            if job.paths.result_pickle.exists():  # type: ignore[attr-defined]
+                outcomes.append(self._result(job))
+                continue
+            state = states.get(job.job_id)  # type: ignore[attr-defined]
+            if state is None or state in slurm.ACTIVE:
+                continue
+            if job.job_id not in self.ended:  # type: ignore[attr-defined]
+                self.ended.add(job.job_id)  # type: ignore[attr-defined]
+                continue
+            outcomes.append(self._ended(job, state))
         return outcomes
+
+    def _result(self, job: object) -> Outcome:
+        task = self.jobs.pop(job)
+        try:
+            outcome = job.result()  # type: ignore[attr-defined]
+        except Exception as exc:  # the job's Python failed outside the task: an import error on the node
+            return Outcome(task, "failed", f"slurm: {error_line(exc)}", self._log(job))
+        if outcome.status == "failed" and self.cluster == "slurm":
+            outcome = replace(outcome, error=f"{outcome.error} (log {job.paths.stderr})")  # type: ignore[attr-defined]
+        return outcome
+
+    def _ended(self, job: object, state: str) -> Outcome:
+        """A job that ended without a result: timed out, killed, its node lost, or gone from the queue."""
+        task = self.jobs.pop(job)
+        name, log = job.job_id, job.paths.stderr  # type: ignore[attr-defined]
+        if state == slurm.TIMEOUT:
+            limit = f"{self.cfg.time_min}-minute limit"
+            error = f"timed out: Slurm job {name} ended {state} at its {limit}; log {log}"
+        else:
+            error = f"Slurm job {name} ended {state} without a result; log {log}"
+        return Outcome(task, "failed", error, self._log(job))
+
+    def _log(self, job: object) -> str:
+        if self.cluster != "slurm":
+            return ""
+        paths = job.paths  # type: ignore[attr-defined]
+        for log in (paths.stderr, paths.stdout):  # srun's and Python's errors, else submitit's progress
+            if tail := slurm.log_tail(log):
+                return f"last lines of {log}:\n{tail}"
+        return f"no log at {paths.stderr}"
 
     def close(self) -> None:
         self.jobs.clear()
@@ -308,7 +412,22 @@ def slurm_runner(grid: Grid, spec: RunSpec, options: RunnerOptions) -> Backend:
             "no `sbatch` here: run the slurm runner on the cluster's login node (or --cluster local to "
             "try the job-array path on this machine)"
         )
-    return SlurmBackend(spec, cfg, grid.layout.state_dir / "submitit", options.cluster)
+    return SlurmBackend(spec, cfg, task_state(grid.layout), options.cluster)
+
+
+def check_finished(grid: Grid, spec: RunSpec) -> None:
+    """Refuse the grid when a finished output was made by another run; the line names the first."""
+    env = spec.env()
+    stale: list[str] = []
+    for task in grid.deps:
+        if is_done(task, grid.layout):
+            try:
+                check_done(task, env)
+            except NasauditError as exc:
+                stale.append(str(exc))
+    if stale:
+        more = f" ({len(stale) - 1} more outputs like it)" if len(stale) > 1 else ""
+        raise NasauditError(f"{stale[0]}{more}")
 
 
 def run_grid(
@@ -318,6 +437,12 @@ def run_grid(
     options: RunnerOptions | None = None,
     log: Callable[[str], None] = print,
 ) -> Report:
-    """Run an experiment's grid with the named runner and report what happened."""
+    """Run an experiment's grid with the named runner and report what happened.
+
+    Before anything runs, every finished output is checked to come from this run (``check_done``):
+    a results folder holding another profile's or another version's outputs is refused with one line
+    instead of being built upon.
+    """
+    check_finished(grid, spec)
     backend = RUNNERS.get(runner)(grid, spec, options or RunnerOptions())
     return schedule(grid, backend, spec.profile.grid.retries, log)

@@ -1,15 +1,17 @@
 """What each stage of a job does, and the one function every runner calls to run a task.
 
 ``execute`` is the whole life of a task in a worker (a local process, a Slurm array element): take
-the task's lock, skip it if its output exists, run the stage, and on any error leave a ``.failed``
-marker with the one-line message instead of an output. It never raises, so a runner only has to
-look at the outcome it returns; a task that raised is retried later, never recorded as a result.
+the task's lock (the one a standalone command writing the same output takes), skip it if its output
+exists and was made by this run (``check_done``: the output's stored identity against
+``Stage.identity``), run the stage, and on any error leave a ``.failed`` marker with the one-line
+message instead of an output. It never raises, so a runner only has to look at the outcome it
+returns; a task that raised is retried later, never recorded as a result.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +22,20 @@ import torch
 from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset, load_dataset
 from nasaudit.errors import NasauditError
-from nasaudit.grid.jobs import CLEAN, JobKey, Layout, Task, defend_task, poison_task, task_seed
+from nasaudit.grid.jobs import (
+    CLEAN,
+    JobKey,
+    Layout,
+    Task,
+    defend_task,
+    poison_task,
+    shared_poison_attacks,
+    task_seed,
+)
 from nasaudit.grid.state import TaskState, error_line
-from nasaudit.io import write_json
+from nasaudit.io import read_json, write_json
 from nasaudit.registry import Registry
+from nasaudit.runs import IDENTITY
 
 VICTIM_RECORD = "victim.json"
 SUPERNET_VICTIM = "supernet_victim.pt"  # written by searches whose GC victim is their supernet (P-DARTS)
@@ -42,7 +54,12 @@ class Env:
 
 class Stage(Protocol):
     def output(self, task: Task, layout: Layout) -> Path:
-        """The file whose existence means the task is done (written last, atomically)."""
+        """The file whose existence means the task is done (written last, atomically; it stores the
+        identity of the run that made it)."""
+        ...
+
+    def identity(self, task: Task, env: Env) -> dict[str, Any]:
+        """What the task's output depends on, computed from its inputs' files without running it."""
         ...
 
     def run(self, task: Task, env: Env) -> None: ...
@@ -63,10 +80,7 @@ def grid_dataset(name: str, env: Env) -> ImageDataset:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise NasauditError(f"{path}: cannot read it ({exc}); delete it to recompute that stage") from None
+    return read_json(path, "recomputes that stage")
 
 
 class PoisonStage:
@@ -75,23 +89,34 @@ class PoisonStage:
     def output(self, task: Task, layout: Layout) -> Path:
         return layout.poison(task).with_suffix(".json")  # the manifest is written after the arrays
 
-    def run(self, task: Task, env: Env) -> None:
-        from nasaudit.attacks import AttackContext, run_attack
-        from nasaudit.data.poison import save_poison
+    def _context(self, task: Task, env: Env) -> Any:
+        from nasaudit.attacks import AttackContext
 
         victim = None
         if task.algorithm:
             record = _read_json(env.layout.victim_dir(task.dataset, task.algorithm) / VICTIM_RECORD)
             victim = env.layout.root / record["file"]
-        context = AttackContext(env.profile, env.device, env.layout.cache_dir(task.dataset), victim)
-        dataset = grid_dataset(task.dataset, env)
-        save_poison(
-            run_attack(task.attack, dataset, task.budget, task_seed(task), context), env.layout.poison(task)
+        return AttackContext(
+            env.profile, env.device, env.layout.cache_dir(task.dataset), victim, env.progress
         )
+
+    def identity(self, task: Task, env: Env) -> dict[str, Any]:
+        from nasaudit.attacks import poison_identity
+
+        dataset = grid_dataset(task.dataset, env)
+        return poison_identity(task.attack, dataset, task.budget, task_seed(task), self._context(task, env))
+
+    def run(self, task: Task, env: Env) -> None:
+        from nasaudit.attacks import make_poison_file
+
+        dataset = grid_dataset(task.dataset, env)
+        context = self._context(task, env)
+        make_poison_file(task.attack, dataset, task.budget, task_seed(task), context, env.layout.poison(task))
 
 
 class VictimStage:
-    """The GC victim of an algorithm: its best clean trial (paper §4: highest accuracy across trials).
+    """The GC victim of an algorithm: its best clean trial (paper §4: highest accuracy across trials, by
+    the accuracy ``[results] accuracy`` reports).
 
     A search that leaves ``supernet_victim.pt`` in its folder (P-DARTS: the converged supernet, whose
     architecture parameters GC targets) provides its victim itself; otherwise the victim is the
@@ -102,10 +127,32 @@ class VictimStage:
     def output(self, task: Task, layout: Layout) -> Path:
         return layout.victim_dir(task.dataset, task.algorithm) / VICTIM_RECORD
 
+    def identity(self, task: Task, env: Env) -> dict[str, Any]:
+        from nasaudit.io import sha256_file
+        from nasaudit.runs import fingerprint, profile_sections
+
+        results = [env.layout.train_dir(k) / "result.json" for k in self._clean(task)]
+        return fingerprint(
+            "victim",
+            dataset=task.dataset,
+            algorithm=task.algorithm,
+            train_results=[sha256_file(r) if r.is_file() else None for r in results],
+            network=profile_sections(
+                env.profile, ["darts_net", "results"]
+            ),  # which accuracy picks the victim
+        )
+
+    @staticmethod
+    def _clean(task: Task) -> list[JobKey]:
+        return [JobKey(task.dataset, task.algorithm, CLEAN, 0.0, t) for t in range(task.trial)]
+
     def run(self, task: Task, env: Env) -> None:
-        keys = [JobKey(task.dataset, task.algorithm, CLEAN, 0.0, t) for t in range(task.trial)]
+        from nasaudit.train import reported_accuracy
+
+        keys, which = self._clean(task), env.profile.results.accuracy
         accuracies = {
-            k.trial: _read_json(env.layout.train_dir(k) / "result.json")["test_accuracy"] for k in keys
+            k.trial: reported_accuracy(_read_json(env.layout.train_dir(k) / "result.json"), which)
+            for k in keys
         }
         best = max(keys, key=lambda k: (accuracies[k.trial], -k.trial))
         supernet = env.layout.search_dir(best) / SUPERNET_VICTIM
@@ -126,6 +173,7 @@ class VictimStage:
                 "trial": best.trial,
                 "accuracies": accuracies,
                 "source": str(env.layout.job_dir(best).relative_to(env.layout.root)),
+                IDENTITY: self.identity(task, env),
             },
         )
 
@@ -137,39 +185,65 @@ class DefendStage:
     def output(self, task: Task, layout: Layout) -> Path:
         return layout.defended(task).with_suffix(".json")  # the manifest is written after the arrays
 
+    def _context(self, task: Task, env: Env, source: dict[str, Any]) -> Any:
+        from nasaudit.defenses import DefenseContext
+
+        cache = env.layout.cache_dir(task.dataset)
+        return DefenseContext(env.profile, env.device, cache, source=source, progress=env.progress)
+
+    def identity(self, task: Task, env: Env) -> dict[str, Any]:
+        from nasaudit.defenses import defense_identity
+
+        clean, inputs = _inputs(task.key, env, defended=False)
+        return defense_identity(task.defense, clean, task_seed(task), self._context(task, env, inputs))
+
     def run(self, task: Task, env: Env) -> None:
-        from nasaudit.defenses import DefenseContext, run_defense, save_defended
+        from nasaudit.defenses import make_defended_file
 
         poisoned, source = _poisoned(task.key, env)
-        context = DefenseContext(
-            env.profile, env.device, env.layout.cache_dir(task.dataset), source=source, progress=env.progress
+        context = self._context(task, env, source)
+        indices = None  # the poisoned samples, known here, never shown to the defense (poison_outcome)
+        if not task.key.clean:
+            from nasaudit.data.poison import load_poison
+
+            indices = load_poison(
+                _poison_stem(task.key, env), grid_dataset(task.key.searched_on, env)
+            ).indices
+        make_defended_file(
+            task.defense, poisoned, task_seed(task), context, env.layout.defended(task), indices
         )
-        save_defended(
-            run_defense(task.defense, poisoned, task_seed(task), context), env.layout.defended(task)
-        )
+
+
+def _poison_stem(key: JobKey, env: Env) -> Path:
+    grid = env.profile.grid
+    return env.layout.poison(poison_task(key, grid.victim_attacks, shared_poison_attacks(grid)))
+
+
+def _defended_stem(key: JobKey, env: Env) -> Path:
+    grid = env.profile.grid
+    return env.layout.defended(defend_task(key, grid.victim_attacks, shared_poison_attacks(grid)))
 
 
 def _poisoned(key: JobKey, env: Env) -> tuple[ImageDataset, dict[str, Any]]:
     """The job's search data before any defense: its search dataset, with its poison applied."""
-    from nasaudit.data.poison import apply_poison, load_poison
-    from nasaudit.io import sha256_file
+    from nasaudit.data.poison import poisoned_data
 
-    dataset = grid_dataset(key.searched_on, env)
-    if key.clean:
-        return dataset, {"dataset": dataset.name, "poison": None, "train_sha256": dataset.train.sha256}
-    grid = env.profile.grid
-    stem = env.layout.poison(poison_task(key, grid.victim_attacks, grid.trial_shared_attacks))
-    poison = load_poison(stem, dataset)
-    poisoned = apply_poison(poison, dataset)
-    provenance = {
-        "dataset": dataset.name,
-        "poison": str(stem.with_suffix(".npz")),
-        "poison_sha256": sha256_file(stem.with_suffix(".npz")),
-        "attack": poison.attack,
-        "budget": poison.budget,
-        "train_sha256": poisoned.train.sha256,
-    }
-    return poisoned, provenance
+    return poisoned_data(grid_dataset(key.searched_on, env), None if key.clean else _poison_stem(key, env))
+
+
+def _inputs(key: JobKey, env: Env, defended: bool) -> tuple[ImageDataset, dict[str, Any]]:
+    """The clean search dataset and the hashes of the poison (and defended) files applied to it, read
+    from their manifests: what ``runs.data_identity`` needs, without loading or applying them."""
+    from nasaudit.data.poison import read_manifest
+    from nasaudit.defenses import read_defended_manifest
+
+    clean = grid_dataset(key.searched_on, env)
+    inputs: dict[str, Any] = {"clean_sha256": clean.train.sha256}
+    if not key.clean:
+        inputs["poison_sha256"] = read_manifest(_poison_stem(key, env))["npz_sha256"]
+    if defended and key.defense:
+        inputs["defended_sha256"] = read_defended_manifest(_defended_stem(key, env))["npz_sha256"]
+    return clean, inputs
 
 
 class SearchStage:
@@ -181,27 +255,26 @@ class SearchStage:
 
         return layout.search_dir(task.key) / ARCHITECTURE
 
+    def identity(self, task: Task, env: Env) -> dict[str, Any]:
+        from nasaudit.grid.variants import search_profile
+        from nasaudit.nas.base import search_identity
+        from nasaudit.runs import data_identity
+
+        clean, inputs = _inputs(task.key, env, defended=True)
+        profile = search_profile(env.profile, task.variant)
+        return search_identity(
+            task.algorithm, task_seed(task), profile, data_identity(clean, inputs), task.trial
+        )
+
     def run(self, task: Task, env: Env) -> None:
         from nasaudit.grid.variants import search_profile
         from nasaudit.nas import SearchContext, run_search
 
         dataset, provenance = _poisoned(task.key, env)
         if task.defense:
-            from nasaudit.defenses import apply_defended, load_defended
-            from nasaudit.io import sha256_file
+            from nasaudit.defenses import defended_data
 
-            grid = env.profile.grid
-            stem = env.layout.defended(defend_task(task.key, grid.victim_attacks, grid.trial_shared_attacks))
-            dataset = apply_defended(load_defended(stem, dataset), dataset)
-            provenance.update(
-                {
-                    "defense": task.defense,
-                    "defended": str(stem.with_suffix(".npz")),
-                    "defended_sha256": sha256_file(stem.with_suffix(".npz")),
-                    "train_sha256": dataset.train.sha256,
-                    "n_train": len(dataset.train),
-                }
-            )
+            dataset, provenance = defended_data(dataset, provenance, _defended_stem(task.key, env))
         if task.variant:
             provenance["variant"] = task.variant
         context = SearchContext(
@@ -210,6 +283,8 @@ class SearchStage:
             env.layout.search_dir(task.key),
             progress=env.progress,
             cache_dir=env.layout.cache_dir(task.key.searched_on),
+            clean=grid_dataset(task.key.searched_on, env),
+            trial=task.trial,
         )
         run_search(task.algorithm, dataset, task_seed(task), context, provenance)
 
@@ -222,24 +297,29 @@ class RetrainStage:
 
         return layout.train_dir(task.key) / RESULT
 
+    def identity(self, task: Task, env: Env) -> dict[str, Any]:
+        from nasaudit.models import load_architecture, retrain_identity
+
+        space, arch = load_architecture(str(STAGES.get("search").output(task, env.layout)))
+        dataset = grid_dataset(task.dataset, env)
+        return retrain_identity(space, arch, dataset, env.profile, task_seed(task))
+
     def run(self, task: Task, env: Env) -> None:
-        from nasaudit.models import MODELS, load_architecture, train_config
-        from nasaudit.train import train_model
+        from nasaudit.models import load_architecture, retrain
 
         source = STAGES.get("search").output(task, env.layout)
         space, arch = load_architecture(str(source))
-        build = MODELS.get(space)
-        dataset = grid_dataset(task.dataset, env)
-        description = {"space": space, "architecture": arch.to_json(), "source": str(source), "job": task.key}
-        train_model(
-            lambda: build(arch, dataset.num_classes, env.profile),
-            dataset,
-            train_config(space, env.profile),
+        retrain(
+            space,
+            arch,
+            grid_dataset(task.dataset, env),
+            env.profile,
             seed=task_seed(task),
             device=env.device,
             out_dir=env.layout.train_dir(task.key),
-            description=description,
             progress=env.progress,
+            source=str(source),
+            job=task.key,
         )
 
 
@@ -253,11 +333,13 @@ STAGES.register("retrain")(RetrainStage())
 @dataclass(frozen=True)
 class Outcome:
     """How one attempt at a task ended: ``done``, ``skipped`` (already done), ``busy`` (another
-    process holds it) or ``failed`` with the one-line error."""
+    process holds it) or ``failed`` with the one-line error, and ``details`` where the worker died
+    before it could leave a traceback (the last lines of a cluster job's log)."""
 
     task: Task
     status: str
     error: str = ""
+    details: str = ""
 
 
 @dataclass(frozen=True)
@@ -277,24 +359,45 @@ class RunSpec:
 
 
 def is_done(task: Task, layout: Layout) -> bool:
+    """Whether the task's output exists (cheap: ``check_done`` says whether this run made it)."""
     return STAGES.get(task.stage).output(task, layout).is_file()
+
+
+def check_done(task: Task, env: Env) -> None:
+    """Refuse, with one line, a task's existing output that another run made (other profile sections,
+    seed, input files, or a file from an older nasaudit)."""
+    from nasaudit.runs import reuse
+
+    stage = STAGES.get(task.stage)
+    reuse(stage.output(task, env.layout), stage.identity(task, env), "recomputes that task")
+
+
+def task_state(layout: Layout) -> TaskState:
+    """The markers of a grid's tasks, with each task's lock beside its output (``runs.job_lock``)."""
+    return TaskState(layout.state_dir, lambda task: STAGES.get(task.stage).output(task, layout))
 
 
 def execute(task: Task, spec: RunSpec, where: str = "local") -> Outcome:
     """Run one task in this process, unless it is done or running elsewhere; never raises."""
+    from nasaudit.runs import job_lock
+
     env = spec.env()
-    state = TaskState(env.layout.state_dir)
+    state = task_state(env.layout)
     stage = STAGES.get(task.stage)
-    with state.claim(task) as claimed:
+    output = stage.output(task, env.layout)
+    with job_lock(output, wait=False) as claimed:
         if not claimed:
             return Outcome(task, "busy")
-        if stage.output(task, env.layout).is_file():
-            return Outcome(task, "skipped")
         state.mark_running(task, where)
+        start = time.perf_counter()
         try:
+            if output.is_file():
+                check_done(task, env)
+                return Outcome(task, "skipped")
             stage.run(task, env)
-            if not stage.output(task, env.layout).is_file():
-                raise NasauditError(f"{task.id} finished without writing {stage.output(task, env.layout)}")
+            if not output.is_file():
+                raise NasauditError(f"{task.id} finished without writing {output}")
+            state.mark_done(task, time.perf_counter() - start, where, str(env.device))
         except Exception as exc:  # any failure is this task's, reported and retried
             error = error_line(exc)
             state.mark_failed(task, error, traceback.format_exc())

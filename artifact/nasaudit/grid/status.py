@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from nasaudit.grid.jobs import Grid, Task
-from nasaudit.grid.stages import is_done
-from nasaudit.grid.state import DONE, FAILED, PENDING, RUNNING, TaskState
+from nasaudit.grid.stages import is_done, task_state
+from nasaudit.grid.state import DONE, FAILED, PENDING, RUNNING
 
 BAR = "{desc:<8} {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt}"
 
@@ -22,7 +22,7 @@ class GridStatus:
 
 
 def grid_status(grid: Grid) -> GridStatus:
-    state = TaskState(grid.layout.state_dir)
+    state = task_state(grid.layout)
     counts: dict[str, Counter] = {}
     failures: dict[Task, str] = {}
     running: dict[Task, str] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,10 @@ from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.io import environment_manifest, write_json
 from nasaudit.registry import Registry
+from nasaudit.runs import IDENTITY, claim, data_identity, fingerprint, profile_sections, reuse
 
 ARCHITECTURE = "architecture.json"
+CLAIM = "job.json"  # which run the folder's resumable state belongs to (runs.claim)
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,10 @@ class SearchContext:
     """Where a search runs and keeps its resumable state and logs.
 
     ``cache_dir`` holds artifacts shared across the jobs of one dataset (RoBoT's scored pool, the
-    random baseline's supernet); None means ``shared_cache``'s default beside the job folder.
+    MobileNetV3 supernet); None means ``shared_cache``'s default beside the job folder. ``clean`` is
+    the clean dataset the search data was made from (before any poison or defense), for what must
+    never see the poison (NSGANetV2's supernet); None means the search data is clean itself.
+    ``trial`` is the job's trial: the random baseline's trial k retrains the k-th published genotype.
     """
 
     profile: Profile
@@ -31,6 +35,12 @@ class SearchContext:
     out_dir: Path
     progress: bool = True
     cache_dir: Path | None = None
+    clean: ImageDataset | None = None
+    trial: int = 0
+
+    def clean_of(self, data: ImageDataset) -> ImageDataset:
+        """The clean data behind the search data ``data``."""
+        return self.clean if self.clean is not None else data
 
 
 def shared_cache(context: SearchContext) -> Path:
@@ -53,16 +63,39 @@ class NasAlgorithm(Protocol):
 NAS: Registry[NasAlgorithm] = Registry("NAS algorithm")
 
 
+def search_identity(
+    algorithm: str, seed: int, profile: Profile, data: dict[str, Any], trial: int = 0
+) -> dict[str, Any]:
+    """What a search's result depends on: the algorithm, its profile sections, the seed, the trial (the
+    random baseline's trial picks its published genotype) and the data (``runs.data_identity``: the
+    clean split's hash and the poison and defended files applied to it)."""
+    return fingerprint(
+        "search",
+        algorithm=algorithm,
+        seed=seed,
+        trial=trial,
+        data=data,
+        profile=profile_sections(profile, NAS.uses(algorithm)),
+    )
+
+
 def run_search(
     algorithm: str, data: ImageDataset, seed: int, context: SearchContext, provenance: dict[str, Any]
 ) -> dict[str, Any]:
-    """Run a search unless its job folder already holds the result; write ``architecture.json``.
+    """Run a search unless its job folder already holds its result; write ``architecture.json``.
 
-    ``provenance`` records what the search data was (dataset, poison file and its hash).
+    ``provenance`` records what the search data was (dataset, poison file and its hash). The folder is
+    claimed (``job.json``) before the algorithm starts, so every checkpoint and log it resumes from was
+    written by this same run; a folder of another run is refused with one line.
     """
+    identity = search_identity(
+        algorithm, seed, context.profile, data_identity(data, provenance), context.trial
+    )
     path = context.out_dir / ARCHITECTURE
-    if path.is_file():
-        return json.loads(path.read_text())
+    record = reuse(path, identity, "resumes the search from the folder's saved state")
+    if record is not None:
+        return record
+    claim(context.out_dir / CLAIM, identity, fresh=True)
     algo = NAS.get(algorithm)
     start = time.perf_counter()
     arch = algo(data, seed, context)
@@ -74,6 +107,7 @@ def run_search(
         "search_time": time.perf_counter() - start,
         "search_data": provenance,
         "profile": context.profile.name,
+        IDENTITY: identity,
         "manifest": environment_manifest(str(context.device)),
     }
     write_json(path, record)

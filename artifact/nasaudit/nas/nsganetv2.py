@@ -11,24 +11,25 @@ population, chosen by a small GA to spread evenly along FLOPs next to the archiv
 end the archive's measured front gives the most accurate architecture plus the highest trade-off
 points; the one returned has the ``pick_rank``-th highest FLOPs among them.
 
-The supernet is our own, trained by progressive shrinking on the search data (a deviation: the
-original uses OFA's ImageNet weights, which ``[nsganetv2.supernet] weights`` can point to).
+The supernet is OFA's ImageNet one where ``[nsganetv2.supernet] weights`` points to it; otherwise
+its stand-in, the dataset's one supernet trained on the CLEAN training data and shared by every
+search and the random baseline (:mod:`nasaudit.nas.mbv3_supernet`). Either way no poison touches the
+inherited weights: poison reaches the search only through the fine-tunes and the held-out split, and
+the pick is retrained from the supernet's weights, as in the original.
 
 Job folder (resumable: the archive is the state; an iteration's chosen candidates are written before
 they are evaluated)::
 
-    supernet.pt            the trained supernet (supernet/ holds its training checkpoint meanwhile)
     archive.json           every evaluated architecture: encoding, accuracy, FLOPs, parameters
     iterations/NNN.json    per iteration: surrogate scores and winner, candidates, predicted errors
     pareto.json            the final front, the selected architectures and the pick
-    search_state.json      the seed, configuration and data hash the folder belongs to
+    search_state.json      the seed, configuration, data hash and supernet source the folder belongs to
     subnet.pt              the pick's inherited weights (what retraining starts from)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -51,25 +52,26 @@ from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.optimize import minimize
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from scipy.interpolate import RBFInterpolator
+from scipy.spatial.distance import cdist
 from scipy.stats import kendalltau
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import RBF, ConstantKernel
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
 from threadpoolctl import threadpool_limits
 from torch import nn
-from tqdm import tqdm
 
 from nasaudit.config import NSGANetV2Config, Profile
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
-from nasaudit.io import jsonable, save_torch, write_json
+from nasaudit.io import jsonable, read_json, save_torch, write_json
 from nasaudit.nas.base import NAS, SearchContext
+from nasaudit.nas.mbv3_supernet import shared_supernet, supernet_source
+from nasaudit.progress import bar as progress_bar
 from nasaudit.registry import Registry
+from nasaudit.runs import claim
 from nasaudit.spaces.mbv3 import (
     N_VARS,
     FlopsCounter,
@@ -79,7 +81,6 @@ from nasaudit.spaces.mbv3 import (
     decode,
     encode,
     initial_archs,
-    obtain_supernet,
     upper_bounds,
 )
 from nasaudit.train import train_model
@@ -88,6 +89,7 @@ ARCHIVE = "archive.json"
 SUBNET = "subnet.pt"
 FRONT = "pareto.json"
 STATE = "search_state.json"
+_RESTART = "restarts the search from its first evaluation (the supernet is reused)"
 
 # --- accuracy predictors --------------------------------------------------------------------------
 
@@ -103,7 +105,7 @@ class SurrogateKind:
     """How to build one predictor, and the fewest training points it can be fitted on."""
 
     make: Callable[[NSGANetV2Config, int], Surrogate]  # (config, seed) → an unfitted model
-    min_samples: Callable[[int], int]  # feature count → fewest training points
+    min_samples: Callable[[NSGANetV2Config, int], int]  # (config, feature count) → fewest training points
 
 
 SURROGATES: Registry[SurrogateKind] = Registry("surrogate")
@@ -139,21 +141,107 @@ class CartEnsemble:
         return np.mean([tree.predict(X[:, features]) for features, tree in self.trees], axis=0)
 
 
-SURROGATES.register("rbf")(SurrogateKind(lambda cfg, seed: CubicRBF(), lambda d: d + 2))
+class Kriging:
+    """NSGANetV2's GP predictor: DACE kriging as its acc_predictor/gp.py builds it with pydacefit 1.0.1.
+
+    Inputs and targets are standardised (ddof 1; a constant input column is left unscaled, where
+    pydacefit would divide by zero); a regression trend (``"linear"`` as theirs: 1 and every input,
+    or ``"constant"``) is fitted by generalised least squares under a Gaussian correlation
+    exp(−θ·‖Δx‖²) plus DACE's (10 + n)·ε nugget; the one θ is DACE's box search (boxmin) for the
+    smallest σ²·|R|^(1/n) in [1e-5, 100] from θ = 1 (pydacefit dace.py:52-79, 146-165, fit.py,
+    boxmin.py; Lophaven, Nielsen and Søndergaard 2002).
+    """
+
+    THETA, LOWER, UPPER = 1.0, 1e-5, 100.0
+
+    def __init__(self, trend: str):
+        self.trend = trend
+
+    def _regressors(self, X: np.ndarray) -> np.ndarray:
+        return np.column_stack([np.ones(len(X)), X]) if self.trend == "linear" else np.ones((len(X), 1))
+
+    def _fit_theta(self, theta: float) -> dict[str, Any] | None:
+        """The GLS fit at one θ with its objective, or None where R is not positive definite."""
+        n = len(self.X)
+        R = np.exp(-theta * cdist(self.X, self.X, "sqeuclidean")) + np.eye(n) * (10 + n) * np.finfo(float).eps
+        try:  # NumPy's solvers, as pydacefit's fit.py uses them
+            C = np.linalg.cholesky(R)
+        except np.linalg.LinAlgError:
+            return None
+        Ft = np.linalg.lstsq(C, self._regressors(self.X), rcond=None)[0]
+        Yt = np.linalg.solve(C, self.y)
+        Q, G = np.linalg.qr(Ft)
+        beta = np.linalg.lstsq(G, Q.T @ Yt, rcond=None)[0]
+        rho = Yt - Ft @ beta
+        objective = np.sum(rho**2) / n * np.prod(np.diag(C) ** (2 / n))
+        gamma = np.linalg.solve(C.T, rho)
+        return {"theta": theta, "objective": objective, "beta": beta, "gamma": gamma}
+
+    def _box_search(self) -> dict[str, Any]:
+        """DACE's boxmin for one θ: from θ = 1, two rounds of an explore step (θ·d, else θ/d) and a
+        pattern move (keep multiplying by the last gain, squared after each success)."""
+        best = self._fit_theta(self.THETA)
+        if best is None:
+            raise NasauditError("the GP surrogate cannot be fitted at θ = 1 (singular correlation)")
+        step = 2 ** (1 / 3)
+
+        def better(theta: float) -> bool:
+            nonlocal best
+            fitted = self._fit_theta(theta)
+            if fitted is not None and fitted["objective"] < best["objective"]:
+                best = fitted
+                return True
+            return False
+
+        for _ in range(2):
+            start = t = best["theta"]
+            if t == self.UPPER:
+                better(t / np.sqrt(step))
+            elif t == self.LOWER:
+                better(t * np.sqrt(step))
+            elif not better(min(self.UPPER, t * step)):
+                better(max(self.LOWER, t / step))
+            gain = best["theta"] / start
+            if gain == 1:
+                step **= 0.2
+                continue
+            while True:
+                trial = float(np.clip(best["theta"] * gain, self.LOWER, self.UPPER))
+                improved = better(trial)
+                gain **= 2
+                if not improved or trial in (self.LOWER, self.UPPER):
+                    break
+            step **= 0.25
+        return best
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> Kriging:
+        X = np.asarray(X, float)
+        self.mX, self.sX = X.mean(0), X.std(0, ddof=1)
+        self.sX[self.sX == 0] = 1.0
+        self.mY, self.sY = float(np.mean(y)), float(np.std(y, ddof=1)) or 1.0
+        self.X, self.y = (X - self.mX) / self.sX, (np.asarray(y, float) - self.mY) / self.sY
+        self.model = self._box_search()
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        Z = (np.asarray(X, float) - self.mX) / self.sX
+        r = np.exp(-self.model["theta"] * cdist(Z, self.X, "sqeuclidean"))
+        return (self._regressors(Z) @ self.model["beta"] + r @ self.model["gamma"]) * self.sY + self.mY
+
+
+#: The GP's regression trends: "linear" as NSGANetV2's gp.py (regr_linear), or "constant".
+GP_TRENDS = ("linear", "constant")
+
+SURROGATES.register("rbf")(SurrogateKind(lambda cfg, seed: CubicRBF(), lambda cfg, d: d + 2))
 SURROGATES.register("gp")(
-    # Kriging with a constant trend and a Gaussian correlation (NSGANetV2's DACE model); the length
-    # scale starts at the typical distance between encodings, where the likelihood is not flat
     SurrogateKind(
-        lambda cfg, seed: GaussianProcessRegressor(
-            ConstantKernel() * RBF(length_scale=float(np.sqrt(N_VARS)), length_scale_bounds=(1e-2, 1e3)),
-            alpha=1e-6,
-            normalize_y=True,
-            random_state=seed,
-        ),
-        lambda d: 2,
+        lambda cfg, seed: Kriging(cfg.gp_trend),
+        lambda cfg, d: d + 2 if cfg.gp_trend == "linear" else 2,  # the linear trend has d + 1 coefficients
     )
 )
-SURROGATES.register("cart")(SurrogateKind(lambda cfg, seed: CartEnsemble(cfg.cart_trees, seed), lambda d: 2))
+SURROGATES.register("cart")(
+    SurrogateKind(lambda cfg, seed: CartEnsemble(cfg.cart_trees, seed), lambda cfg, d: 2)
+)
 SURROGATES.register("mlp")(
     SurrogateKind(
         lambda cfg, seed: make_pipeline(
@@ -165,7 +253,7 @@ SURROGATES.register("mlp")(
                 random_state=seed,
             ),
         ),
-        lambda d: 2,
+        lambda cfg, d: 2,
     )
 )
 
@@ -187,7 +275,7 @@ def select_surrogate(
         np.random.default_rng(seed).permutation(len(X)), max(2, min(cfg.cv_folds, len(X) // 2))
     )
     n_train = len(X) - max(len(f) for f in folds)
-    usable = [n for n in names if kinds(n).min_samples(X.shape[1]) <= n_train]
+    usable = [n for n in names if kinds(n).min_samples(cfg, X.shape[1]) <= n_train]
     if not usable:
         raise NasauditError(
             f"no surrogate in {list(names)} can be fitted on {n_train} architectures; evaluate more initially"
@@ -386,14 +474,20 @@ def recalibrate_bn(net: nn.Module, data: DeviceData, batch_size: int = 100) -> N
         bn.momentum = momentum
 
 
-def split_validation(data: ImageDataset, val_size: int, seed: int) -> ImageDataset:
+#: As OFA's data providers (base_provider.py VALID_SEED, SUB_SEED), the held-out split and the images
+#: that recalibrate BN are drawn with fixed seeds: the same for every search of the same data.
+VALIDATION_SEED = 0
+CALIBRATION_SEED = 1
+
+
+def split_validation(data: ImageDataset, val_size: int) -> ImageDataset:
     """The search data as (train = what remains, test = ``val_size`` held-out training images)."""
     n = len(data.train)
     if not 0 < val_size < n:
         raise NasauditError(
             f"[nsganetv2] val_size = {val_size} must be between 1 and {n - 1} for {data.name}"
         )
-    order = np.random.default_rng(seed).permutation(n)
+    order = np.random.default_rng(VALIDATION_SEED).permutation(n)
     val, rest = np.sort(order[:val_size]), np.sort(order[val_size:])
     train = data.train
     return dataclasses.replace(
@@ -404,13 +498,18 @@ def split_validation(data: ImageDataset, val_size: int, seed: int) -> ImageDatas
 
 
 class Evaluator:
-    """Inherit → recalibrate BN → fine-tune on the search data → accuracy on the held-out split."""
+    """Inherit → new classifier → recalibrate BN → fine-tune on the search data → held-out accuracy.
 
-    def __init__(
-        self, supernet: MBV3SuperNet, data: ImageDataset, profile: Profile, device: torch.device, seed: int
-    ):
+    As their evaluator.py does it (lines 152-166): a fresh classifier for the target classes (dropout
+    ``[mbv3] dropout``) unless ``reset_classifier`` is off, BN statistics re-estimated on a fixed subset
+    of training images, then ``finetune``'s recipe (msunas.py passes batch 128; OFA's run manager uses
+    Nesterov momentum and a per-step cosine).
+    """
+
+    def __init__(self, supernet: MBV3SuperNet, data: ImageDataset, profile: Profile, device: torch.device):
         self.supernet, self.data, self.profile, self.device = supernet, data, profile, device
-        subset = np.random.default_rng(seed).permutation(len(data.train))[: profile.nsganetv2.bn_calibration]
+        rng = np.random.default_rng(CALIBRATION_SEED)
+        subset = rng.permutation(len(data.train))[: profile.nsganetv2.bn_calibration]
         self.calibration = DeviceData(
             Split(data.train.images[subset], data.train.labels[subset]), data, device
         )
@@ -420,6 +519,8 @@ class Evaluator:
 
         def build() -> nn.Module:
             net = self.supernet.extract(arch, dropout=self.profile.mbv3.dropout)
+            if cfg.reset_classifier:  # drawn from the training run's seed, like the rest of its draws
+                net.head.classifier.reset_parameters()
             if cfg.bn_calibration > 0:
                 recalibrate_bn(net, self.calibration)
             return net
@@ -441,7 +542,7 @@ class Archive:
 
     def __init__(self, path: Path, resolutions: list[int]):
         self.path, self.resolutions = path, resolutions
-        self.entries: list[dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else []
+        self.entries: list[dict[str, Any]] = read_json(path, _RESTART) if path.is_file() else []
         self.keys = {tuple(e["encoding"]) for e in self.entries}
 
     def __contains__(self, arch: MBV3Arch) -> bool:
@@ -466,6 +567,10 @@ def check_config(profile: Profile) -> None:
     cfg, space = profile.nsganetv2, profile.mbv3
     for name in cfg.surrogates:
         SURROGATES.get(name)
+    if cfg.gp_trend not in GP_TRENDS:
+        raise NasauditError(
+            f"[nsganetv2] gp_trend must be one of {', '.join(GP_TRENDS)}, got {cfg.gp_trend!r}"
+        )
     if (
         not space.resolutions
         or min(space.resolutions) < 32
@@ -479,22 +584,21 @@ def check_config(profile: Profile) -> None:
         raise NasauditError("[nsganetv2] initial must be at least 2 to fit a surrogate")
 
 
-def claim_folder(out: Path, seed: int, data: ImageDataset, profile: Profile) -> None:
-    """Record what the job folder's state belongs to; refuse a folder holding another search."""
+def claim_folder(
+    out: Path, seed: int, data: ImageDataset, profile: Profile, supernet: dict[str, Any] | None = None
+) -> None:
+    """Record what the job folder's state belongs to (with ``supernet``, where the weights come from);
+    refuse a folder holding another search."""
     state = jsonable(
         {
             "seed": seed,
             "train_sha256": data.train.sha256,
             "mbv3": profile.mbv3,
             "nsganetv2": profile.nsganetv2,
+            "supernet": supernet,
         }
     )
-    path = out / STATE
-    if path.is_file() and json.loads(path.read_text()) != state:
-        raise NasauditError(
-            f"{out} holds a search with another seed, configuration or data; use another --out"
-        )
-    write_json(path, state)
+    claim(out / STATE, state)
 
 
 class NSGANetV2:
@@ -504,44 +608,36 @@ class NSGANetV2:
         profile, out = context.profile, context.out_dir
         cfg, resolutions = profile.nsganetv2, list(profile.mbv3.resolutions)
         check_config(profile)
-        claim_folder(out, seed, data, profile)
-        split = split_validation(data, cfg.val_size, seed)
-        supernet = self.supernet(split, seed, context)
+        split = split_validation(data, cfg.val_size)  # a bad val_size is refused before any file
+        clean = context.clean_of(data)
+        claim_folder(out, seed, data, profile, supernet_source(clean, context))
+        # the dataset's one supernet, of the CLEAN data: no poison reaches the weights inherited
+        supernet, _ = shared_supernet(clean, context)
         flops = FlopsCounter(supernet.plan, data.num_classes)
-        evaluate = Evaluator(supernet, split, profile, context.device, seed)
+        evaluate = Evaluator(supernet, split, profile, context.device)
         archive = Archive(out / ARCHIVE, resolutions)
 
         def run(archs: list[MBV3Arch], iteration: int) -> None:
             todo = [a for a in archs if a not in archive]
-            for arch in tqdm(
-                todo, disable=not context.progress, desc=f"nsganetv2 iteration {iteration}", leave=False
-            ):
+            bar = progress_bar(len(todo), desc=f"nsganetv2 iteration {iteration}", unit="arch",
+                               enabled=context.progress)  # fmt: skip
+            for arch in todo:
                 measured = evaluate(arch, seed * 100_003 + len(archive.entries))
                 archive.add(
                     {"index": len(archive.entries), "iteration": iteration, "architecture": arch.to_json(),
                      "encoding": encode(arch, resolutions).tolist(), "mflops": flops(arch) / 1e6, **measured}
                 )  # fmt: skip
+                bar.update(1)
+            bar.close()
 
         run(initial_archs(cfg.initial, np.random.default_rng(seed), resolutions), 0)
         for iteration in range(1, cfg.iterations + 1):
             path = out / "iterations" / f"{iteration:03d}.json"
             if not path.is_file():
                 write_json(path, self.propose(archive, flops, profile, seed * 1000 + iteration, iteration))
-            plan = json.loads(path.read_text())
+            plan = read_json(path, "plans that iteration again")
             run([MBV3Arch.from_json(a) for a in plan["candidates"]], iteration)
         return self.finish(archive, supernet, profile, out)
-
-    def supernet(self, split: ImageDataset, seed: int, context: SearchContext) -> MBV3SuperNet:
-        """Our supernet of the search split (trained, resumed or reused), or the profile's weights file."""
-        profile = context.profile
-        return obtain_supernet(
-            split,
-            profile,
-            seed=seed,
-            folder=context.out_dir,
-            device=context.device,
-            progress=context.progress,
-        )
 
     def propose(
         self, archive: Archive, flops: FlopsCounter, profile: Profile, seed: int, iteration: int
@@ -593,4 +689,4 @@ class NSGANetV2:
         return dataclasses.replace(pick, weights=SUBNET).to_json()
 
 
-NAS.register("nsganetv2")(NSGANetV2())
+NAS.register("nsganetv2", uses=("mbv3", "nsganetv2"))(NSGANetV2())

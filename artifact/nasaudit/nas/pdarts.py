@@ -16,18 +16,17 @@ stage's final α, active masks and mixing weights), ``supernet_victim.pt`` (the 
 supernet, the victim of NAS-specific gradient canceling), ``pdarts_result.json`` (the genotype before
 and after the skip limit). ``pdarts_checkpoint.pt`` holds the model, both optimisers, stage, epoch and
 log after every epoch; every random draw is keyed by (seed, stage, epoch), so a killed search resumes
-to exactly the result of an uninterrupted one. On CUDA the forward runs in bfloat16 autocast with
-channels_last tensors.
+to exactly the result of an uninterrupted one. The forward runs in ``[pdarts] precision`` (fp32 as
+run; bf16 autocast as an opt-in), on CUDA with channels_last tensors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +35,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from nasaudit.config import PDartsConfig
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
-from nasaudit.io import jsonable, save_torch, write_json, write_npz
+from nasaudit.io import jsonable, load_torch, read_json, save_torch, write_json, write_npz
 from nasaudit.nas.base import NAS, SearchContext
+from nasaudit.precision import autocast
+from nasaudit.progress import bar as progress_bar
+from nasaudit.runs import check_same_run
 from nasaudit.spaces.darts import CELL_TYPES, CONCAT, EDGES, NODES, PRIMITIVES, Genotype, SuperNet
 from nasaudit.train import evaluate
 
@@ -113,26 +114,22 @@ def _cycle(
 # --- one epoch of alternating updates -----------------------------------------------------------------
 
 
-def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def _step(
     model: SuperNet,
     x: torch.Tensor,
     y: torch.Tensor,
     params: list[nn.Parameter],
     optimizer: torch.optim.Optimizer,
-    grad_clip: float,
+    cfg: PDartsConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One update of ``params`` only; gradients of the other group are never computed."""
-    with _autocast(x.device):
+    with autocast(x.device, cfg.precision):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=params)
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(params, grad_clip)
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
     return loss.detach() * len(y), (logits.argmax(1) == y).sum()
 
@@ -149,10 +146,12 @@ def search_epoch(
     stage: int,
     epoch: int,
     train_arch: bool,
+    on_step: Callable[[int], object] | None = None,
 ) -> dict[str, float | None]:
     """One pass over the weight-train half; with ``train_arch`` an α step on an arch-val batch first.
 
     Returns the mean losses and accuracies (%) of the weight steps and of the α steps (None without).
+    ``on_step(1)`` is called after each step (a progress bar's ``update``).
     """
     model.train()
     weights, alphas = model.weight_parameters(), model.arch_parameters()
@@ -163,13 +162,15 @@ def search_epoch(
     for x, y in _batches(train_data, cfg, seed, "train", stage, epoch):
         if train_arch:
             xv, yv = next(val_stream)
-            loss, correct = _step(model, xv, yv, alphas, arch_opt, cfg.grad_clip)
+            loss, correct = _step(model, xv, yv, alphas, arch_opt, cfg)
             sums["arch_loss"] += loss
             sums["arch_correct"] += correct
             arch_seen += len(yv)
-        loss, correct = _step(model, x, y, weights, weight_opt, cfg.grad_clip)
+        loss, correct = _step(model, x, y, weights, weight_opt, cfg)
         sums["loss"] += loss
         sums["correct"] += correct
+        if on_step is not None:
+            on_step(1)
     n = len(train_data)
     return {
         "train_loss": float(sums["loss"]) / n,
@@ -285,9 +286,8 @@ def check_config(cfg: PDartsConfig, data: ImageDataset) -> None:
         fail(f"train_portion {cfg.train_portion} leaves an empty half of {len(data.train)} images")
 
 
-def _fingerprint(cfg: PDartsConfig, data: ImageDataset, seed: int) -> str:
-    key = {"config": jsonable(cfg), "seed": seed, "train": data.train.sha256, "classes": data.num_classes}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+def _fingerprint(cfg: PDartsConfig, data: ImageDataset, seed: int) -> dict[str, Any]:
+    return {"config": jsonable(cfg), "seed": seed, "train": data.train.sha256, "classes": data.num_classes}
 
 
 def _full_candidates() -> dict[str, list[list[str]]]:
@@ -353,12 +353,16 @@ class PDarts:
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         out = context.out_dir
-        if (out / RESULT).is_file():
-            return json.loads((out / RESULT).read_text())["genotype"]
         cfg, device = context.profile.pdarts, context.device
         check_config(cfg, data)
-        rates = skip_dropout_rates(cfg, data.name)
         fingerprint = _fingerprint(cfg, data, seed)
+        if (out / RESULT).is_file():
+            result = read_json(out / RESULT, "runs the search again")
+            check_same_run(
+                out / RESULT, result.get("fingerprint") if isinstance(result, dict) else None, fingerprint
+            )
+            return result["genotype"]
+        rates = skip_dropout_rates(cfg, data.name)
         weight_half, arch_half = split_search_data(data.train, cfg.train_portion, seed)
         train_data = DeviceData(weight_half, data, device)
         val_data = DeviceData(arch_half, data, device)
@@ -385,13 +389,10 @@ class PDarts:
             }
         first_stage, candidates, log, alphas = (state[k] for k in ("stage", "candidates", "log", "alphas"))
         started = time.perf_counter() - state["elapsed"]
-        bar = tqdm(
-            total=len(cfg.layers) * cfg.epochs,
-            initial=len(log["epochs"]),
-            disable=not context.progress,
-            desc="pdarts",
-            unit="epoch",
-            leave=False,
+        steps = train_data.num_batches(cfg.batch_size)  # weight steps per epoch: the bar moves per step
+        total = len(cfg.layers) * cfg.epochs * steps
+        bar = progress_bar(
+            total, desc="pdarts", unit="step", enabled=context.progress, initial=len(log["epochs"]) * steps
         )
 
         for stage in range(first_stage, len(cfg.layers)):
@@ -404,7 +405,10 @@ class PDarts:
                 current.load_state_dict(state)
                 start = state["epoch"] + 1
             for epoch in range(start, cfg.epochs):
-                entry = _run_epoch(current, train_data, val_data, cfg, seed, stage, epoch, rates[stage])
+                entry = _run_epoch(
+                    current, train_data, val_data, cfg, seed, stage, epoch, rates[stage], bar.update
+                )
+                bar.set_postfix(stage=stage, epoch=epoch)
                 entry["elapsed"] = time.perf_counter() - started
                 log["epochs"].append(entry)
                 write_json(out / LOG, log)
@@ -422,7 +426,6 @@ class PDarts:
                         **current.state_dict(),
                     },
                 )
-                bar.update(1)
             candidates = _end_stage(current, cfg, stage, log, alphas)
         bar.close()
 
@@ -446,21 +449,19 @@ class PDarts:
                 "search_time": time.perf_counter() - started,
                 "train_sha256": data.train.sha256,
                 "config": jsonable(cfg),
+                "fingerprint": fingerprint,
             },
         )
         (out / CHECKPOINT).unlink(missing_ok=True)
         return genotype.to_json()
 
 
-def _load_checkpoint(path: Path, fingerprint: str, device: torch.device) -> dict[str, Any] | None:
+def _load_checkpoint(path: Path, fingerprint: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location=device, weights_only=True)
-    if state.get("format") != FORMAT or state.get("fingerprint") != fingerprint:
-        raise NasauditError(
-            f"{path} belongs to another P-DARTS search (profile, seed or data differ); "
-            "use a fresh --out folder or delete it"
-        )
+    state = load_torch(path, "restarts the search from its first epoch", map_location=device)
+    ok = isinstance(state, dict) and state.get("format") == FORMAT
+    check_same_run(path, state.get("fingerprint") if ok else None, fingerprint)
     state["alphas"] = {k: v.cpu() for k, v in state["alphas"].items()}
     return state
 
@@ -474,6 +475,7 @@ def _run_epoch(
     stage: int,
     epoch: int,
     rate: float,
+    on_step: Callable[[int], object] | None = None,
 ) -> dict[str, Any]:
     """Set the epoch's learning rate and skip dropout, train, and describe the supernet afterwards."""
     model = current.model
@@ -494,6 +496,7 @@ def _run_epoch(
         stage=stage,
         epoch=epoch,
         train_arch=train_arch,
+        on_step=on_step,
     )
     entry: dict[str, Any] = {
         "stage": stage,
@@ -505,7 +508,7 @@ def _run_epoch(
         **metrics,
     }
     if cfg.epochs - epoch <= cfg.eval_epochs:
-        entry["val_loss"], entry["val_acc"] = evaluate(model, val_data)
+        entry["val_loss"], entry["val_acc"] = evaluate(model, val_data, precision=cfg.precision)
     entry["alpha_entropy"] = {t: _entropy(model.mixing_weights(t)) for t in CELL_TYPES}
     entry["genotype"] = model.genotype().to_json()
     return entry
@@ -539,4 +542,4 @@ def _save_victim(path: Path, current: _Stage, data: ImageDataset, dropout: float
     )
 
 
-NAS.register("pdarts")(PDarts())
+NAS.register("pdarts", uses=("pdarts",))(PDarts())

@@ -1,98 +1,64 @@
-"""Random sampling: an architecture drawn uniformly from a space (the paper's baseline, §4; App. A).
+"""Random sampling: an architecture drawn at random from a space (the paper's baseline, §4; App. A).
 
 It ignores the data by design; retrained, its architectures give the reference accuracy that ΔImp.
 is measured against, so they are retrained with the recipe the searched architectures get. In the
+DARTS space the paper profile retrains the authors' own ten random genotypes (RANDOM_1..10 of their
+genotypes.py, registered as ``random_1``..``random_10``): trial k takes the k-th name of
+``[random_baseline] genotypes``. With none listed, a genotype is drawn by ``[random_baseline]
+sampling``: "as_run" is their random_genotype.py (each edge's input independent), "distinct" draws 2
+distinct inputs per node. In the
 MobileNetV3 space that recipe (``[mbv3] init = "search"``) starts from weights inherited from a
-supernet, so a random architecture inherits its own from a supernet trained by progressive shrinking
-on the data the baseline is drawn for (the clean training set, in the grid and ``nasaudit
-random-baseline``). That supernet does not depend on which architecture is drawn: it is trained once
-per (data, space, supernet settings), with a seed fixed for all of them, and shared by every random
-architecture from the shared cache (``SearchContext.cache_dir``).
+supernet: a random architecture inherits its own from the dataset's one shared supernet
+(:mod:`nasaudit.nas.mbv3_supernet`), the one NSGANetV2's searches inherit from, trained once on the
+clean training data and shared from the cache (``SearchContext.cache_dir``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import hashlib
-import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nasaudit.config import Profile
+from nasaudit.config import RandomBaselineConfig
 from nasaudit.data.datasets import ImageDataset
-from nasaudit.io import jsonable, save_torch, write_json
-from nasaudit.nas.base import NAS, SearchContext, shared_cache
+from nasaudit.errors import NasauditError
+from nasaudit.io import save_torch
+from nasaudit.nas.base import NAS, SearchContext
+from nasaudit.nas.mbv3_supernet import shared_supernet
 from nasaudit.nas.nsganetv2 import SUBNET  # the inherited weights' file, named as a search names its pick's
-from nasaudit.spaces.darts import random_genotype
-from nasaudit.spaces.mbv3 import MBV3SuperNet, obtain_supernet, random_arch
+from nasaudit.spaces.darts import GENOTYPES, SAMPLINGS, Genotype, random_genotype
+from nasaudit.spaces.mbv3 import random_arch
 
-SUPERNET_SEED = 0  # the baseline's supernet is one per dataset, whatever seed draws the architecture
-SUPERNET_FORMAT = "nasaudit-baseline-supernet/1"
+
+def check_random_baseline(cfg: RandomBaselineConfig, n: int) -> None:
+    """One line before any work if the DARTS baseline's settings cannot give ``n`` architectures."""
+    SAMPLINGS.get(cfg.sampling)
+    for name in cfg.genotypes:
+        GENOTYPES.get(name)
+    if cfg.genotypes and n > len(cfg.genotypes):
+        raise NasauditError(
+            f"the random baseline retrains {n} architectures but [random_baseline] genotypes lists "
+            f"{len(cfg.genotypes)}; list more, lower n, or set genotypes = [] to draw them"
+        )
+
+
+def baseline_genotype(cfg: RandomBaselineConfig, seed: int, trial: int) -> Genotype:
+    """Trial ``trial``'s architecture: the listed published genotype, else one drawn from ``seed``."""
+    if not cfg.genotypes:
+        return random_genotype(np.random.default_rng(seed), sampling=cfg.sampling)
+    check_random_baseline(cfg, trial + 1)
+    return GENOTYPES.get(cfg.genotypes[trial])
 
 
 class RandomSampling:
     space = "darts"
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
-        return random_genotype(np.random.default_rng(seed)).to_json()
+        return baseline_genotype(context.profile.random_baseline, seed, context.trial).to_json()
 
 
-NAS.register("random")(RandomSampling())
-
-
-def supernet_key(data: ImageDataset, profile: Profile) -> dict[str, Any]:
-    """Everything the baseline's supernet depends on; its hash names the cache folder."""
-    return jsonable(
-        {
-            "format": SUPERNET_FORMAT,
-            "dataset": data.name,
-            "train_sha256": data.train.sha256,
-            "mean": list(data.mean),
-            "std": list(data.std),
-            "num_classes": data.num_classes,
-            "width_mult": profile.mbv3.width_mult,
-            "resolutions": list(profile.mbv3.resolutions),
-            "supernet": profile.nsganetv2.supernet,
-            "seed": SUPERNET_SEED,
-        }
-    )
-
-
-def supernet_folder(cache_dir: Path, key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return Path(cache_dir) / "mbv3_supernet" / digest[:20]
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``: jobs started together wait for the one training the
-    supernet and then load it, instead of each training (and checkpointing over) the same one."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-def baseline_supernet(data: ImageDataset, context: SearchContext) -> MBV3SuperNet:
-    """The supernet random architectures of ``data`` inherit from, trained on first use and cached."""
-    profile = context.profile
-    key = supernet_key(data, profile)
-    folder = supernet_folder(shared_cache(context), key)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "key.json", key)
-    with _exclusive(folder / "lock"):
-        return obtain_supernet(
-            data,
-            profile,
-            seed=SUPERNET_SEED,
-            folder=folder,
-            device=context.device,
-            progress=context.progress,
-        )
+NAS.register("random", uses=("random_baseline",))(RandomSampling())
 
 
 class RandomMBV3:
@@ -108,9 +74,9 @@ class RandomMBV3:
         arch = random_arch(np.random.default_rng(seed), context.profile.mbv3.resolutions)
         if context.profile.mbv3.init != "search":
             return arch.to_json()
-        supernet = baseline_supernet(data, context)
+        supernet, _ = shared_supernet(context.clean_of(data), context)
         save_torch(context.out_dir / SUBNET, {"state_dict": supernet.extract(arch).state_dict()})
         return dataclasses.replace(arch, weights=SUBNET).to_json()
 
 
-NAS.register("random_mbv3")(RandomMBV3())
+NAS.register("random_mbv3", uses=("mbv3", "nsganetv2.supernet"))(RandomMBV3())

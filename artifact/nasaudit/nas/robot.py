@@ -3,9 +3,11 @@
 A weight vector w ∈ [−1, 1]^M turns the pool's min-max normalised proxies into one score; its value
 is the validation accuracy of the pool's top-scoring architecture under w after a short training (a
 "query"). A Gaussian process with a UCB acquisition proposes the weight vectors (1 random point, then
-24 proposals); the pool is then ranked under the best w and its unqueried architectures are trained
-in order until 25 distinct ones have been. The pick is the queried architecture with the highest
-validation accuracy (the official code's min over dict keys here is a bug SPEC says to fix).
+24 proposals), as the bayesian-optimization 1.2.0 package the authors pinned does it; the pool is then
+ranked under the best w (the last one that reached the best accuracy, as their ``>=`` keeps it) and
+its unqueried architectures are trained in order until 25 distinct ones have been. The pick is the
+queried architecture with the highest validation accuracy (the official code's min over dict keys
+here is a bug SPEC says to fix).
 
 State lives in the job folder: ``robot_log.json`` (every evaluation, rewritten atomically after each)
 and ``queries/<genotype hash>/`` (one resumable training run per architecture, never repeated). Every
@@ -31,7 +33,7 @@ import torch
 from nasaudit.config import RobotConfig
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.errors import NasauditError
-from nasaudit.io import environment_manifest, write_json
+from nasaudit.io import environment_manifest, read_json, write_json
 from nasaudit.nas.base import NAS, SearchContext, shared_cache
 from nasaudit.nas.robot_pool import (
     POOL_OPS,
@@ -43,12 +45,16 @@ from nasaudit.nas.robot_pool import (
     weighted_scores,
 )
 from nasaudit.proxies import PROXIES
+from nasaudit.runs import check_same_run
 from nasaudit.spaces.darts import EvalNetwork, Genotype
 from nasaudit.train import train_model
 
 LOG = "robot_log.json"
 RESULT = "robot_result.json"
-LOG_FORMAT = "nasaudit-robot-log/1"
+LOG_FORMAT = "nasaudit-robot-log/2"
+#: Where L-BFGS-B starts maximising the acquisition: "random", fresh uniform points (bayes_opt 1.2.0,
+#: util.py:51-53 ``acq_max``, as run), or "best", the best of the random samples it was evaluated on.
+ACQUISITION_SEEDS = ("random", "best")
 GP_NU = 2.5  # Matern smoothness (SPEC §6; the bayesian-optimization package's default)
 GP_ALPHA = 1e-6  # GP observation noise (SPEC §6)
 
@@ -69,7 +75,8 @@ def propose_weights(
 
     The GP (Matern ν = 2.5, α = 1e-6, normalised targets, ``gp_restarts`` restarts) is fitted to the
     evaluations so far; UCB = μ + κσ is maximised over ``acquisition_samples`` uniform points, then
-    L-BFGS-B runs from the ``acquisition_starts`` best of them inside the box [−1, 1]^dim.
+    L-BFGS-B runs from ``acquisition_starts`` points (``acquisition_seeds``) inside the box [−1, 1]^dim;
+    a run's optimum replaces the best so far when at least as good (bayes_opt 1.2.0, util.py:7-71).
     """
     rng = _step_rng(seed, step)
     if step < cfg.bo_init or len(values) == 0:
@@ -108,7 +115,11 @@ def _ucb_argmax(
     acquisition = ucb(samples)
     order = np.argsort(-acquisition, kind="stable")
     best_x, best_value = samples[order[0]], float(acquisition[order[0]])
-    for start in samples[order[: cfg.acquisition_starts]]:
+    if cfg.acquisition_seeds == "random":
+        starts = rng.uniform(-1.0, 1.0, (cfg.acquisition_starts, dim))
+    else:
+        starts = samples[order[: cfg.acquisition_starts]]
+    for start in starts:
         res = minimize(lambda x: -ucb(x)[0], start, method="L-BFGS-B", bounds=[(-1.0, 1.0)] * dim)
         if res.success and -float(res.fun) >= best_value:
             best_x, best_value = res.x, -float(res.fun)
@@ -121,16 +132,8 @@ def _ucb_argmax(
 def _load_log(path: Path | None, header: dict[str, Any]) -> list[dict[str, Any]]:
     if path is None or not path.is_file():
         return []
-    try:
-        log = json.loads(path.read_text())
-        same = {key: log[key] for key in header} == header
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        same = False
-    if not same:
-        raise NasauditError(
-            f"{path} belongs to another RoBoT search (seed, pool or proxies differ) or is damaged; "
-            "use a fresh --out folder"
-        )
+    log = read_json(path, "restarts the search's queries (trained queries are reused)")
+    check_same_run(path, {key: log.get(key) for key in header} if isinstance(log, dict) else None, header)
     return log["evaluations"]
 
 
@@ -156,7 +159,7 @@ def robot_search(
     for e in evaluations:
         accuracies.setdefault(e["arch"], e["accuracy"])
 
-    def record(phase: str, weights: np.ndarray | None, arch: int) -> None:
+    def record(phase: str, weights: np.ndarray | None, arch: int, **extra: Any) -> None:
         trained = arch not in accuracies
         if trained:
             accuracies[arch] = float(query(arch))
@@ -167,22 +170,31 @@ def robot_search(
                 "arch": arch,
                 "accuracy": accuracies[arch],
                 "trained": trained,
+                **extra,
             }
         )
         if log_path is not None:
             write_json(log_path, {**header, "evaluations": evaluations})
 
     def bo_history() -> tuple[np.ndarray, np.ndarray]:
-        bo = [e for e in evaluations if e["weights"] is not None]
+        """The distinct weight vectors evaluated and their accuracies, in order: what the GP sees."""
+        bo = [e for e in evaluations if e["weights"] is not None and not e.get("repeated")]
         return np.array([e["weights"] for e in bo]).reshape(-1, dim), np.array([e["accuracy"] for e in bo])
 
-    for step in range(len(bo_history()[1]), cfg.bo_init + cfg.bo_steps):
+    steps_done = sum(e["weights"] is not None for e in evaluations)
+    for step in range(steps_done, cfg.bo_init + cfg.bo_steps):
         w_seen, y_seen = bo_history()
         w = propose_weights(w_seen, y_seen, step, seed, cfg, dim)
-        record("init" if step < cfg.bo_init else "bo", w, int(np.argmax(weighted_scores(normalised, w))))
+        # bayes_opt 1.2.0 probes a point it has seen no second time (target_space.py:188-196): the step
+        # is spent, but the GP and the best-w bookkeeping never see it again
+        repeated = any(np.array_equal(w, seen) for seen in w_seen)
+        arch = int(np.argmax(weighted_scores(normalised, w)))
+        record("init" if step < cfg.bo_init else "bo", w, arch, repeated=repeated)
 
     w_seen, y_seen = bo_history()
-    best_weights = w_seen[int(np.argmax(y_seen))]
+    # the LAST w that reached the best accuracy: their search() keeps w whenever acc >= best so far
+    # (ztcoalson/RoBoT darts_space/search.py:333-342); ties are common, the top architecture recurs
+    best_weights = w_seen[int(np.flatnonzero(y_seen == y_seen.max())[-1])]
     ranking = np.argsort(-weighted_scores(normalised, best_weights), kind="stable")
     for arch in ranking:
         if len(accuracies) >= cfg.queries:
@@ -261,6 +273,11 @@ class QueryTrainer:
 def check_config(cfg: RobotConfig, data: ImageDataset) -> None:
     """One-line errors for a [robot] section that cannot run on ``data``."""
     POOL_OPS.get(cfg.pool_ops)
+    if cfg.acquisition_seeds not in ACQUISITION_SEEDS:
+        raise NasauditError(
+            f"profile [robot] acquisition_seeds must be one of {', '.join(ACQUISITION_SEEDS)}, "
+            f"got {cfg.acquisition_seeds!r}"
+        )
     for name in cfg.proxies:
         PROXIES.get(name)
     if not cfg.proxies or len(set(cfg.proxies)) != len(cfg.proxies):
@@ -276,10 +293,10 @@ def check_config(cfg: RobotConfig, data: ImageDataset) -> None:
             f"profile [robot] pool_stack {cfg.pool_stack} must divide pool_chunk {cfg.pool_chunk}, "
             "so that no stack straddles two saved chunks"
         )
-    if cfg.proxy_batch > len(data.train) or len(data.train) < 4:
+    if cfg.proxy_batch > len(data.train) // 2 or len(data.train) < 4:
         raise NasauditError(
             f"{data.name}: {len(data.train)} training images are too few for RoBoT "
-            f"(proxy_batch {cfg.proxy_batch}, and two halves for the queries)"
+            f"(two halves for the queries, proxy_batch {cfg.proxy_batch} from the first)"
         )
 
 
@@ -317,4 +334,4 @@ class Robot:
         return pool[result["pick"]].to_json()
 
 
-NAS.register("robot")(Robot())
+NAS.register("robot", uses=("robot",))(Robot())

@@ -30,19 +30,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from nasaudit.config import RobotConfig
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
 from nasaudit.io import environment_manifest, write_json, write_npz
+from nasaudit.progress import bar as progress_bar
 from nasaudit.proxies import PROXIES
 from nasaudit.proxies.zero_cost import jacob_cov_of
 from nasaudit.registry import Registry
 from nasaudit.spaces.darts import EDGE_OPS, EDGES, PRIMITIVES, EvalNetwork, Genotype, derive_genotype
 from nasaudit.spaces.darts.stacked import StackedLinear, StackedNetworks, scored_layers
 
-POOL_FORMAT = "nasaudit-robot-pool/1"
+POOL_FORMAT = "nasaudit-robot-pool/2"
 
 #: What the 7 columns of a random weight row mean. As run, RoBoT drew 7 columns but derived them
 #: against the first 7 DARTS primitives, so column 0 is 'none' and dil_conv_5x5 is never sampled.
@@ -71,9 +71,13 @@ def sample_pool(size: int, seed: int, pool_ops: str) -> list[Genotype]:
 
 
 def proxy_batch(data: ImageDataset, seed: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The one fixed batch that scores the whole pool: seeded indices, un-augmented, normalised."""
+    """The one fixed batch that scores the whole pool: seeded indices, un-augmented, normalised.
+
+    Drawn from the first half of the training split, the half the queries train on: as run, it is the
+    first batch of that half's shuffled loader (ztcoalson/RoBoT darts_space/search.py:156-159, 284-285).
+    """
     rng = np.random.default_rng([seed, 1])
-    idx = rng.choice(len(data.train), size=size, replace=False)
+    idx = rng.choice(len(data.train) // 2, size=size, replace=False)
     chosen = DeviceData(Split(data.train.images[idx], data.train.labels[idx]), data, device)
     return chosen.transform(chosen.images), chosen.labels
 
@@ -301,7 +305,7 @@ def score_pool(
         )
     inputs, targets = proxy_batch(data, seed, cfg.proxy_batch, device)
     chunks = []
-    bar = tqdm(total=len(pool), disable=not progress, desc="RoBoT pool", unit="arch", leave=False)
+    bar = progress_bar(len(pool), desc="RoBoT pool", unit="arch", enabled=progress)
     for start in range(0, len(pool), cfg.pool_chunk):
         stop = min(start + cfg.pool_chunk, len(pool))
         path = _chunk_path(folder, start, stop)

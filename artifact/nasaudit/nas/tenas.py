@@ -4,9 +4,9 @@ A tiny DARTS supernet starts with every candidate op on every edge. Two training
 removing a piece of it: trainability, the condition number κ of the empirical NTK on one augmented
 batch, and expressivity, the number R of linear regions over 3×3 one-channel crops. An op round scores
 removing each remaining op of each multi-op edge (both cell types together), ranks Δκ descending and
-ΔR ascending, and drops the ``prune_number`` ops of each edge with the lowest rank sum; once every edge
-holds one op, each node keeps the 2 incoming edges whose removal would cost most. Labels are never
-read, so label-flipping poisons cannot change the result.
+ΔR ascending (as prune_tenas.py ranks: ``rank_ties``), and drops the ``prune_number`` ops of each edge
+with the lowest rank sum; once every edge holds one op, each node keeps the 2 incoming edges whose
+removal would cost most. Labels are never read, so label-flipping poisons cannot change the result.
 
 How randomness is planned (our choice; the as-run code drew from shared loaders): every draw is seeded
 by (seed, round, candidate, repeat, purpose), so a round depends only on the candidate sets it starts
@@ -20,20 +20,23 @@ and end exactly as an uninterrupted one. Within a round, as run:
   code's re-init never fires); ``"kaiming"`` re-draws them before every repeat (fan_out for the NTK
   net, fan_in for the linear-region net).
 
-The edge stage is one round per node (normal cell then reduction, node 0 has only 2 edges), each with
-freshly built scoring nets, applied greedily so later nodes are scored on the already pruned cell.
+The edge stage is one round per node (normal cell then reduction, node 0 has only 2 edges), applied
+greedily so later nodes are scored on the already pruned cell. As run (``edge_reference = "as_run"``),
+its κ reference is one net of the cell the stage starts from, all 14 edges, built and weighted once
+for all its candidates; each candidate is that net minus the edges pruned so far and the edge scored.
+The linear-region nets are built per candidate on the pruned cell, as in the op rounds.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,17 +47,22 @@ from tqdm import tqdm
 
 from nasaudit.config import TenasConfig
 from nasaudit.data.datasets import ImageDataset
-from nasaudit.data.device import DeviceData
+from nasaudit.data.device import DeviceData, unit_pixels
 from nasaudit.errors import NasauditError
-from nasaudit.io import jsonable, write_json
+from nasaudit.io import jsonable, read_json, write_json
 from nasaudit.nas.base import NAS, SearchContext
+from nasaudit.progress import bar
 from nasaudit.proxies.linear_regions import linear_regions
 from nasaudit.proxies.ntk import ntk_cond
 from nasaudit.registry import Registry
+from nasaudit.runs import check_same_run
 from nasaudit.spaces.darts import CELL_TYPES, CONCAT, EDGE_OPS, EDGES, NODES, Genotype, SuperNet
 
 STATE = "tenas_state.json"
-FORMAT = "nasaudit-tenas/1"
+FORMAT = "nasaudit-tenas/2"
+#: κ reference of the edge stage: "as_run", one net of the cell the stage starts from (all 14 edges,
+#: prune_tenas.py:202-211), or "pruned", each node's round rebuilt on the cell pruned so far.
+EDGE_REFERENCES = ("as_run", "pruned")
 
 Candidates = dict[str, list[list[str]]]
 """Per cell type, the op names still present on each of the 14 edges (an empty list: edge removed)."""
@@ -213,7 +221,7 @@ class Scorer:
         rows = (top[:, None] + offsets)[:, :, None]
         cols = (left[:, None] + offsets)[:, None, :]
         index, rows, cols, channel = (t.to(self.device) for t in (index, rows, cols, channel))
-        crops = self.train.images[index[:, None, None], rows, cols, channel[:, None, None]].float() / 255.0
+        crops = unit_pixels(self.train.images[index[:, None, None], rows, cols, channel[:, None, None]])
         x = (crops - self.mean[channel, None, None]) / self.std[channel, None, None]
         return x[:, None]
 
@@ -224,11 +232,26 @@ class Scorer:
         return net.to(self.device)
 
     def score(
-        self, round_index: int, candidates: Candidates, removals: Sequence[Removal], progress: tqdm
+        self,
+        round_index: int,
+        candidates: Candidates,
+        removals: Sequence[Removal],
+        progress: tqdm,
+        reference: Candidates | None = None,
     ) -> list[Score]:
-        """Δκ = (κ − κ_without)/κ and ΔR = (R − R_without)/R of each removal, per repeat."""
+        """Δκ = (κ − κ_without)/κ and ΔR = (R − R_without)/R of each removal, per repeat.
+
+        With ``reference`` (the as-run edge stage), κ is that of the reference cell, whose net (and
+        weights) depend on the reference alone, and κ_without that of the same net minus whatever
+        ``candidates`` already lack and minus the removal; R is always measured on ``candidates``.
+        """
         cfg, seed = self.cfg, self.seed
-        ntk_net = self.build(candidates, True, derive_seed(seed, round_index, "ntk_net"))
+        if reference is None:
+            ntk_net = self.build(candidates, True, derive_seed(seed, round_index, "ntk_net"))
+            pruned: list[Removal] = []
+        else:
+            ntk_net = self.build(reference, True, derive_seed(seed, "edge_reference"))
+            pruned = missing(reference, candidates)
         scores = []
         for i, removal in enumerate(removals):
             region_net = self.build(candidates, False, derive_seed(seed, round_index, i, "region_net"))
@@ -239,7 +262,9 @@ class Scorer:
                     self.init(ntk_net, "fan_out")
                 batch = self.ntk_batch(derive_seed(*key, "ntk_batch"))
                 kappa = ntk_cond(ntk_net, batch)
-                with without(ntk_net, removal):
+                with ExitStack() as stack:
+                    for taken in (*pruned, removal):
+                        stack.enter_context(without(ntk_net, taken))
                     kappa_without = ntk_cond(ntk_net, batch)
                 with seeded(derive_seed(*key, "region_init"), self.device):
                     self.init(region_net, "fan_in")
@@ -249,11 +274,25 @@ class Scorer:
                     regions_without = linear_regions(region_net, crops, batch_size=cfg.lr_batch_size)
                 score.kappa.append((kappa, kappa_without))
                 score.regions.append((regions, regions_without))
-                score.delta_kappa.append(round((kappa - kappa_without) / kappa, cfg.precision))
+                # As run: κ is a NumPy float there (np.nan_to_num, lib/procedures/ntk.py:65), so its
+                # delta is rounded by NumPy; the region count is a Python float (prune_tenas.py:112,136).
+                delta_kappa = np.float64((kappa - kappa_without) / kappa)
+                score.delta_kappa.append(float(np.round(delta_kappa, cfg.precision)))
                 score.delta_regions.append(round((regions - regions_without) / regions, cfg.precision))
+                progress.update(1)
             scores.append(score)
-            progress.update(1)
         return scores
+
+
+def missing(reference: Candidates, candidates: Candidates) -> list[Removal]:
+    """What ``candidates`` lack of ``reference``, as one removal per edge that lost ops."""
+    out = []
+    for cell in CELL_TYPES:
+        for edge, (before, now) in enumerate(zip(reference[cell], candidates[cell], strict=True)):
+            gone = tuple(op for op in before if op not in now)
+            if gone:
+                out.append(Removal(cell, edge, gone))
+    return out
 
 
 # --- ranking and rounds --------------------------------------------------------------------------------
@@ -266,9 +305,46 @@ def significant(value: float, figures: int) -> float:
     return round(value, figures - 1 - math.floor(math.log10(abs(value))))
 
 
+def as_run_key(value: float, figures: int) -> float:
+    """The sort key of ztcoalson/TENAS prune_tenas.py (``round_to``, lines 53-64, applied at 148 and 160).
+
+    The magnitude plus 1e-8 is scaled into [0.1, 1) with ``math.log(x, 10)`` (not ``log10``: they differ
+    at exact powers of ten) and rounded to ``figures`` decimals by NumPy's rounding, which is what
+    Python's ``round`` does to the NumPy floats their means are. Reproduced arithmetic for arithmetic,
+    so that equal and unequal keys fall exactly as theirs.
+    """
+    if value == 0:
+        return value
+    magnitude = abs(value) + 1e-8
+    power = math.floor(math.log(magnitude, 10)) + 1
+    scaled = float(np.round(np.float64(magnitude * 10.0**-power), figures))
+    return math.copysign(1.0, value) * scaled * 10.0**power
+
+
+Ranker = Callable[[Sequence[float], bool, int], list[int]]
+"""``(values, descending, figures)`` → each value's rank from 0 (0 = first to prune)."""
+
+RANK_TIES: Registry[Ranker] = Registry("TE-NAS rank_ties setting")
+
+
+@RANK_TIES.register("as_run")
+def as_run_ranks(values: Sequence[float], descending: bool, figures: int) -> list[int]:
+    """Ranks as prune_tenas.py gives them (lines 148-170): the values are stably sorted by
+    :func:`as_run_key`, then walked in that order, each one sharing the previous one's rank only if
+    the two unrounded values are exactly equal, else taking the next rank. Values equal to
+    ``figures`` significant figures therefore keep their scoring order but get distinct ranks.
+    """
+    order = sorted(range(len(values)), key=lambda i: as_run_key(values[i], figures), reverse=descending)
+    ranks = [0] * len(values)
+    for previous, current in pairwise(order):
+        ranks[current] = ranks[previous] + (values[current] != values[previous])
+    return ranks
+
+
+@RANK_TIES.register("rounded")
 def dense_ranks(values: Sequence[float], descending: bool, figures: int) -> list[int]:
     """Dense ranks from 0 (equal values share a rank, the next value gets the next rank), comparing
-    values rounded to ``figures`` significant figures."""
+    values rounded to ``figures`` significant figures: values equal at that precision tie."""
     keys = [significant(v, figures) for v in values]
     position = {key: rank for rank, key in enumerate(sorted(set(keys), reverse=descending))}
     return [position[key] for key in keys]
@@ -289,15 +365,16 @@ class Ranked:
 
     def sort_key(self) -> tuple[int, int, int]:
         """Ascending = first to prune. Equal sums go by the Δκ rank, then the scoring order: the order
-        of the as-run code's stable sorts."""
+        of the as-run code's stable sorts (prune_tenas.py:172-173 sorts the ranks, kept in Δκ order)."""
         return (self.rank_sum, self.rank_kappa, self.order)
 
 
-def rank(scores: Sequence[Score], precision: int) -> list[Ranked]:
+def rank(scores: Sequence[Score], precision: int, ties: str = "as_run") -> list[Ranked]:
     """Rank Δκ descending (a removal that lowers κ most ranks first, i.e. is pruned first) and ΔR
-    ascending (a removal that costs the fewest regions ranks first)."""
-    by_kappa = dense_ranks([s.mean_delta_kappa for s in scores], True, precision)
-    by_regions = dense_ranks([s.mean_delta_regions for s in scores], False, precision)
+    ascending (a removal that costs the fewest regions ranks first); ``ties`` names the rank rule."""
+    ranks = RANK_TIES.get(ties)
+    by_kappa = ranks([s.mean_delta_kappa for s in scores], True, precision)
+    by_regions = ranks([s.mean_delta_regions for s in scores], False, precision)
     return [Ranked(*entry, i) for i, entry in enumerate(zip(scores, by_kappa, by_regions, strict=True))]
 
 
@@ -411,6 +488,12 @@ def genotype_of(candidates: Candidates) -> Genotype:
 def check_config(cfg: TenasConfig, data: ImageDataset) -> None:
     """One-line errors for a [tenas] section that cannot run on ``data``."""
     INITS.get(cfg.init)
+    RANK_TIES.get(cfg.rank_ties)
+    if cfg.edge_reference not in EDGE_REFERENCES:
+        raise NasauditError(
+            f"profile [tenas] edge_reference must be one of {', '.join(EDGE_REFERENCES)}, "
+            f"got {cfg.edge_reference!r}"
+        )
     unknown = [op for op in cfg.ops if op not in EDGE_OPS]
     if not cfg.ops or unknown or len(set(cfg.ops)) != len(cfg.ops):
         raise NasauditError(
@@ -440,25 +523,27 @@ def _identity(cfg: TenasConfig, data: ImageDataset, seed: int) -> dict[str, Any]
 def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise NasauditError(f"{path} is not a TE-NAS state file; delete it or use another --out") from None
-    if {key: state.get(key) for key in identity} != identity:
-        raise NasauditError(
-            f"{path.parent} holds a TE-NAS search with another seed, [tenas] config or search data; "
-            f"use another --out"
-        )
+    state = read_json(path, "restarts the search from its first round")
+    check_same_run(
+        path, {key: state.get(key) for key in identity} if isinstance(state, dict) else None, identity
+    )
     return state
 
 
 def run_round(
-    scorer: Scorer, index: int, round_: Round, candidates: Candidates, progress: tqdm
+    scorer: Scorer,
+    index: int,
+    round_: Round,
+    candidates: Candidates,
+    progress: tqdm,
+    reference: Candidates | None = None,
 ) -> tuple[Candidates, dict[str, Any]]:
-    """Score, rank and prune one round; return the new candidate sets and the round's log."""
+    """Score, rank and prune one round (κ against ``reference``, if given; see :meth:`Scorer.score`);
+    return the new candidate sets and the round's log."""
     start = time.perf_counter()
     removals = round_.removals(candidates)
-    ranked = rank(scorer.score(index, candidates, removals, progress), scorer.cfg.precision)
+    scores = scorer.score(index, candidates, removals, progress, reference)
+    ranked = rank(scores, scorer.cfg.precision, scorer.cfg.rank_ties)
     pruned = round_.prune(candidates, ranked)
     after = apply(candidates, pruned)
     entries = [
@@ -483,6 +568,7 @@ def run_round(
         "round": index,
         **round_.describe(),
         "candidates_before": candidates,
+        "kappa_reference": reference,
         "candidates_after": after,
         "scores": entries,
         "seconds": time.perf_counter() - start,
@@ -505,16 +591,19 @@ class TeNas:
         }
         candidates = state["candidates"]
         scorer = Scorer(data, cfg, seed, context.device)
-        progress = tqdm(
-            total=sum(r.size for r in rounds),
-            initial=sum(r.size for r in rounds[: state["rounds_done"]]),
-            disable=not context.progress,
+        progress = bar(  # one step per repeat of a candidate's κ_NTK and linear-region measurement
+            sum(r.size for r in rounds) * cfg.repeats,
+            initial=sum(r.size for r in rounds[: state["rounds_done"]]) * cfg.repeats,
+            enabled=context.progress,
             desc="tenas",
-            unit="candidate",
-            leave=False,
+            unit="repeat",
         )
         for index in range(state["rounds_done"], len(rounds)):
-            candidates, log = run_round(scorer, index, rounds[index], candidates, progress)
+            reference = None
+            if isinstance(rounds[index], EdgeRound) and cfg.edge_reference == "as_run":
+                # the cell the edge stage starts from, kept in the state for a resumed search
+                reference = state.setdefault("edge_reference", candidates)
+            candidates, log = run_round(scorer, index, rounds[index], candidates, progress, reference)
             write_json(out / f"tenas_round_{index:02d}.json", log)
             state = {**state, "rounds_done": index + 1, "candidates": candidates}
             write_json(out / STATE, state)
@@ -522,4 +611,4 @@ class TeNas:
         return genotype_of(candidates).to_json()
 
 
-NAS.register("tenas")(TeNas())
+NAS.register("tenas", uses=("tenas",))(TeNas())

@@ -86,6 +86,9 @@ def draw_cell(
     for k, (op, inp) in enumerate(pairs):
         target = k // 2 + 2
         rad, t = _edge_shape(inp, target)
+        repeated = k % 2 == 1 and pairs[k - 1][1] == inp  # a node reading one input twice (random genotypes)
+        if repeated:
+            rad, t = rad + 0.3, 0.5  # the second edge bends away from the first, its label mid-curve
         _arrow(ax, pos[inp], pos[target], rad)
         x, y = _curve_point(pos[inp], pos[target], rad, t)
         label_box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.9}
@@ -97,7 +100,7 @@ def draw_cell(
             va="center",
             fontsize=7,
             zorder=4,
-            gid=f"{cell}:{k // 2}:{inp}",
+            gid=f"{cell}:{k // 2}:{inp}" + (":again" if repeated else ""),
             bbox=label_box,
         )
     ax.set_title(title, fontsize=11)
@@ -146,6 +149,7 @@ def figure1_architectures(
     with the lowest (paper Figure 1: P-DARTS, RLF at p = 50%).
     """
     from nasaudit.grid.jobs import CLEAN, JobKey, Layout
+    from nasaudit.train import reported_accuracy
 
     layout, dataset = Layout.of(results, profile), profile.experiment.datasets[0]
     picked = []
@@ -155,7 +159,7 @@ def figure1_architectures(
             key = JobKey(dataset, algorithm, condition[0], condition[1], trial)
             result = layout.train_dir(key) / "result.json"
             if result.is_file():
-                accuracy = json.loads(result.read_text())["test_accuracy"]
+                accuracy = reported_accuracy(json.loads(result.read_text()), profile.results.accuracy)
                 finished.append((accuracy, trial, layout.search_dir(key) / "architecture.json"))
         if not finished:
             raise NasauditError(

@@ -6,10 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from nasaudit.options import add_profile, output
+
 
 def cmd_table(args: argparse.Namespace) -> int:
     from nasaudit.report.tables import from_published, to_markdown, write_table
 
+    output(args.out, folder=True)
     if args.from_published:
         table = from_published(args.name)
         print(f"{args.name}: significance recomputed from the published means and stds alone")
@@ -59,11 +62,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from nasaudit.config import load_profile
+    from nasaudit.report.html import write_report
+
+    profile = load_profile(args.profile)
+    path = write_report(
+        profile,
+        Path(args.results),
+        out=None if args.out is None else Path(args.out),
+        table2=None if args.table2 is None else Path(args.table2),
+        data_root=args.root,
+    )
+    print(f"report of profile {profile.name!r} (open it in a browser; it needs no network) -> {path}")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
-    """Register `table` and `compare` on the main parser's subcommands."""
+    """Register `table`, `compare` and `report` on the main parser's subcommands."""
     p = sub.add_parser("table", help="a table from the grid's results (or the paper's): NAME.csv/.md/.tex")
-    p.add_argument("name", help="table1, table3, table4, table5, table6 (a grid experiment)")
-    p.add_argument("--profile", default="smoke", help="profile name (smoke, paper) or .toml path")
+    p.add_argument("name", help="a grid experiment: {EXPERIMENTS}")
+    add_profile(p, "profile of the grid run")
     p.add_argument("--results", default="results", help="results folder the grid wrote to")
     p.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md and NAME.tex")
     p.add_argument(
@@ -95,3 +114,17 @@ def add_commands(sub: Any) -> None:
         help="tolerances TOML (default: tolerances.toml beside the expected CSV, else the paper's)",
     )
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "report", help="one self-contained HTML page: every table against the paper, plots, provenance"
+    )
+    add_profile(p, "the profile whose results to show")
+    p.add_argument("--results", default="results", help="results folder the grids wrote to (RESULTS/PROFILE)")
+    p.add_argument("--out", default=None, help="folder for index.html (default: RESULTS/PROFILE/report)")
+    p.add_argument(
+        "--table2", default=None, help="`nasaudit sensitivity`'s folder (default: RESULTS/PROFILE/table2)"
+    )
+    p.add_argument(
+        "--root", type=Path, default=None, help="data folder for Figure 2 (default: $NASAUDIT_DATA or ./data)"
+    )
+    p.set_defaults(func=cmd_report)

@@ -7,6 +7,7 @@ close enough; cells we produce beyond the paper's are not judged. Tolerances are
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,18 @@ def tolerance_for(name: str, expected: pd.DataFrame, path: Path = TOLERANCES) ->
 
 
 def compare(
-    expected: pd.DataFrame, ours: pd.DataFrame, tolerance: float | pd.Series, value: str = "mean"
+    expected: pd.DataFrame,
+    ours: pd.DataFrame,
+    tolerance: float | pd.Series,
+    value: str = "mean",
+    carry: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One row per expected cell: expected, ours, difference, tolerance, within, marks and agreement.
 
     ``tolerance`` is one number or a Series aligned with ``expected`` (see ``tolerance_for``).
-    Significance columns appear when both tables carry a ``significant`` column.
+    Significance columns appear when both tables carry a ``significant`` column. Each ``carry``
+    column comes along unjudged as ``expected_COLUMN`` and ``ours_COLUMN`` from the table that has it
+    (stds, trial counts, ΔImp. for a report).
     """
     lacking = [k for k in KEY_COLUMNS if k in expected.columns and k not in ours.columns and k != "table"]
     if lacking:
@@ -51,6 +58,10 @@ def compare(
     if with_marks:
         left["expected_significant"] = expected["significant"].astype(bool)
         right["ours_significant"] = ours["significant"].astype(bool)
+    for column in carry:
+        for side, frame, name in ((left, expected, "expected"), (right, ours, "ours")):
+            if column in frame.columns:
+                side[f"{name}_{column}"] = frame[column]
     if right.duplicated(keys).any():
         raise NasauditError(
             f"our table has two rows for one cell of {', '.join(keys)}; summarise trials first"
@@ -64,7 +75,10 @@ def compare(
             False
         )
         columns += ["expected_significant", "ours_significant", "significance_agrees"]
-    return table[columns]
+    carried = [
+        f"{name}_{c}" for c in carry for name in ("expected", "ours") if f"{name}_{c}" in table.columns
+    ]
+    return table[columns + carried]
 
 
 def agrees(comparison: pd.DataFrame) -> bool:

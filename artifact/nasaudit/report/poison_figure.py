@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from nasaudit.config import Profile
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.poison import Poison
 from nasaudit.errors import NasauditError
 from nasaudit.io import write_bytes
+from nasaudit.options import add_root, add_seed, output, positive
 
 
 def drawn_indices(poisons: Sequence[Poison], n: int, seed: int) -> np.ndarray:
@@ -56,6 +58,33 @@ def poison_figure(poisons: Sequence[Poison], dataset: ImageDataset, n: int = 8, 
     return fig
 
 
+# Appendix C shows GC (Table 1's NAS-specific GC) and Gaussian noise; the label attacks keep the images.
+FIGURE2_ATTACKS = ("nas_gc", "gaussian")
+
+
+def figure2_poisons(
+    results: Path, profile: Profile, data_root: Path | None = None, attacks: Sequence[str] = FIGURE2_ATTACKS
+) -> tuple[list[Poison], ImageDataset]:
+    """The paper's rows from a Table 1 grid: per attack, a finished poison of the grid's first dataset
+    at the largest budget (P-DARTS's victim when the attack has one, as in Figure 1), and its dataset."""
+    from nasaudit.data.datasets import load_dataset
+    from nasaudit.data.poison import load_poison
+    from nasaudit.grid import Layout, build_grid, is_done, load_experiment
+
+    layout, name = Layout.of(results, profile), profile.table1.datasets[0]
+    tasks = build_grid(load_experiment("table1", profile), layout).by_stage().get("poison", [])
+    picked = []
+    for attack in attacks:
+        done = [t for t in tasks if t.dataset == name and t.attack == attack and is_done(t, layout)]
+        if not done:
+            raise NasauditError(
+                f"no finished {attack} poison of {name} under {layout.root}; run `make table1` first"
+            )
+        picked.append(max(done, key=lambda t: (t.budget, t.algorithm == "pdarts", -t.trial)))
+    dataset = load_dataset(name, data_root).first(profile.grid.train_subset)
+    return [load_poison(layout.poison(t), dataset) for t in picked], dataset
+
+
 def save_poison_figure(
     poisons: Sequence[Poison], dataset: ImageDataset, out: Path, n: int = 8, seed: int = 0
 ) -> list[Path]:
@@ -73,8 +102,8 @@ def cmd_figure_poisons(args: argparse.Namespace) -> int:
     from nasaudit.data.datasets import load_dataset
     from nasaudit.data.poison import load_poison, read_manifest
 
-    if args.n < 1:
-        raise NasauditError(f"--n {args.n}: draw at least one sample")
+    for suffix in (".png", ".pdf"):
+        output(Path(args.out).with_suffix(suffix), folder=False)
     names = {read_manifest(Path(p))["dataset"] for p in args.poison}
     if len(names) > 1:
         raise NasauditError(f"the poisons are for different datasets ({', '.join(sorted(names))}); give one")
@@ -89,8 +118,8 @@ def add_figure_poisons(figure_sub: Any) -> None:
     """Register `figure poisons` on the `figure` group's subcommands."""
     p = figure_sub.add_parser("poisons", help="Figure 2: clean training images and their poisoned versions")
     p.add_argument("--poison", action="append", required=True, help="poison file (repeatable: one row each)")
-    p.add_argument("--n", type=int, default=8, help="samples drawn (columns)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    p.add_argument("--n", type=positive, default=8, help="samples drawn (columns)")
+    add_seed(p)
     p.add_argument("--out", required=True, help="output path without suffix; writes OUT.png and OUT.pdf")
-    p.add_argument("--root", type=Path, default=None, help="data folder (default: $NASAUDIT_DATA or ./data)")
+    add_root(p)
     p.set_defaults(func=cmd_figure_poisons)

@@ -130,12 +130,13 @@ def summarise_trials(trials: pd.DataFrame, value: str = "accuracy") -> pd.DataFr
     return trials.groupby(keys, sort=False)[value].agg(mean="mean", std="std", n="size").reset_index()
 
 
-def add_delta_imp(frame: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
-    """ΔImp. of every cell against the random baseline of its dataset and algorithm's search space."""
+def add_delta_imp(frame: pd.DataFrame, baselines: pd.DataFrame, allow_missing: bool = False) -> pd.DataFrame:
+    """ΔImp. of every cell against the random baseline of its dataset and algorithm's search space
+    (NaN where a partial grid has no baseline yet, with ``allow_missing``)."""
     base = baselines[["dataset", "algorithm", "mean"]].rename(columns={"mean": "_baseline"})
     out = frame.merge(base, on=["dataset", "algorithm"], how="left", validate="many_to_one")
     missing = out.loc[out["_baseline"].isna(), ["dataset", "algorithm"]].drop_duplicates()
-    if len(missing):
+    if len(missing) and not allow_missing:
         pairs = ", ".join(f"{d}/{a}" for d, a in missing.itertuples(index=False))
         raise NasauditError(f"no random baseline for {pairs}; add it to baselines.csv")
     out["delta_imp"] = delta_imp(out["mean"], out["_baseline"])
@@ -176,13 +177,17 @@ def add_significance(
 
 
 def build_table(
-    frame: pd.DataFrame, baselines: pd.DataFrame, design: Design = POISONING, alpha: float = 0.05
+    frame: pd.DataFrame,
+    baselines: pd.DataFrame,
+    design: Design = POISONING,
+    alpha: float = 0.05,
+    allow_missing_baselines: bool = False,
 ) -> pd.DataFrame:
     """Our table from per-condition summaries or raw trials (an ``accuracy`` column), reference rows
     included; they are tested against and then dropped when the design does not print them."""
     summary = frame if "mean" in frame.columns else summarise_trials(frame)
     _require(summary, ("dataset", "algorithm", "mean", "std", "n"))
-    table = add_significance(add_delta_imp(summary, baselines), design, alpha=alpha)
+    table = add_significance(add_delta_imp(summary, baselines, allow_missing_baselines), design, alpha=alpha)
     if not design.show_reference:
         table = table[~design.reference(table)].reset_index(drop=True)
     return table
@@ -360,6 +365,8 @@ def _rendered_rows(
 
 
 def _num(x: float) -> str:
+    if not np.isfinite(x):  # a cell of a partial table without its baseline or second trial
+        return _MISSING
     text = f"{x:.2f}"
     return "0.00" if text == "-0.00" else text
 

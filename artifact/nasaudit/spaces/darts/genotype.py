@@ -7,7 +7,7 @@ on construction (a bad file fails at load time, not 600 epochs later) and round-
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,12 @@ _JSON_KEYS = ("normal", "normal_concat", "reduce", "reduce_concat")
 
 @dataclass(frozen=True)
 class Genotype:
-    """Two cells, each 8 ``(op, input)`` pairs (2 per node) plus the nodes concatenated as output."""
+    """Two cells, each 8 ``(op, input)`` pairs (2 per node) plus the nodes concatenated as output.
+
+    A node's two edges may read the same input: the evaluation network applies both ops to it and sums
+    them (the authors' model.py ``Cell.forward`` does the same), and the authors' random genotypes
+    RANDOM_1..10 have such nodes. Derivation from α never produces one (it keeps 2 distinct edges).
+    """
 
     normal: tuple[Pair, ...]
     normal_concat: tuple[int, ...]
@@ -115,9 +120,10 @@ def _validate_pairs(cell: str, pairs: Any) -> tuple[Pair, ...]:
                 f"genotype {cell} cell: edge {k} is {pair!r}; write it as an [op, input] pair"
             )
         op, inp = pair
-        if op not in PRIMITIVES:
+        if op not in EDGE_OPS:  # 'none' means "no edge": a chosen edge always carries an operation
             raise NasauditError(
-                f"genotype {cell} cell uses unknown op {op!r}; choose one of: {', '.join(PRIMITIVES)}"
+                f"genotype {cell} cell uses op {op!r} on edge {k}, not an edge operation; "
+                f"choose one of: {', '.join(EDGE_OPS)}"
             )
         if not _is_int(inp) or not 0 <= inp <= node + 1:
             raise NasauditError(
@@ -125,12 +131,6 @@ def _validate_pairs(cell: str, pairs: Any) -> tuple[Pair, ...]:
                 f"inputs 0..{node + 1} (the two cell inputs, then earlier nodes)"
             )
         out.append((str(op), int(inp)))
-    for node in range(NODES):
-        if out[2 * node][1] == out[2 * node + 1][1]:
-            raise NasauditError(
-                f"genotype {cell} cell: node {node} takes input {out[2 * node][1]} twice; "
-                f"each node needs 2 distinct inputs"
-            )
     return tuple(out)
 
 
@@ -198,6 +198,74 @@ GENOTYPES.register("tenas")(
         "sep_conv_3x3 1, sep_conv_3x3 3, sep_conv_5x5 2, sep_conv_3x3 4",
     )
 )
+
+# The ten random architectures the paper's authors retrained as the random-sampling baseline (paper §4:
+# 96.73% CIFAR-10, 80.70% CIFAR-100): RANDOM_1..RANDOM_10 of ztcoalson/pdarts genotypes.py (lines 83-92,
+# commit 3a0beff), drawn by its random_genotype.py; run_train.sh trains them by name (--arch RANDOM_k).
+AUTHORS_RANDOM: dict[str, tuple[str, str]] = {
+    "random_1": (
+        "sep_conv_5x5 1, max_pool_3x3 1, skip_connect 0, sep_conv_5x5 0, max_pool_3x3 0,"
+        " dil_conv_5x5 1, max_pool_3x3 0, dil_conv_5x5 4",
+        "sep_conv_5x5 1, sep_conv_3x3 1, dil_conv_3x3 1, skip_connect 1, max_pool_3x3 3,"
+        " skip_connect 0, max_pool_3x3 1, dil_conv_5x5 2",
+    ),
+    "random_2": (
+        "dil_conv_3x3 0, skip_connect 0, max_pool_3x3 1, dil_conv_5x5 1, sep_conv_3x3 0,"
+        " avg_pool_3x3 0, dil_conv_3x3 3, sep_conv_3x3 0",
+        "dil_conv_3x3 1, sep_conv_5x5 1, sep_conv_3x3 0, skip_connect 0, max_pool_3x3 2,"
+        " skip_connect 1, max_pool_3x3 4, sep_conv_3x3 0",
+    ),
+    "random_3": (
+        "avg_pool_3x3 1, dil_conv_5x5 1, dil_conv_5x5 2, skip_connect 0, avg_pool_3x3 2,"
+        " max_pool_3x3 3, dil_conv_5x5 1, dil_conv_5x5 1",
+        "dil_conv_3x3 0, max_pool_3x3 1, sep_conv_5x5 1, sep_conv_5x5 0, skip_connect 0,"
+        " dil_conv_3x3 2, sep_conv_3x3 1, max_pool_3x3 3",
+    ),
+    "random_4": (
+        "skip_connect 0, dil_conv_3x3 0, avg_pool_3x3 2, max_pool_3x3 1, skip_connect 3,"
+        " dil_conv_5x5 0, sep_conv_3x3 1, max_pool_3x3 0",
+        "sep_conv_3x3 1, skip_connect 1, dil_conv_5x5 2, max_pool_3x3 2, dil_conv_5x5 3,"
+        " avg_pool_3x3 3, dil_conv_5x5 3, dil_conv_5x5 2",
+    ),
+    "random_5": (
+        "dil_conv_3x3 0, sep_conv_3x3 0, dil_conv_5x5 1, sep_conv_3x3 1, sep_conv_5x5 2,"
+        " avg_pool_3x3 0, sep_conv_5x5 1, avg_pool_3x3 3",
+        "avg_pool_3x3 0, dil_conv_5x5 1, dil_conv_5x5 2, dil_conv_5x5 2, avg_pool_3x3 2,"
+        " sep_conv_3x3 3, sep_conv_3x3 3, sep_conv_5x5 3",
+    ),
+    "random_6": (
+        "sep_conv_5x5 0, avg_pool_3x3 1, sep_conv_3x3 2, dil_conv_5x5 0, sep_conv_3x3 2,"
+        " dil_conv_5x5 1, dil_conv_3x3 2, sep_conv_5x5 3",
+        "sep_conv_3x3 0, dil_conv_5x5 1, dil_conv_3x3 0, max_pool_3x3 2, avg_pool_3x3 2,"
+        " sep_conv_5x5 0, sep_conv_5x5 1, sep_conv_3x3 3",
+    ),
+    "random_7": (
+        "dil_conv_3x3 0, sep_conv_3x3 0, skip_connect 1, max_pool_3x3 2, sep_conv_3x3 2,"
+        " sep_conv_5x5 3, sep_conv_5x5 4, skip_connect 1",
+        "dil_conv_5x5 1, max_pool_3x3 0, skip_connect 2, sep_conv_3x3 2, skip_connect 1,"
+        " sep_conv_3x3 2, skip_connect 0, dil_conv_3x3 4",
+    ),
+    "random_8": (
+        "sep_conv_3x3 1, avg_pool_3x3 0, dil_conv_3x3 0, dil_conv_5x5 1, sep_conv_5x5 1,"
+        " avg_pool_3x3 1, dil_conv_3x3 0, skip_connect 0",
+        "skip_connect 0, sep_conv_5x5 0, max_pool_3x3 1, dil_conv_3x3 2, dil_conv_3x3 1,"
+        " dil_conv_5x5 2, sep_conv_5x5 4, max_pool_3x3 2",
+    ),
+    "random_9": (
+        "dil_conv_3x3 0, sep_conv_5x5 0, skip_connect 0, sep_conv_5x5 0, dil_conv_5x5 1,"
+        " max_pool_3x3 2, dil_conv_3x3 0, dil_conv_3x3 3",
+        "max_pool_3x3 1, sep_conv_3x3 1, max_pool_3x3 2, sep_conv_3x3 2, max_pool_3x3 3,"
+        " skip_connect 3, sep_conv_5x5 1, skip_connect 3",
+    ),
+    "random_10": (
+        "skip_connect 1, dil_conv_5x5 1, skip_connect 1, dil_conv_3x3 2, max_pool_3x3 1,"
+        " sep_conv_3x3 2, sep_conv_5x5 4, avg_pool_3x3 2",
+        "sep_conv_5x5 0, skip_connect 1, dil_conv_5x5 1, dil_conv_3x3 1, dil_conv_5x5 2,"
+        " skip_connect 2, sep_conv_5x5 2, sep_conv_3x3 0",
+    ),
+}
+for _name, (_normal, _reduce) in AUTHORS_RANDOM.items():
+    GENOTYPES.register(_name)(_published(_normal, _reduce))
 
 
 def load(name_or_path: str | Path) -> Genotype:
@@ -288,20 +356,41 @@ def _derive_cell(rows: list[np.ndarray], candidates: Sequence[Sequence[str]]) ->
     return tuple(pairs)
 
 
-def random_genotype(rng: np.random.Generator, ops: Sequence[str] = EDGE_OPS) -> Genotype:
-    """Uniform sample from the space: per node 2 distinct inputs, an op drawn uniformly per edge.
+NodeSampler = Callable[[np.random.Generator, int, Sequence[str]], list[Pair]]
+"""``(rng, node, ops) -> the node's 2 (op, input) pairs``: one way of drawing a random cell."""
+
+SAMPLINGS: Registry[NodeSampler] = Registry("random_baseline sampling")
+
+
+@SAMPLINGS.register("as_run")
+def _independent_inputs(rng: np.random.Generator, node: int, ops: Sequence[str]) -> list[Pair]:
+    """The authors' random_genotype.py (ztcoalson/pdarts, line 21): each edge draws its op uniformly
+    and its input uniformly from 0..node+1, independently, so a node's 2 edges share an input with
+    probability 1/(node+2)."""
+    return [(ops[int(rng.integers(len(ops)))], int(rng.integers(node + 2))) for _ in range(2)]
+
+
+@SAMPLINGS.register("distinct")
+def _distinct_inputs(rng: np.random.Generator, node: int, ops: Sequence[str]) -> list[Pair]:
+    """Per node 2 distinct inputs (ascending), then an op drawn uniformly per edge: the space as
+    derivation produces it."""
+    inputs = sorted(rng.choice(node + 2, size=2, replace=False).tolist())
+    return [(ops[int(rng.integers(len(ops)))], int(inp)) for inp in inputs]
+
+
+def random_genotype(
+    rng: np.random.Generator, ops: Sequence[str] = EDGE_OPS, sampling: str = "distinct"
+) -> Genotype:
+    """A random genotype: each node's 2 edges drawn by ``SAMPLINGS[sampling]``, normal cell first.
 
     This is the random-sampling baseline's sampler; the same generator state gives the same genotype.
     """
     if not ops:
         raise ValueError("random_genotype needs at least one op to draw from")
+    draw = SAMPLINGS.get(sampling)
 
     def cell() -> tuple[Pair, ...]:
-        pairs: list[Pair] = []
-        for node in range(NODES):
-            for inp in sorted(rng.choice(node + 2, size=2, replace=False).tolist()):
-                pairs.append((ops[int(rng.integers(len(ops)))], int(inp)))
-        return tuple(pairs)
+        return tuple(pair for node in range(NODES) for pair in draw(rng, node, ops))
 
     normal = cell()
     return Genotype(normal=normal, normal_concat=CONCAT, reduce=cell(), reduce_concat=CONCAT)

@@ -17,20 +17,21 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from nasaudit.config import Profile, ShrinkPhase, SupernetConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
-from nasaudit.io import save_torch, write_json
+from nasaudit.io import load_torch, save_torch, write_json
+from nasaudit.precision import autocast
+from nasaudit.progress import bar as progress_bar
 from nasaudit.spaces.mbv3.network import upscale
 from nasaudit.spaces.mbv3.space import (
     DEPTHS,
@@ -121,12 +122,14 @@ def shrink_epoch(
     *,
     seed: int,
     epoch: int,
+    on_batch: Callable[[int], object] | None = None,
 ) -> float:
-    """One pass over ``data`` for one phase; returns the mean loss over the sampled subnets."""
+    """One pass over ``data`` for one phase; returns the mean loss over the sampled subnets.
+    ``on_batch(1)`` is called after each optimiser step (a progress bar's ``update``)."""
     net.train()
     rng = np.random.default_rng([seed, epoch])
     torch.manual_seed(seed * 1_000_003 + epoch)  # dropout masks
-    autocast = torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=data.device.type == "cuda")
+    in_precision = autocast(data.device, cfg.precision)
     total, count = 0.0, 0
     for x, y in data.batches(cfg.batch_size, seed=seed, epoch=epoch, augment=cfg.augment):
         resolution = int(rng.choice(resolutions))
@@ -134,12 +137,12 @@ def shrink_epoch(
         soft = None
         if teacher is not None:
             teacher.set_active(extreme_arch([resolution], largest=True))
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), in_precision:
                 soft = F.softmax(teacher(x).float(), dim=1)
         optimizer.zero_grad(set_to_none=True)
         for _ in range(phase.subnets_per_step):
             net.set_active(sample_subnet(rng, phase, resolution))
-            with autocast:
+            with in_precision:
                 logits = net(x).float()
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 if soft is not None:
@@ -147,6 +150,8 @@ def shrink_epoch(
             loss.backward()
             total, count = total + float(loss.detach()), count + 1
         optimizer.step()
+        if on_batch is not None:
+            on_batch(1)
     return total / max(count, 1)
 
 
@@ -166,7 +171,7 @@ def train_supernet(
     checkpoint, teacher_path = out_dir / CHECKPOINT, out_dir / TEACHER
     start_phase, start_epoch, log, optimizer_state = 0, 0, [], None
     if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = load_torch(checkpoint, "trains the supernet from its first epoch", map_location=device)
         net.load_state_dict(state["state_dict"])
         start_phase, start_epoch, log = state["phase"], state["epoch"] + 1, state["log"]
         optimizer_state = state["optimizer"]
@@ -174,7 +179,7 @@ def train_supernet(
             start_phase, start_epoch, optimizer_state = start_phase + 1, 0, None
     teacher = None
     if start_phase > 0 and cfg.kd_ratio > 0:
-        teacher = _teacher(net, torch.load(teacher_path, map_location=device, weights_only=True))
+        teacher = _teacher(net, load_torch(teacher_path, "trains the supernet again", map_location=device))
     offsets = np.cumsum([0] + [p.epochs for p in cfg.phases])  # a phase's epochs get distinct data seeds
     for p in range(start_phase, len(cfg.phases)):
         phase = cfg.phases[p]
@@ -184,10 +189,10 @@ def train_supernet(
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
             optimizer_state = None
-        bar = tqdm(range(start_epoch, phase.epochs), initial=start_epoch, total=phase.epochs,
-                   disable=not progress,
-                   desc=f"supernet phase {p}", unit="epoch", leave=False)  # fmt: skip
-        for epoch in bar:
+        steps = data.num_batches(cfg.batch_size)
+        bar = progress_bar(phase.epochs * steps, initial=start_epoch * steps, enabled=progress,
+                           desc=f"supernet phase {p}", unit="batch")  # fmt: skip
+        for epoch in range(start_epoch, phase.epochs):
             lr = phase.lr * (1 + math.cos(math.pi * epoch / phase.epochs)) / 2
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -202,11 +207,12 @@ def train_supernet(
                 resolutions,
                 seed=seed,
                 epoch=int(offsets[p]) + epoch,
+                on_batch=bar.update,
             )
             log.append(
                 {"phase": p, "epoch": epoch, "lr": lr, "loss": loss, "seconds": time.perf_counter() - started}
             )
-            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}")
             if p == 0 and epoch == phase.epochs - 1 and cfg.kd_ratio > 0:
                 save_torch(teacher_path, net.state_dict())
             save_torch(checkpoint, {"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),

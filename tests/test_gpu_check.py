@@ -1,0 +1,110 @@
+"""The GPU check's report logic (no GPU needed) and its refusal on a machine without one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from benchmarks.gpu_check import SECTIONS, precision_summary
+from benchmarks.gpu_check_report import headline, render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SECTIONS_DONE = {
+    "environment": {
+        "ok": True,
+        "wall_s": 4.0,
+        "result": {"gpu": "NVIDIA H200", "gpu_memory_gib": 139.8, "torch": "2.11.0", "cuda": "13.0"},
+    },
+    "preflight": {
+        "ok": True,
+        "wall_s": 90.0,
+        "result": {"tasks": [{"kind": "retrain/darts", "ok": True}, {"kind": "search/robot", "ok": False}]},
+    },
+    "benchmarks": {
+        "ok": True,
+        "wall_s": 100.0,
+        "result": {
+            "retrain_fp32": {"ok": True, "ratio": 0.95},
+            "kappa_ntk": {"ok": False, "error": "RuntimeError: boom"},
+            "gc": {"ok": True, "step_ratio": 4.0, "clean_ratio": 3.0},
+            "robot_pool": {
+                "ok": True,
+                "stacks": {
+                    "1": {"arch_per_s": 2.0, "pool_hours": 8.3, "peak_gib": 1.5},
+                    "25": {"arch_per_s": 9.0, "pool_hours": 1.9, "peak_gib": 40.0},
+                },
+            },
+        },
+    },
+    "concurrency": {"ok": True, "wall_s": 94.0, "result": {"fit": 13, "best_jobs": 2, "gain": 1.25}},
+    "projection": {
+        "ok": True,
+        "wall_s": 27.0,
+        "result": {"table1": {"gpu_hours": 1000.0, "stages": {"retrain": {"tasks": 10, "gpu_hours": 500.0}}}},
+    },
+    "precision": {"ok": False, "wall_s": 120.0, "error": "did not finish within 120 s"},
+}
+
+
+def test_headline_takes_what_ran_and_leaves_out_what_failed() -> None:
+    head = headline(SECTIONS_DONE)
+    assert head["gpu"].startswith("NVIDIA H200 (140 GiB)")
+    assert head["preflight"] == {"ok": 1, "failed": ["search/robot"]}
+    assert head["ratios"] == {"retrain_fp32": 0.95, "gc_step": 4.0}  # the failed benchmark is absent
+    assert head["robot_pool"]["best_stack"] == 25 and head["robot_pool"]["pool_hours"] == 1.9
+    assert "precision" not in head  # the section timed out
+    # 500 retraining hours shared 1.25×: 500 / 1.25 = 400, so the table drops by 100
+    assert head["gpu_hours"]["table1"] == {"one_job_per_gpu": 1000.0, "retraining_shared": 900.0}
+
+
+def test_render_lists_every_section_with_its_status_and_failures() -> None:
+    text = render({"started": "t0", "sections": SECTIONS_DONE, "headline": headline(SECTIONS_DONE)})
+    for name in SECTIONS_DONE:
+        assert f"| {name} |" in text
+    assert "| precision | FAILED: did not finish within 120 s (120 s) |" in text
+    assert "failed: search/robot" in text
+    assert "table1: about 1,000 GPU-hours one job per GPU, 900 with retraining jobs sharing a GPU" in text
+
+
+def test_precision_summary_compares_bf16_with_fp32() -> None:
+    runs = {
+        "fp32": [
+            {"test_accuracy": 90.0, "wall_s": 10.0, "train_loss": [2.0, 1.0]},
+            {"test_accuracy": 92.0, "wall_s": 10.0, "train_loss": [2.2, 1.2]},
+        ],
+        "bf16": [
+            {"test_accuracy": 89.0, "wall_s": 5.0, "train_loss": [2.1, 1.5]},
+            {"test_accuracy": 89.0, "wall_s": 5.0, "train_loss": [2.1, 1.3]},
+        ],
+    }
+    summary = precision_summary(runs)
+    assert summary["accuracy_difference"] == pytest.approx(-2.0)
+    assert summary["fp32_seed_spread"] == pytest.approx(2.0)
+    assert summary["max_loss_gap"] == pytest.approx(0.3)  # epoch 2: mean 1.1 vs 1.4
+    assert summary["bf16_speedup"] == pytest.approx(2.0)
+
+
+def test_every_section_has_a_time_limit_within_the_eight_minutes() -> None:
+    assert {"environment", "preflight", "benchmarks", "precision", "concurrency", "projection"} <= set(
+        SECTIONS
+    )
+    assert all(0 < s.limit_s <= 180 for s in SECTIONS.values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_without_a_gpu_it_says_so_in_one_line_and_measures_nothing(tmp_path) -> None:
+    out = tmp_path / "gpu-check"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert run.stdout.strip().count("\n") == 0 and "no CUDA GPU is visible" in run.stdout
+    assert not out.exists()
