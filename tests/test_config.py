@@ -42,13 +42,13 @@ def _write(tmp_path, old: str, new: str):
 
 
 def test_unknown_key_is_named(tmp_path) -> None:
-    path = _write(tmp_path, "epochs = 20\n", "epochs = 20\nepochz = 3\n")
+    path = _write(tmp_path, "epochs = 12\n", "epochs = 12\nepochz = 3\n")
     with pytest.raises(NasauditError, match=r"custom.toml: unknown key 'train.epochz'"):
         load_profile(path)
 
 
 def test_wrong_type_is_named(tmp_path) -> None:
-    path = _write(tmp_path, "epochs = 20\n", 'epochs = "two"\n')
+    path = _write(tmp_path, "epochs = 12\n", 'epochs = "two"\n')
     with pytest.raises(NasauditError, match=r"custom.toml: train.epochs must be int"):
         load_profile(path)
     path = _write(tmp_path, "flip = false", "flip = 1")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from nasaudit import smoke
 from nasaudit.config import PROFILE_DIR
@@ -176,3 +177,20 @@ def test_shuffled_labels_fail_and_the_real_recipe_passes(tmp_path, capsys, monke
     monkeypatch.undo()
     code, out = _retrain_step(tmp_path / "real", capsys, monkeypatch, "none")
     assert code == 0 and "[smoke] OK: 4 of 4 outputs as expected" in out
+
+
+def test_the_ending_names_each_step_its_checks_and_the_accuracies(tmp_path) -> None:
+    from nasaudit.config import load_profile
+
+    dataset = load_dataset("digits").first(128)
+    run = smoke.SmokeRun(load_profile("smoke"), dataset, tmp_path, torch.device("cpu"))
+    run.state["accuracies"] = {"published P-DARTS genotype (fixed)": 90.0}
+    summary = {"data.n": 3, "retrain.acc": within(90.0, 85.0, 100.0), "retrain.loss": within(0.1, 0.0, 0.5)}
+    text = smoke.render_summary(
+        run, {"data": (0.5, 0.4), "retrain": (61.0, 118.0)}, summary, ["retrain.acc: x"]
+    )
+    lines = text.splitlines()
+    assert any(line.split()[:4] == ["retrain", "61.0s", "118.0s", "1"] and "of 2" in line for line in lines)
+    assert "2 of 3 (1 exact, 0 near, 2 within a range)" in text
+    assert "published P-DARTS genotype (fixed)" in text and " 90.00 %" in text
+    assert f"Outputs in {tmp_path}" in text and "Smoke Table 1" not in text  # no grid ran
