@@ -193,4 +193,7 @@ def test_the_ending_names_each_step_its_checks_and_the_accuracies(tmp_path) -> N
     assert any(line.split()[:4] == ["retrain", "61.0s", "118.0s", "1"] and "of 2" in line for line in lines)
     assert "2 of 3 (1 exact, 0 near, 2 within a range)" in text
     assert "published P-DARTS genotype (fixed)" in text and " 90.00 %" in text
-    assert f"Outputs in {tmp_path}" in text and "Smoke Table 1" not in text  # no grid ran
+    assert "Smoke Table 1" not in text  # no grid ran
+    (tmp_path / "summary.json").write_text("{}")
+    ending = smoke.render_summary(run, {}, summary, []).splitlines()[-1]
+    assert ending == f"Outputs in {tmp_path}: summary.json (every output)"  # only what this run wrote

@@ -484,13 +484,22 @@ def render_summary(
             to_markdown(table1.table).rstrip(),
             describe_baselines(table1.baselines),
         ]
-    lines += [
-        "",
-        f"Outputs in {run.out}: report/index.html (the results page: open it in a browser), summary.json "
-        "(every output), train/ and poisons/ (the retrained genotype and the poisons), grid/ (the grid's "
-        "jobs), grid/tables/ (Tables 1, 4, 6 as csv, md, tex), table2/, search/nsganetv2/",
-    ]
+    where = [f"{path} ({what})" for path, what in OUTPUTS.items() if (run.out / path).exists()]
+    lines += ["", f"Outputs in {run.out}: " + ", ".join(where)]
     return "\n".join(lines)
+
+
+#: What a reviewer finds in a smoke run's folder (the ending lists those this run wrote).
+OUTPUTS = {
+    "report/index.html": "the results page: open it in a browser",
+    "summary.json": "every output",
+    "train": "the retrained published genotype",
+    "poisons": "every attack's poison",
+    "grid": "the grid's jobs",
+    "grid/tables": "Tables 1, 4 and 6 as csv, md, tex",
+    "table2": "Table 2's sensitivity runs",
+    "search/nsganetv2": "the NSGANetV2 search",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
