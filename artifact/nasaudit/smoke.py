@@ -362,7 +362,7 @@ def step_nsganetv2(run: SmokeRun) -> dict[str, Any]:
     archive = json.loads((out / "archive.json").read_text())
     pick = json.loads((out / "pareto.json").read_text())["pick"]
     supernet = json.loads((out / "search_state.json").read_text())["supernet"]
-    plan, space = channel_plan(run.profile.mbv3.width_mult), run.profile.mbv3
+    plan, space, cfg = channel_plan(run.profile.mbv3.width_mult), run.profile.mbv3, run.profile.nsganetv2
     flops = FlopsCounter(plan, run.dataset.num_classes)
     biggest = extreme_arch(space.resolutions, largest=True)
     largest, smallest = flops(biggest), flops(extreme_arch(space.resolutions, largest=False))
@@ -370,7 +370,9 @@ def step_nsganetv2(run: SmokeRun) -> dict[str, Any]:
         "largest_flops": largest,
         "largest_params": count_params(biggest, plan, run.dataset.num_classes),
         "supernet_epochs": len(json.loads((Path(supernet["folder"]) / "supernet" / "log.json").read_text())),
-        "evaluated": len(archive),
+        # the initial sample, then up to per_iteration new archs an iteration: the search's candidates
+        # move with the floating point and one already in the archive is not evaluated again
+        "evaluated": within(len(archive), cfg.initial, cfg.initial + cfg.iterations * cfg.per_iteration),
         "pick_mflops": within(round(pick["mflops"], 3), round(smallest / 1e6, 3), round(largest / 1e6, 3)),
     }
 
