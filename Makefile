@@ -19,8 +19,8 @@ export NASAUDIT_THREADS := $(THREADS)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke-test smoke-bless test test-all test-slurm lint data bench preflight gpu-check clean table1 \
-	table2 table3 table4 table5 table6 figures report
+.PHONY: help venv smoke-test smoke-bless smoke-portability test test-all test-slurm lint data bench preflight \
+	gpu-check clean table1 table2 table3 table4 table5 table6 figures report
 include mk/docker.mk
 
 help:  ## list the targets
@@ -35,11 +35,17 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 venv: $(STAMP)  ## create .venv with the pinned dependencies (done by every other target)
 
-smoke-test: $(STAMP)  ## the whole pipeline on embedded digits data, CPU, minutes; checks expected_results/smoke
+smoke-test: $(STAMP)  ## the whole pipeline on embedded digits data, CPU, < 10 min; checks expected_results/smoke
 	$(PY) -m nasaudit.smoke --out results/smoke
 
-smoke-bless: $(STAMP)  ## (developers) accept this machine's smoke outputs as expected_results/smoke
+smoke-bless: $(STAMP)  ## (developers) record this run's exact outputs and the steps' ranges as expected
 	$(PY) -m nasaudit.smoke --out results/smoke --bless
+
+# Not part of `make test`: four smoke runs (plain and best CPU kernels, 1 and 2 threads), then which
+# outputs differ between them. STEPS=retrain,poison (say) runs only those steps.
+STEPS ?=
+smoke-portability: $(STAMP)  ## (developers) smoke test under 4 CPU settings; reports outputs that differ
+	$(PY) -m nasaudit.smoke --portability --out results/smoke-portability $(if $(STEPS),--steps $(STEPS))
 
 lint: $(STAMP) docker-lint  ## ruff, and hadolint on the Dockerfile
 	$(VENV)/bin/ruff check artifact tests benchmarks

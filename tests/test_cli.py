@@ -137,7 +137,7 @@ def quick_profile(tmp_path):
     from nasaudit.config import PROFILE_DIR
 
     text = (PROFILE_DIR / "smoke.toml").read_text()
-    text = text.replace("epochs = 2", "epochs = 1").replace("channels = 8", "channels = 4")
+    text = re.sub(r"^epochs = \d+$", "epochs = 1", text, flags=re.M).replace("channels = 8", "channels = 4")
     path = tmp_path / "quick.toml"
     path.write_text(text.replace("layers = 5", "layers = 3").replace("n = 2", "n = 2"))
     return str(path)

@@ -216,5 +216,7 @@ def test_cli_victim_command_and_poison_errors(tmp_path, tiny_dataset, capsys) ->
     assert main([*poison, "--attack", "nas_gc", "--victim", str(out), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "does not match the dataset's classes" in err and err.count("\n") == 1
-    assert main([*poison, "--attack", "gc", "--victim", str(tmp_path / "no.pt"), "--out", "p"]) == 2
+    missing = ["--victim", str(tmp_path / "no.pt"), "--out", str(tmp_path / "q")]
+    assert main([*poison, "--attack", "gc", *missing]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*q*"))  # refused before any work: not even the output's lock

@@ -64,6 +64,7 @@ def cmd_poison_make(args: argparse.Namespace) -> None:
     from nasaudit.data.poison import read_manifest
     from nasaudit.npzfile import manifest_path
     from nasaudit.runs import job_lock
+    from nasaudit.victim import check_victim_path
 
     if args.attack is None or args.out is None:
         raise NasauditError("`nasaudit poison` needs --attack and --out (or a subcommand: inspect, apply)")
@@ -75,7 +76,7 @@ def cmd_poison_make(args: argparse.Namespace) -> None:
         profile=load_profile(args.profile, args.set),
         device=device(args.device),
         cache_dir=output(args.cache, folder=True),
-        victim=None if args.victim is None else Path(args.victim),
+        victim=None if args.victim is None else check_victim_path(Path(args.victim)),
     )
     dataset = load_dataset(args.dataset, args.root)
     check_budget(args.budget, len(dataset.train))

@@ -186,14 +186,20 @@ def save_victim(
     return save_torch(Path(path), record)
 
 
-def read_victim(path: Path, dataset: ImageDataset) -> Victim:
-    """Load a victim file for attacking ``dataset``, with one-line errors for every way it can be wrong."""
+def check_victim_path(path: Path) -> Path:
+    """``path`` if it is a file; else one line saying how to make one (checked before any work starts)."""
     path = Path(path)
     if not path.is_file():
         raise NasauditError(
             f"victim file {path} does not exist; make one with `nasaudit victim --train JOB... --out FILE` "
             "or take a P-DARTS search's supernet_victim.pt"
         )
+    return path
+
+
+def read_victim(path: Path, dataset: ImageDataset) -> Victim:
+    """Load a victim file for attacking ``dataset``, with one-line errors for every way it can be wrong."""
+    path = check_victim_path(path)
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
