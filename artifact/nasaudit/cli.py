@@ -64,7 +64,7 @@ def cmd_poison_make(args: argparse.Namespace) -> None:
     from nasaudit.data.poison import read_manifest
     from nasaudit.npzfile import manifest_path
     from nasaudit.runs import job_lock
-    from nasaudit.victim import check_victim_path
+    from nasaudit.attacks.victim import check_victim_path
 
     if args.attack is None or args.out is None:
         raise NasauditError("`nasaudit poison` needs --attack and --out (or a subcommand: inspect, apply)")

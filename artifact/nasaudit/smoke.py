@@ -135,7 +135,7 @@ def step_poison(run: SmokeRun) -> dict[str, Any]:
     whatever the searches find), CLF trains its surrogate into the cache."""
     from nasaudit.attacks import ATTACKS, AttackContext, make_poison_file
     from nasaudit.data.poison import apply_poison, load_poison
-    from nasaudit.victim import victim_from_train_job
+    from nasaudit.attacks.victim import victim_from_train_job
 
     if "reference" not in run.state:
         step_retrain(run)
