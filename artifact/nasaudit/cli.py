@@ -59,12 +59,12 @@ def cmd_data_info(args: argparse.Namespace) -> None:
 def cmd_poison_make(args: argparse.Namespace) -> None:
     from nasaudit.attacks import ATTACKS, AttackContext, make_poison_file
     from nasaudit.attacks.base import check_budget
+    from nasaudit.attacks.victim import check_victim_path
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
     from nasaudit.data.poison import read_manifest
     from nasaudit.npzfile import manifest_path
     from nasaudit.runs import job_lock
-    from nasaudit.attacks.victim import check_victim_path
 
     if args.attack is None or args.out is None:
         raise NasauditError("`nasaudit poison` needs --attack and --out (or a subcommand: inspect, apply)")

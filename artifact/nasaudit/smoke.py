@@ -134,8 +134,8 @@ def step_poison(run: SmokeRun) -> dict[str, Any]:
     """Every attack at the first budget; GC's victim is the retrained published genotype (a fixed input,
     whatever the searches find), CLF trains its surrogate into the cache."""
     from nasaudit.attacks import ATTACKS, AttackContext, make_poison_file
-    from nasaudit.data.poison import apply_poison, load_poison
     from nasaudit.attacks.victim import victim_from_train_job
+    from nasaudit.data.poison import apply_poison, load_poison
 
     if "reference" not in run.state:
         step_retrain(run)
