@@ -91,9 +91,14 @@ def environment(out: Path, only: list[str]) -> dict[str, Any]:
     }
 
 
+PREFLIGHT_PROFILE = "paper"
+
+
 def _preflight_so_far(out: Path) -> dict[str, Any] | None:
     """The preflight's own report, rewritten after every task: what a preflight cut short finished."""
-    path = out / "preflight" / "paper" / "report.json"
+    from nasaudit.preflight.report import REPORT
+
+    path = out / "preflight" / PREFLIGHT_PROFILE / REPORT
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -104,7 +109,7 @@ def preflight(out: Path, only: list[str]) -> dict[str, Any]:
 
     # all_data=False: P-DARTS and TE-NAS search the first dataset only (their other data are twelve more
     # searches, minutes on a GPU); `make preflight PREFLIGHT_ARGS="--device cuda"` runs them all
-    return run_preflight(load_profile("paper"), CUDA, out / "preflight", all_data=False)
+    return run_preflight(load_profile(PREFLIGHT_PROFILE), CUDA, out / "preflight", all_data=False)
 
 
 @section("benchmarks", 170)

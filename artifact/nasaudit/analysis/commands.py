@@ -84,6 +84,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def cmd_defend(args: argparse.Namespace) -> int:
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
+    from nasaudit.data.poison import poisoned_indices
     from nasaudit.defenses import DEFENSES, DefenseContext, make_defended_file, read_defended_manifest
     from nasaudit.nas.base import search_data
     from nasaudit.runs import job_lock
@@ -97,11 +98,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
     clean = load_dataset(args.dataset, args.root)
     data, provenance = search_data(clean, args.poison)
     context = DefenseContext(profile, dev, cache, source=provenance)
-    poisoned = None
-    if args.poison is not None:  # the manifest records what became of the poisoned samples
-        from nasaudit.data.poison import load_poison
-
-        poisoned = load_poison(args.poison, clean).indices
+    poisoned = poisoned_indices(args.poison, clean)  # the manifest records what became of them
     with job_lock(out.with_suffix(".json")):
         path, made = make_defended_file(args.method, data, args.seed, context, out, poisoned)
     manifest = read_defended_manifest(path)

@@ -186,6 +186,12 @@ def poisoned_data(dataset: ImageDataset, path: Path | None) -> tuple[ImageDatase
     return poisoned, provenance
 
 
+def poisoned_indices(path: Path | None, clean: ImageDataset) -> np.ndarray | None:
+    """The training samples the poison at ``path`` replaces (None: clean data): known to the caller of a
+    defense, never shown to it, so that the defended set's manifest can record what became of them."""
+    return None if path is None else load_poison(path, clean).indices
+
+
 def apply_poison(poison: Poison, dataset: ImageDataset) -> ImageDataset:
     """The dataset whose training split has the poisoned samples replaced (same size, same order)."""
     images, labels = dataset.train.images, dataset.train.labels

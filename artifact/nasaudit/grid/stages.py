@@ -205,17 +205,14 @@ class DefendStage:
         return defense_identity(task.defense, clean, task_seed(task), self._context(task, env, inputs))
 
     def run(self, task: Task, env: Env) -> None:
+        from nasaudit.data.poison import poisoned_indices
         from nasaudit.defenses import make_defended_file
         from nasaudit.nas.base import search_data
 
         clean, poison = grid_dataset(task.key.searched_on, env), _poison_file(task.key, env)
         poisoned, source = search_data(clean, poison)
         context = self._context(task, env, source)
-        indices = None  # the poisoned samples, known here, never shown to the defense (poison_outcome)
-        if poison is not None:
-            from nasaudit.data.poison import load_poison
-
-            indices = load_poison(poison, clean).indices
+        indices = poisoned_indices(poison, clean)
         make_defended_file(
             task.defense, poisoned, task_seed(task), context, env.layout.defended(task), indices
         )
