@@ -1,4 +1,4 @@
-"""`make gpu-check`: the one command a person with a GPU runs first (about 8 minutes on one modern GPU).
+"""`make gpu-check`: the one command a person with a GPU runs first (at most 15 minutes: its limits).
 
 Each section runs in its own child process with its own time limit, so a crash, an out-of-memory
 error or a hang in one costs only that section; ``report.json`` and ``report.md`` are rewritten after
@@ -102,20 +102,31 @@ def _preflight_so_far(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-@section("preflight", 170, partial=_preflight_so_far)
+@section("preflight", 300, partial=_preflight_so_far)
 def preflight(out: Path, only: list[str]) -> dict[str, Any]:
     from nasaudit.config import load_profile
     from nasaudit.preflight import run_preflight
 
-    # all_data=False: P-DARTS and TE-NAS search the first dataset only (their other data are twelve more
-    # searches, minutes on a GPU); `make preflight PREFLIGHT_ARGS="--device cuda"` runs them all
+    # all_data=False: P-DARTS searches the first dataset only (its other data are six more searches,
+    # minutes on a GPU); `make preflight PREFLIGHT_ARGS="--device cuda"` runs them all. Items run side by
+    # side (preflight.run.CUDA_WORKERS): one after another they take far longer than the section's limit
     return run_preflight(load_profile(PREFLIGHT_PROFILE), CUDA, out / "preflight", all_data=False)
 
 
-@section("benchmarks", 170)
+BENCHMARKS_SO_FAR = "benchmarks.partial.json"
+
+
+def _benchmarks_so_far(out: Path) -> dict[str, Any] | None:
+    """The benchmarks that finished before the section was cut short (rewritten after each one)."""
+    path = out / BENCHMARKS_SO_FAR
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@section("benchmarks", 170, partial=_benchmarks_so_far)
 def benchmarks(out: Path, only: list[str]) -> dict[str, Any]:
     """Each benchmark (``only``: these; [] all) on its own: one that fails is reported with its error,
-    the others still run. Quick ones first; P-DARTS's supernets take longest."""
+    the others still run; each result is saved as it finishes, so a section cut short keeps them.
+    Quick ones first; P-DARTS's supernets take longest."""
     from benchmarks import bench_gc, bench_pdarts, bench_proxies, bench_robot, bench_train
     from nasaudit.spaces.darts import PRIMITIVES
 
@@ -132,15 +143,18 @@ def benchmarks(out: Path, only: list[str]) -> dict[str, Any]:
         ),
     }
     results: dict[str, Any] = {}
+    (out / BENCHMARKS_SO_FAR).unlink(missing_ok=True)
     for name, run in runs.items():
         if only and name not in only:
             continue
+        print(f"[gpu-check] benchmark {name}", flush=True)
         start = time.perf_counter()
         try:
             results[name] = {"ok": True, **run()}
         except Exception as exc:  # reported per benchmark; the section goes on
             results[name] = {"ok": False, "error": _one_line(exc)}
         results[name]["seconds"] = time.perf_counter() - start
+        (out / BENCHMARKS_SO_FAR).write_text(json.dumps(results, indent=1, default=str))
         torch.cuda.empty_cache()
     return results
 

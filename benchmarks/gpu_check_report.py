@@ -39,7 +39,7 @@ def headline(sections: dict[str, Any]) -> dict[str, Any]:
             "unfinished": pre.get("unfinished", 0),  # a preflight cut short: tasks it did not finish
             "running": sorted(pre.get("running", {}).values()),  # ... and those it was running then
         }
-    if bench := _result(sections, "benchmarks"):
+    if bench := _result(sections, "benchmarks") or sections.get("benchmarks", {}).get("partial"):
         head["ratios"] = {name: b["ratio"] for name, b in bench.items() if b.get("ok") and "ratio" in b}
         if "gc" in bench and bench["gc"].get("ok"):
             head["ratios"]["gc_step"] = bench["gc"]["step_ratio"]

@@ -420,6 +420,19 @@ def test_registered_and_bad_settings_are_one_line_errors(tiny_dataset: ImageData
             check_config(dataclasses.replace(TINY, **change), tiny_dataset)
 
 
+def test_a_stack_too_large_for_the_gpu_is_one_line_naming_one_that_fits(monkeypatch) -> None:
+    paper = load_profile("paper").robot  # 25 networks at once, about 40 GiB; chunks of 500
+    gpu = torch.device("cuda")
+    memory = {"total_memory": 24 * 2**30}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), memory)())
+    with pytest.raises(NasauditError, match=r"pool_stack = 25 .*\(about 40 GiB\) and cuda has 24 GiB: add "
+                       r"--set robot.pool_stack=10 "):  # fmt: skip
+        robot_pool.check_stack_fits(paper, gpu)
+    memory["total_memory"] = 48 * 2**30
+    robot_pool.check_stack_fits(paper, gpu)  # fits: nothing said
+    robot_pool.check_stack_fits(dataclasses.replace(paper, pool_stack=500), torch.device("cpu"))
+
+
 @pytest.mark.slow
 def test_cli_search_runs_robot_through_the_registry(tmp_path, capsys) -> None:
     from nasaudit.cli import main

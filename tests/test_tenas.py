@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nasaudit.attacks import AttackContext, run_attack
+from nasaudit.batch_cap import batch_cap
 from nasaudit.config import Profile, TenasConfig, load_profile
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.poison import apply_poison
@@ -298,6 +300,22 @@ def test_one_op_round_removes_prune_number_ops_from_each_multi_op_edge(digits: I
         assert sorted(after[cell][edge]) == sorted(entries[i]["ops"][0] for i in order[pruned:])
     single = [(c, e) for c in CELL_TYPES for e in range(len(EDGES)) if len(candidates[c][e]) == 1]
     assert all(after[c][e] == candidates[c][e] for c, e in single)
+
+
+def test_a_batch_cap_scores_only_the_first_removals_and_the_round_still_prunes(digits: ImageDataset) -> None:
+    """The preflight's cap: each round measures its first removals only, the others rank as Δ = 0."""
+    candidates = {t: [["skip_connect"] for _ in EDGES] for t in CELL_TYPES}
+    candidates["normal"][4] = ["avg_pool_3x3", "skip_connect", "dil_conv_3x3"]
+    candidates["reduce"][1] = ["skip_connect", "dil_conv_3x3"]
+    scorer = tenas.Scorer(digits, _profile(prune_number=2).tenas, 0, CPU)
+    progress = tqdm(total=5, file=io.StringIO())  # counts (a disabled bar does not)
+    with batch_cap(2):
+        after, log = tenas.run_round(scorer, 0, tenas.OpRound(2, 3), candidates, progress)
+    measured = [e for e in log["scores"] if e["kappa"]]
+    assert len(log["scores"]) == 5 and len(measured) == 2 and progress.n == 5
+    assert [(e["cell"], e["edge"]) for e in measured] == [("normal", 4)] * 2  # the first two, in order
+    assert all(e["delta_kappa"] == [0.0] and not e["regions"] for e in log["scores"] if not e["kappa"])
+    assert len(after["normal"][4]) == 1 and len(after["reduce"][1]) == 1
 
 
 def test_search_keeps_two_single_op_edges_per_node(reference: tuple[Path, dict, list]) -> None:

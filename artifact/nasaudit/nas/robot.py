@@ -36,6 +36,7 @@ from nasaudit.errors import NasauditError
 from nasaudit.io import environment_manifest, read_json, write_json
 from nasaudit.nas.base import NAS, SearchContext, shared_cache
 from nasaudit.nas.robot_pool import (
+    check_stack_fits,
     normalise,
     pool_folder,
     pool_key,
@@ -304,6 +305,7 @@ class Robot:
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         cfg = context.profile.robot
         check_config(cfg, data)
+        check_stack_fits(cfg, context.device)
         pool = sample_pool(cfg.pool_size, seed, cfg.pool_ops)
         key = pool_key(data, seed, cfg)
         folder = pool_folder(shared_cache(context), key)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from nasaudit.config import RobotConfig
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
+from nasaudit.errors import NasauditError
 from nasaudit.io import environment_manifest, write_json, write_npz
 from nasaudit.progress import bar as progress_bar
 from nasaudit.proxies import PROXIES
@@ -94,6 +95,35 @@ def proxy_network(
 def architecture_seed(seed: int, index: int) -> int:
     """The init seed of pool member ``index``: independent of chunking and scoring order."""
     return int(np.random.SeedSequence([seed, 2, index]).generate_state(1, np.uint64)[0]) >> 1
+
+
+# --- what a stack needs -------------------------------------------------------------------------------
+
+#: Peak GPU memory per stacked network (16 channels, 8 cells, the proxies' batch of 64): 25 of them
+#: peaked at 37.3-38.5 GiB on an H200 in the paper profile's preflight (docs/gpu-check.md).
+STACK_NET_GIB = 1.6
+
+
+def stack_gib(cfg: RobotConfig) -> float:
+    """About how much GPU memory scoring one stack of ``pool_stack`` networks takes at its peak."""
+    return cfg.pool_stack * STACK_NET_GIB
+
+
+def check_stack_fits(cfg: RobotConfig, device: torch.device) -> None:
+    """One line before any scoring when a stack cannot fit the GPU, naming a ``pool_stack`` that does
+    (a divisor of ``pool_chunk``; the scores equal those of any other stack up to rounding)."""
+    if device.type != "cuda":
+        return
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    if stack_gib(cfg) <= total:
+        return
+    room = 0.9 * total
+    fits = [k for k in range(1, cfg.pool_stack) if not cfg.pool_chunk % k and k * STACK_NET_GIB <= room]
+    raise NasauditError(
+        f"[robot] pool_stack = {cfg.pool_stack} scores that many networks at once (about "
+        f"{stack_gib(cfg):.0f} GiB) and {device} has {total:.0f} GiB: add "
+        f"--set robot.pool_stack={max(fits, default=1)} (the scores are equal up to rounding)"
+    )
 
 
 # --- scoring a stack of networks ---------------------------------------------------------------------

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from nasaudit.batch_cap import capped
 from nasaudit.config import TenasConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData, unit_pixels
@@ -252,7 +253,10 @@ class Scorer:
             ntk_net = self.build(reference, True, derive_seed(seed, "edge_reference"))
             pruned = missing(reference, candidates)
         scores = []
-        for i, removal in enumerate(removals):
+        # all of them, unless the preflight's batch cap bounds the loop: each removal runs the same
+        # nets and shapes, so a few per round exercise a round; the rest rank as unchanged (Δ = 0)
+        scored = list(capped(removals))
+        for i, removal in enumerate(scored):
             region_net = self.build(candidates, False, derive_seed(seed, round_index, i, "region_net"))
             score = Score(removal, [], [], [], [])
             for repeat in range(cfg.repeats):
@@ -280,6 +284,9 @@ class Scorer:
                 score.delta_regions.append(round((regions - regions_without) / regions, cfg.precision))
                 progress.update(1)
             scores.append(score)
+        for removal in removals[len(scored) :]:  # measured nothing: kappa and regions stay empty
+            scores.append(Score(removal, [], [], [0.0] * cfg.repeats, [0.0] * cfg.repeats))
+            progress.update(cfg.repeats)
         return scores
 
 

@@ -173,7 +173,8 @@ def pdarts(cfg: PDartsConfig) -> PDartsConfig:
 
 def tenas(cfg: TenasConfig) -> TenasConfig:
     """One repeat per candidate removal, one batch of linear-region crops, and one op round (pruning
-    to one op per edge at once) before the edge rounds: the pruned genotype is still complete."""
+    to one op per edge at once) before the edge rounds: the pruned genotype is still complete. The batch
+    cap also bounds each round's scored removals (``Scorer.score``): the others rank as unchanged."""
     return replace(cfg, repeats=1, lr_batches=1, prune_number=max(len(cfg.ops) - 1, 1))
 
 
