@@ -57,17 +57,22 @@ def test_readme_links_every_docs_page_and_stays_short() -> None:
     assert len(readme.splitlines()) <= 250
 
 
+def make_commands(page: Path) -> set[tuple[str, ...]]:
+    """The arguments of every `make` call in the page's bash blocks (continuations joined)."""
+    commands = set()
+    for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
+        for line in re.sub(r"\\\n", " ", block).splitlines():
+            words = shlex.split(line, comments=True)
+            for i, word in enumerate(words):
+                if word == "make" and (i == 0 or words[i - 1] in SEP):
+                    end = next((j for j in range(i + 1, len(words)) if words[j] in SEP), len(words))
+                    commands.add(tuple(words[i + 1 : end]))
+    return commands
+
+
 def test_every_make_command_the_pages_show_is_valid() -> None:
     """Each `make ...` in a page's bash block, with its variables, is one `make -n` can plan."""
-    shown = set()
-    for page in PAGES:
-        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
-            for line in re.sub(r"\\\n", " ", block).splitlines():
-                words = shlex.split(line, comments=True)
-                starts = [i + 1 for i, w in enumerate(words) if w == "make" and (i == 0 or words[i - 1] in SEP)]
-                for i in starts:
-                    end = next((j for j in range(i, len(words)) if words[j] in SEP), len(words))
-                    shown.add(tuple(words[i:end]))
+    shown = set().union(*(make_commands(page) for page in PAGES))
     targets = {w for command in shown for w in command if "=" not in w and not w.startswith("-")}
     assert {"smoke-test", "test", "gpu-check", "table1", "report", "docker-build"} <= targets
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
