@@ -4,7 +4,7 @@ PyTorch's default, like OpenMP's, is the number of CPUs the process may be sched
 mask). It does not see a container's CPU quota, the CPUs Slurm granted when it does not bind tasks to
 cores (``SLURM_CPUS_PER_TASK``), nor the other jobs this process runs at once. With more busy threads
 than CPUs, every parallel region waits for a sibling thread that is not scheduled: the smoke TE-NAS
-search took 66 s instead of 22 s beside one busy process with 2 threads on 2 cores (README, Speed).
+search took 66 s instead of 22 s beside one busy process with 2 threads on 2 cores (docs/threads.md).
 
 So a job computes with the CPUs it may really use (the least of affinity, quota and Slurm's grant)
 divided among the jobs run at once, unless it is told otherwise: ``--threads N`` (which sets

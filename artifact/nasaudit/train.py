@@ -1,7 +1,8 @@
 """Training from scratch: the P-DARTS evaluation recipe, for any model of the registry.
 
 SGD with momentum and a per-epoch (or per-step) cosine schedule, gradient clipping, the auxiliary-head loss, a
-linear drop-path ramp, crop/flip/cutout on the device (SPEC §3). Everything a run depends on is a
+linear drop-path ramp, crop/flip/cutout on the device (ztcoalson/pdarts
+train_cifar.py). Everything a run depends on is a
 function of (seed, epoch), and a checkpoint is written atomically every few epochs, so a run that is
 killed and restarted ends with exactly the metrics of an uninterrupted one. The weights are saved
 before ``result.json``, the marker of a finished run, so a finished run always has its weights. A

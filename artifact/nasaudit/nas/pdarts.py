@@ -1,4 +1,5 @@
-"""P-DARTS (Chen et al., 2019): progressive differentiable search in the DARTS space (SPEC §4).
+"""P-DARTS (Chen et al., 2019): progressive differentiable search in the DARTS space (as run:
+ztcoalson/pdarts train_search.py).
 
 The search runs in stages of growing depth (paper: 5, 11, 17 cells). Each stage builds a fresh
 supernet over the candidates that survived the previous stage, trains its weights alone for the
