@@ -15,8 +15,9 @@ import argparse
 import logging
 import sys
 
-#: The loggers the entry points set the level of: the library's and the benchmarks'.
-LOGGERS = ("nasaudit", "benchmarks")
+#: The loggers the entry points set the level of: the library's, the benchmarks', and the module run as
+#: a script (``python -m nasaudit.smoke`` logs as ``__main__``).
+LOGGERS = ("nasaudit", "benchmarks", "__main__")
 
 _PLAIN = logging.Formatter("%(message)s")
 _DETAILED = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
