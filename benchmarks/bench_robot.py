@@ -125,8 +125,10 @@ def main(archs: int | None = None, stacks: list[int] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from nasaudit import verbosity
     from nasaudit.threads import configure
 
+    verbosity.configure()  # the thread choice is logged
     configure()  # as every nasaudit job: NASAUDIT_THREADS / OMP_NUM_THREADS, else the usable CPUs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

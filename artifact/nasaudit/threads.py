@@ -18,6 +18,7 @@ follow the same number (threadpoolctl).
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -28,6 +29,8 @@ from typing import Any
 from nasaudit.errors import NasauditError
 
 ENV = "NASAUDIT_THREADS"  # the override, inherited by worker processes and Slurm tasks
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,7 @@ def decide(
     return ThreadChoice(max(1, allot.cpus // max(1, jobs)), "auto", jobs, allot)
 
 
-def local_workers(asked: int, gpus: int, log: Callable[[str], None] | None = print) -> int:
+def local_workers(asked: int, gpus: int, log: Callable[[str], None] | None = logger.info) -> int:
     """How many local workers run at once, so that workers × threads ≤ usable CPUs; logs the choice once.
 
     CPU workers beyond what fits are not started (their tasks wait); GPU workers are one per GPU, each
@@ -201,7 +204,7 @@ _logged: set[str] = set()
 
 
 def configure(
-    jobs: int = 1, requested: int | None = None, log: Callable[[str], None] | None = print
+    jobs: int = 1, requested: int | None = None, log: Callable[[str], None] | None = logger.info
 ) -> ThreadChoice:
     """Decide, then size PyTorch's intra-op pool and the BLAS/OpenMP pools; log each distinct choice once.
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nasaudit import metrics_log
 from nasaudit.config import TrainConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
@@ -216,6 +217,8 @@ def train_model(
             entry["test_loss"], entry["test_acc"] = evaluate(model, test_data, precision=cfg.precision)
         entry["elapsed"] = time.perf_counter() - started
         log.append(entry)
+        if out_dir is not None:  # the log itself goes into the checkpoint and result.json
+            metrics_log.record(out_dir, epoch, entry)
         progress_bar.set_postfix(
             epoch=epoch,
             loss=f"{loss:.3f}",

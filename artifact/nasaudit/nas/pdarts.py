@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasaudit import metrics_log
 from nasaudit.config import PDartsConfig
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
@@ -410,7 +411,7 @@ class PDarts:
                 bar.set_postfix(stage=stage, epoch=epoch)
                 entry["elapsed"] = time.perf_counter() - started
                 log["epochs"].append(entry)
-                write_json(out / LOG, log)
+                metrics_log.record(out, len(log["epochs"]) - 1, entry, out / LOG, log)
                 save_torch(
                     out / CHECKPOINT,
                     {

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nasaudit import metrics_log
 from nasaudit.config import RobotConfig
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.errors import NasauditError
@@ -175,7 +176,8 @@ def robot_search(
             }
         )
         if log_path is not None:
-            write_json(log_path, {**header, "evaluations": evaluations})
+            document = {**header, "evaluations": evaluations}
+            metrics_log.record(log_path.parent, len(evaluations) - 1, evaluations[-1], log_path, document)
 
     def bo_history() -> tuple[np.ndarray, np.ndarray]:
         """The distinct weight vectors evaluated and their accuracies, in order: what the GP sees."""
