@@ -139,8 +139,9 @@ def run_preflight(
                         report["running"].pop(item.id, None)
                         pending.insert(0, item)
                         if echo:
-                            print(f"[retry] {item.kind} ({item.id}): out of GPU memory beside others; "
-                                  "again alone", flush=True)  # fmt: skip
+                            logger.info(
+                                f"[retry] {item.kind} ({item.id}): out of GPU memory beside others; run alone"
+                            )
                     else:
                         record(item, outcome)
         projections = pool.call(("timings", items))
