@@ -135,7 +135,7 @@ PREFLIGHT_ARGS ?=
 preflight: $(STAMP)  ## every kind of task at PROFILE's sizes, a few steps on synthetic data (docs/preflight.md)
 	$(VENV)/bin/nasaudit preflight --profile $(PROFILE) --out results/preflight $(PREFLIGHT_ARGS)
 
-gpu-check: $(STAMP)  ## on a GPU machine, first: preflight, GPU ratios, fp32 vs bf16, concurrency, GPU-hours (≤ 15 min)
+gpu-check: $(STAMP)  ## on a GPU machine, first: preflight, GPU ratios, fp32 vs bf16, concurrency, GPU-hours (≤ 13 min)
 	$(PY) -m benchmarks.gpu_check --out results/gpu-check
 
 clean:  ## remove results/ and caches (keeps data/ and .venv/)

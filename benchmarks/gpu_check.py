@@ -1,4 +1,4 @@
-"""`make gpu-check`: the one command a person with a GPU runs first (at most 15 minutes: its limits).
+"""`make gpu-check`: the one command a person with a GPU runs first (at most 13 minutes: its limits).
 
 Each section runs in its own child process with its own time limit, so a crash, an out-of-memory
 error or a hang in one costs only that section; ``report.json`` and ``report.md`` are rewritten after
@@ -72,7 +72,7 @@ CUDA = torch.device("cuda")
 # --- sections --------------------------------------------------------------------------------------
 
 
-@section("environment", 60)
+@section("environment", 30)
 def environment(out: Path, only: list[str]) -> dict[str, Any]:
     props = torch.cuda.get_device_properties(0)
     smi = subprocess.run(
@@ -127,7 +127,7 @@ def _benchmarks_so_far(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-@section("benchmarks", 170, partial=_benchmarks_so_far)
+@section("benchmarks", 150, partial=_benchmarks_so_far)
 def benchmarks(out: Path, only: list[str]) -> dict[str, Any]:
     """Each benchmark (``only``: these; [] all) on its own: one that fails is reported with its error,
     the others still run; each result is saved as it finishes, so a section cut short keeps them.
@@ -289,7 +289,7 @@ def concurrent_job(jobs: int) -> None:
     )
 
 
-@section("projection", 120)
+@section("projection", 60)
 def projection(out: Path, only: list[str]) -> dict[str, Any]:
     """Plan's GPU-hours of Tables 1 and 5 timed on this GPU (no results counted as done)."""
     import tempfile
