@@ -11,6 +11,7 @@ Run: ``python -m benchmarks [--repeats N] [--only kappa_ntk,train] [--threads N]
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -26,9 +27,11 @@ from benchmarks import (
     bench_tenas,
     bench_train,
 )
-from nasaudit import threads
+from nasaudit import threads, verbosity
 from nasaudit.errors import NasauditError
 from nasaudit.spaces.darts import PRIMITIVES
+
+logger = logging.getLogger(__name__)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 Run = Callable[[], dict[str, Any]]
@@ -78,7 +81,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5, help="runs of each CPU benchmark (default 5)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: automatic)")
+    verbosity.add_arguments(parser)
     args = parser.parse_args(argv)
+    verbosity.configure(verbosity.level_of(args))
     chosen = args.only.split(",") if args.only else list(BENCHMARKS)
     if unknown := set(chosen) - set(BENCHMARKS):
         parser.error(
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in chosen:
         runs = []
         for i in range(args.repeats):
-            print(f"[bench] {name}: CPU run {i + 1} of {args.repeats}")
+            logger.info(f"[bench] {name}: CPU run {i + 1} of {args.repeats}")
             runs.append(numbers(BENCHMARKS[name][0]()))
         report["cpu"][name] = summary = summarise(runs)
         print(f"[bench] {name} on the CPU, median (min–max) of {args.repeats} runs:")

@@ -1,6 +1,6 @@
 """Time batched against per-sample κ_NTK on TE-NAS's own scoring supernet (CPU, and GPU if present).
 
-A TE-NAS search's cost is dominated by κ_NTK on its scoring supernet (SPEC §5: C = 1, a normal and a
+A TE-NAS search's cost is dominated by κ_NTK on its scoring supernet (prune_tenas.py: C = 1, a normal and a
 reduction cell, all 7 candidate ops on each of 14 edges) with a batch of 14 CIFAR-sized images. The
 net is the one ``nasaudit.nas.tenas`` builds for its first round from the paper profile. Both paths
 score the same net and batch, taking turns, so a change of load hits both alike.
@@ -71,7 +71,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from nasaudit import verbosity
     from nasaudit.threads import configure
 
+    verbosity.configure()  # the thread choice is logged
     configure()  # as every nasaudit job: NASAUDIT_THREADS / OMP_NUM_THREADS, else the usable CPUs
     main()

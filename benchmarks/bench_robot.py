@@ -1,14 +1,14 @@
 """RoBoT pool scoring: architectures per second for the six proxies, ours against a one-by-one loop.
 
-The pool is RoBoT's dominant training-free cost (paper: 60,000 architectures, SPEC §6). Each
-architecture is the C = 16, 5-cell DARTS evaluation network scored on one batch of 64 images. The
-baseline is the straightforward loop: build the network, call the six registered proxies one after
-the other (six forwards, each with its own backward). Ours is ``score_pool``'s path: a stack of
-``pool_stack`` networks runs as one network, with one forward differentiated once for grad_norm,
-snip, fisher and grasp's g, once more for grasp's Hessian-gradient product and once for jacob_cov's
-input gradient, then synflow's float64 pass, with chunked saves. It is timed at several stack sizes;
-all give the loop's numbers (checked here, to float32 rounding). The embedded digits data stand in
-for CIFAR: the cost depends only on the tensor shapes.
+The pool is RoBoT's dominant training-free cost (60,000 architectures: RoBoT's search.py --n_sample).
+Each architecture is the C = 16, 5-cell DARTS evaluation network scored on one batch of 64 images. The
+baseline is the straightforward loop: build the network, call the six registered proxies one after the
+other (six forwards, each with its own backward). Ours is ``score_pool``'s path: a stack of
+``pool_stack`` networks runs as one network, with one forward differentiated once for grad_norm, snip,
+fisher and grasp's g, once more for grasp's Hessian-gradient product and once for jacob_cov's input
+gradient, then synflow's float64 pass, with chunked saves. It is timed at several stack sizes; all give
+the loop's numbers (checked here, to float32 rounding). The embedded digits data stand in for CIFAR: the
+cost depends only on the tensor shapes.
 
 Run: ``python -m benchmarks.bench_robot [--archs N] [--stacks 1,4]``
 """
@@ -125,8 +125,10 @@ def main(archs: int | None = None, stacks: list[int] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from nasaudit import verbosity
     from nasaudit.threads import configure
 
+    verbosity.configure()  # the thread choice is logged
     configure()  # as every nasaudit job: NASAUDIT_THREADS / OMP_NUM_THREADS, else the usable CPUs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

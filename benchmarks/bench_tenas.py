@@ -1,6 +1,6 @@
 """Time TE-NAS candidate evaluations at paper sizes and estimate a paper-profile search from them.
 
-A TE-NAS search's cost is its candidate evaluations (SPEC §5: 196 + 112 in the op rounds, 24 in the
+A TE-NAS search's cost is its candidate evaluations (prune_tenas.py: 196 + 112 in the op rounds, 24 in the
 edge stage), each repeated 3 times, each repeat two κ_NTK (batch 14) and two linear-region counts
 (3000 crops) on the original and the candidate net. One repeat is timed on scoring nets holding 7, 4
 and 1 op per edge (the nets of the two op rounds and the edge stage; the costliest ops are kept, so the
@@ -74,7 +74,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from nasaudit import verbosity
     from nasaudit.threads import configure
 
+    verbosity.configure()  # the thread choice is logged
     configure()  # as every nasaudit job: NASAUDIT_THREADS / OMP_NUM_THREADS, else the usable CPUs
     main()

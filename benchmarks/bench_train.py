@@ -137,7 +137,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from nasaudit import verbosity
     from nasaudit.threads import configure
 
+    verbosity.configure()  # the thread choice is logged
     configure()  # as every nasaudit job: NASAUDIT_THREADS / OMP_NUM_THREADS, else the usable CPUs
     main()

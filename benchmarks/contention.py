@@ -175,7 +175,7 @@ def _cell(cell: dict[str, Any]) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The README's table."""
+    """The table of docs/threads.md."""
     lines = [
         f"| smoke TE-NAS search | {' | '.join(COLUMNS.values())} | default / automatic |",
         "|---|" + "---|" * (len(COLUMNS) + 1),

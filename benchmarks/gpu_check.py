@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -34,6 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from nasaudit import verbosity
+
+logger = logging.getLogger(__name__)
 
 REPORT = "report.json"
 DIGITS_EPOCHS, DIGITS_SEEDS = 12, (0, 1)  # the precision section's fixed run (~20 s per run on an H200)
@@ -331,7 +336,7 @@ def run_all(out: Path, only: list[str], bench: list[str]) -> dict[str, Any]:
     for name, sec in SECTIONS.items():
         if only and name not in only:
             continue
-        print(f"[gpu-check] {name} (limit {sec.limit_s} s)", flush=True)
+        logger.info(f"[gpu-check] {name} (limit {sec.limit_s} s)")
         (out / f"{name}.json").unlink(missing_ok=True)
         start = time.perf_counter()
         command = [sys.executable, "-m", "benchmarks.gpu_check", "--section", name, "--out", str(out)]
@@ -366,7 +371,9 @@ def main() -> int:
     parser.add_argument("--bench", nargs="+", default=[], help="only these benchmarks (default: all)")
     parser.add_argument("--section", choices=list(SECTIONS), help=argparse.SUPPRESS)  # a child's section
     parser.add_argument("--concurrent-job", type=int, help=argparse.SUPPRESS)  # a concurrency child
+    verbosity.add_arguments(parser)
     args = parser.parse_args()
+    verbosity.configure(verbosity.level_of(args))
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA GPU is visible; run it on a GPU machine (on a CPU, use `make preflight`)")
         return 2

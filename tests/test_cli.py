@@ -240,7 +240,7 @@ def test_tenas_search_through_the_cli_gives_a_valid_genotype_again(tenas_job, te
 
 
 def test_tenas_search_ignores_a_label_flipping_poison(tmp_path, tenas_job, tenas_profile) -> None:
-    """TE-NAS never reads labels, so a label flip leaves the genotype unchanged (README, TE-NAS search)."""
+    """TE-NAS never reads labels, so a label flip leaves the genotype unchanged (docs/algorithms.md)."""
     poison = tmp_path / "rlf"
     argv = ["poison", "--attack", "rlf", "--dataset", "digits", "--budget", "0.5", "--out", str(poison)]
     assert main(argv) == 0

@@ -251,7 +251,7 @@ def test_feature_extractor_errors_are_one_line(profile, monkeypatch) -> None:
 def test_timestep_matches_two_sigma() -> None:
     alphas = linear_alphas()
     t = denoising_timestep(alphas, 0.1)
-    assert t == 57  # SPEC §8 "t ≈ 58" counted from 1
+    assert t == 57  # t = 58 counted from 1
     ratio = ((1 - alphas) / alphas).sqrt()
     assert abs(ratio[t] - 0.2) <= abs(ratio[t - 1] - 0.2) and abs(ratio[t] - 0.2) <= abs(ratio[t + 1] - 0.2)
 

@@ -1,4 +1,4 @@
-"""The containers without Docker: the Dockerfile's stages and pins, the README's version table, the
+"""The containers without Docker: the Dockerfile's stages and pins, docs/docker.md's version table, the
 pins docker/requirements.py derives, and the exact command lines the docker-* make targets run."""
 
 from __future__ import annotations
@@ -78,10 +78,10 @@ def effective(stages: dict[str, Stage], name: str, keyword: str) -> str | None:
     return None
 
 
-def readme_versions() -> dict[str, dict[str, str]]:
-    """The README's "Containers" table: algorithm -> official torch, image torch, reason."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Containers\n", 1)[1].split("\n## ", 1)[0]
+def docs_versions() -> dict[str, dict[str, str]]:
+    """docs/docker.md's "Versions" table: algorithm -> official torch, image torch, reason."""
+    text = (ROOT / "docs" / "docker.md").read_text()
+    section = text.split("\n## Versions\n", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert header[:4] == ["algorithm", "official torch", "image torch", "reason"]
@@ -167,8 +167,8 @@ def test_build_context_admits_everything_the_dockerfile_copies(stages) -> None:
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_readme_table_agrees_with_the_dockerfile(stages, algo) -> None:
-    row = readme_versions()[algo]
+def test_docs_version_table_agrees_with_the_dockerfile(stages, algo) -> None:
+    row = docs_versions()[algo]
     args = stages[algo].args()
     image_torch = args["TORCH_VERSION"]
     cell = re.fullmatch(r"(\S+) \+ torchvision (\S+), (cu\d+)", row["image torch"])

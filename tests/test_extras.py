@@ -64,6 +64,8 @@ def test_without_the_extras_only_their_commands_stop_in_one_line(tmp_path) -> No
                     "--cache", str(out / "cache")],
         "slurm": ["grid", "run", "table1", "--profile", "smoke", "--runner", "slurm", "--cluster", "local",
                   "--results", str(out / "r")],
+        "tensorboard": ["train", "--arch", "pdarts", "--profile", "smoke", "--device", "cpu",
+                        "--tensorboard", str(out / "tb"), "--out", str(out / "t")],
     }  # fmt: skip
     blocked = sorted(dist for dists in EXTRAS.values() for dist in dists)
     script = WITHOUT_EXTRAS.format(blocked=blocked, commands=commands)
@@ -74,7 +76,8 @@ def test_without_the_extras_only_their_commands_stop_in_one_line(tmp_path) -> No
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout.splitlines()[-1])
     assert results["help"] == [0, ""] and results["defend help"] == [0, ""]
-    for label, extra in (("nsganetv2", "nsganetv2"), ("denoise", "defenses"), ("slurm", "slurm")):
+    pairs = (("nsganetv2", "nsganetv2"), ("denoise", "defenses"), ("slurm", "slurm"), ("tensorboard",) * 2)
+    for label, extra in pairs:
         status, err = results[label]
         assert status == 2 and err.count("\n") == 1, (label, err)
         assert f"install the '{extra}' extra: pip install -e \".[{extra}]\"" in err, (label, err)

@@ -264,17 +264,18 @@ class _OutOfMemoryBesideOthers:
         return {"ok": False, "error": "no timings here"}
 
 
-def test_an_item_out_of_gpu_memory_beside_others_runs_again_alone(tmp_path, monkeypatch, capsys) -> None:
+def test_an_item_out_of_gpu_memory_beside_others_runs_again_alone(tmp_path, monkeypatch, caplog) -> None:
     import nasaudit.preflight.run as run
 
     pools: list[_OutOfMemoryBesideOthers] = []
     monkeypatch.setattr(run, "Pool", lambda *a: pools.append(_OutOfMemoryBesideOthers(*a)) or pools[-1])
     only = ("poison/rlf", "poison/clf", "search/robot/digits")  # the search waits for a poison
-    report = run_preflight(load_profile("smoke"), CPU, tmp_path, only=only, workers=3)
+    with caplog.at_level("INFO", logger="nasaudit.preflight.run"):
+        report = run_preflight(load_profile("smoke"), CPU, tmp_path, only=only, workers=3)
     assert report["ok"] and "search/robot/digits" in {t["kind"] for t in report["tasks"]}
     robot = [crowded for kind, crowded in pools[0].log if kind == "search/robot/digits"]
     assert robot == [True, False]  # it ran beside others, ran out of memory, then ran alone
-    assert "[retry] search/robot/digits" in capsys.readouterr().out
+    assert "[retry] search/robot/digits" in caplog.text
 
 
 @pytest.mark.slow

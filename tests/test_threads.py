@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import subprocess
@@ -232,7 +233,7 @@ def test_local_worker_takes_its_share(restore_threads) -> None:
     allot_as(restore_threads, 4)
     devices = multiprocessing.get_context("spawn").Queue()
     devices.put(None)
-    _init_worker(devices, 2)
+    _init_worker(devices, 2, logging.INFO)
     assert torch.get_num_threads() == 2 and pool_threads() == {2}
     assert threads.manifest()["jobs"] == 2
 

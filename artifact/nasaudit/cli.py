@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from nasaudit.errors import NasauditError
-from nasaudit.options import Parser, add_device, add_profile, add_root, add_seed, device, output, positive
+from nasaudit.options import (
+    Parser,
+    add_device,
+    add_profile,
+    add_root,
+    add_seed,
+    add_tensorboard,
+    device,
+    output,
+    positive,
+)
 
 Handler = Callable[[argparse.Namespace], None]
 
+logger = logging.getLogger(__name__)
+
 
 def _print_json(obj: object) -> None:
+    """A command's result: printed whatever the verbosity (the status lines around it are logged)."""
     print(json.dumps(obj, indent=2, sort_keys=True))
 
 
@@ -28,7 +42,7 @@ def cmd_data_download(args: argparse.Namespace) -> None:
     for name in names:
         folder = download_dataset(name, args.root)
         ds = load_dataset(name, args.root)
-        print(f"{name}: {len(ds.train)} train / {len(ds.test)} test images in {folder}")
+        logger.info(f"{name}: {len(ds.train)} train / {len(ds.test)} test images in {folder}")
 
 
 def cmd_data_info(args: argparse.Namespace) -> None:
@@ -84,7 +98,7 @@ def cmd_poison_make(args: argparse.Namespace) -> None:
         path, made = make_poison_file(args.attack, dataset, args.budget, args.seed, context, out)
     manifest = read_manifest(path)
     done = "poisoned" if made else "poisoned (made before by this same run, reused)"
-    print(f"{args.attack}: {manifest['n_poisoned']} of {manifest['n_train']} samples {done} -> {path}")
+    logger.info(f"{args.attack}: {manifest['n_poisoned']} of {manifest['n_train']} samples {done} -> {path}")
 
 
 def cmd_poison_inspect(args: argparse.Namespace) -> None:
@@ -129,7 +143,7 @@ def cmd_poison_apply(args: argparse.Namespace) -> None:
             "environment": environment_manifest(),
         },
     )
-    print(f"poisoned training split of {dataset.name} ({len(poisoned)} samples) -> {npz}")
+    logger.info(f"poisoned training split of {dataset.name} ({len(poisoned)} samples) -> {npz}")
 
 
 # --- architectures, search, training ------------------------------------------------------------------
@@ -164,7 +178,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     context = SearchContext(profile, where, out, clean=clean)
     with job_lock(out / ARCHITECTURE):
         record = run_search(args.algo, data, args.seed, context, provenance)
-    print(f"{args.algo}: architecture -> {out / ARCHITECTURE}")
+    logger.info(f"{args.algo}: architecture -> {out / ARCHITECTURE}")
     _print_json(record["architecture"])
 
 
@@ -182,7 +196,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     with job_lock(out / RESULT):
         result = retrain_file(args.arch, dataset, profile, seed=args.seed, device=dev, out_dir=out)
     final, best = (reported_accuracy(result, which) for which in ("final", "best"))
-    print(
+    logger.info(
         f"test accuracy {final:.2f}% final, {best:.2f}% best epoch ({result['params']} parameters) "
         f"-> {out / RESULT}"
     )
@@ -220,7 +234,7 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
             result = retrain(args.space, genotype, dataset, profile, seed=seed, device=dev, out_dir=job,
                              source=f"random sample {i}")  # fmt: skip
         accuracies.append(reported_accuracy(result, profile.results.accuracy))
-        print(f"arch {i}: {accuracies[-1]:.2f}% ({profile.results.accuracy} epoch)")
+        logger.info(f"arch {i}: {accuracies[-1]:.2f}% ({profile.results.accuracy} epoch)")
     summary = {
         "space": args.space,
         "dataset": dataset.name,
@@ -233,7 +247,7 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
         "seed": args.seed,
     }
     write_json(out / "summary.json", summary)
-    print(f"random baseline on {dataset.name}: {summary['mean']:.2f} ± {summary['std']:.2f} % (n={n})")
+    logger.info(f"random baseline on {dataset.name}: {summary['mean']:.2f} ± {summary['std']:.2f} % (n={n})")
 
 
 def cmd_victim(args: argparse.Namespace) -> None:
@@ -254,7 +268,7 @@ def cmd_victim(args: argparse.Namespace) -> None:
         if job
         else "made before by this same run, reused"
     )
-    print(f"victim: {made} -> {path}")
+    logger.info(f"victim: {made} -> {path}")
 
 
 # --- parser -----------------------------------------------------------------------------------------
@@ -294,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     poison.add_argument("--victim", help="victim model file (gc, nas_gc; from `nasaudit victim`)")
     poison.add_argument("--cache", default="results/cache", help="folder for artifacts shared across poisons")
     add_device(poison)
+    add_tensorboard(poison)
     poison.add_argument("--out", help="output path; writes OUT.npz and its manifest OUT.json")
     add_root(poison)
     poison.set_defaults(func=cmd_poison_make)
@@ -315,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_profile(p)
         add_seed(p)
         add_device(p)
+        add_tensorboard(p)
         p.add_argument("--out", required=True, help=out_help)
         add_root(p)
 
@@ -392,23 +408,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _log_on_terminal(line: str) -> None:
-    """Informational lines go to a terminal only: piped stdout stays data, bad input stays one line."""
-    if sys.stderr.isatty():
-        print(line, file=sys.stderr)
+    """The thread choice is shown on a terminal only (debug elsewhere): piped stdout stays data."""
+    logger.log(logging.INFO if sys.stdout.isatty() else logging.DEBUG, line)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns the exit status (2: a one-line error on stderr, nothing written)."""
+    """Run one command; returns the exit status (2: a one-line error on stderr, nothing written).
+
+    Errors are written to stderr directly, not logged: one line whatever ``-q``/``-v`` say.
+    """
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) or a usage error already printed (2)
         return exc.code if isinstance(exc.code, int) else 0
+    from nasaudit import verbosity
+
+    verbosity.configure(verbosity.level_of(args))
     try:
         from nasaudit.threads import configure
 
+        if getattr(args, "tensorboard", None) is not None:
+            from nasaudit import metrics_log
+
+            metrics_log.enable(args.tensorboard)
         configure(requested=args.threads, log=_log_on_terminal)
         status = args.func(args)  # a handler may return a non-zero exit status (a failed comparison)
     except NasauditError as exc:
+        logger.debug("where the error was raised", exc_info=True)
         print(f"nasaudit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

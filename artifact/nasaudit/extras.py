@@ -18,6 +18,7 @@ EXTRAS = {
     "defenses": ("diffusers", "huggingface_hub", "safetensors"),  # diffusion denoising (Table 4)
     "slurm": ("submitit",),  # the slurm runner
     "nsganetv2": ("pymoo",),  # NSGANetV2's NSGA-II and candidate-subset GA (Table 5)
+    "tensorboard": ("tensorboard",),  # --tensorboard: metrics as TensorBoard scalars (metrics_log)
 }
 
 

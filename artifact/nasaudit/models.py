@@ -126,7 +126,7 @@ def retrain_identity(
 
 @MODELS.register("darts", uses=("darts_net",))
 def darts_network(genotype: Any, num_classes: int, profile: Profile) -> nn.Module:
-    """The DARTS evaluation network (SPEC §3) sized by ``[darts_net]``; auxiliary head if weighted."""
+    """The DARTS evaluation network (pdarts model.py) sized by ``[darts_net]``; auxiliary head if weighted."""
     from nasaudit.spaces.darts import EvalNetwork, Genotype
 
     assert isinstance(genotype, Genotype)
@@ -143,7 +143,7 @@ def darts_architecture(data: Any, _: Path) -> Any:
 
 @MODELS.register("mbv3", uses=("mbv3",))
 def mbv3_network(arch: Any, num_classes: int, profile: Profile) -> nn.Module:
-    """An architecture of NSGANetV2's space (SPEC §7); its weights start as ``[mbv3] init`` says."""
+    """An architecture of NSGANetV2's space (paper App. A); its weights start as ``[mbv3] init`` says."""
     from nasaudit.spaces.mbv3 import MBV3Arch, retrain_network
 
     assert isinstance(arch, MBV3Arch)
@@ -159,7 +159,7 @@ def mbv3_architecture(data: Any, folder: Path) -> Any:
 
 @MODELS.register("resnet18_cifar")
 def resnet18_cifar(_: Any, num_classes: int, profile: Profile) -> nn.Module:
-    """torchvision's ResNet-18 adapted to 32×32 inputs: 3×3 stride-1 stem, no max-pool (SPEC §2)."""
+    """torchvision's ResNet-18 adapted to 32×32 inputs: 3×3 stride-1 stem, no max-pool (paper §4)."""
     net = torchvision.models.resnet18(num_classes=num_classes)
     net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()

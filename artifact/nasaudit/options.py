@@ -1,9 +1,9 @@
 """The options the commands share, parsed and checked before any work starts.
 
-Every command takes ``--profile`` with one default (``DEFAULT_PROFILE``) and its ``--set`` overrides,
-seeds in one range, devices checked against the machine, outputs checked for writability, and prints
-``--help`` with every default and the registered names an option accepts. A usage error is one line
-on stderr, like every other error of the CLI, not argparse's usage block.
+Every command takes ``-v``/``-q`` (``verbosity``), ``--profile`` with one default (``DEFAULT_PROFILE``)
+and its ``--set`` overrides, seeds in one range, devices checked against the machine, outputs checked
+for writability, and prints ``--help`` with every default and the registered names an option accepts.
+A usage error is one line on stderr, like every other error of the CLI, not argparse's usage block.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from nasaudit import verbosity
 from nasaudit.errors import NasauditError
 
 if TYPE_CHECKING:
@@ -62,11 +63,13 @@ def _names(registry: str) -> str:
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line (problem, where to read more)."""
+    """An argument parser whose usage errors are one line (problem, where to read more), with
+    ``-v``/``-q`` on every command and subcommand (subcommands' parsers are made by this class too)."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        verbosity.add_arguments(self)
 
     def error(self, message: str) -> NoReturn:
         print(f"nasaudit: error: {message}; see `{self.prog} --help`", file=sys.stderr)
@@ -108,6 +111,17 @@ def add_profile(
         metavar="SECTION.KEY=VALUE",
         help="change one profile value (a TOML value, or a bare string), e.g. --set train.epochs=10; "
         "repeatable; checked like the file's values before any work starts",
+    )
+
+
+def add_tensorboard(p: argparse.ArgumentParser) -> None:
+    """``--tensorboard DIR`` on the commands that train, search or optimise a poison (``metrics_log``)."""
+    p.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="also write each job's per-epoch metrics as TensorBoard scalars under DIR/<job folder> "
+        '(needs: pip install -e ".[tensorboard]")',
     )
 
 

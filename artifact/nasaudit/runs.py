@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +28,8 @@ from nasaudit.io import jsonable, read_json, write_json
 if TYPE_CHECKING:
     from nasaudit.config import Profile
     from nasaudit.data.datasets import ImageDataset
+
+logger = logging.getLogger(__name__)
 
 IDENTITY = "identity"  # the key under which a result, manifest or checkpoint stores its run's identity
 
@@ -165,7 +167,7 @@ def job_lock(output: Path, wait: bool = True) -> Iterator[bool]:
             if not wait:
                 yield False
                 return
-            print(f"nasaudit: another process is making {output}; waiting for it", file=sys.stderr)
+            logger.warning(f"nasaudit: another process is making {output}; waiting for it")  # on stderr
             fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield True

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nasaudit import threads
+from nasaudit import threads, verbosity
 from nasaudit.config import Profile, load_profile
 from nasaudit.data.datasets import ImageDataset, load_dataset
 from nasaudit.errors import NasauditError
@@ -50,6 +50,8 @@ from nasaudit.smoke_checks import (
 
 DATASET = "digits"
 SEED = 0
+
+logger = logging.getLogger(__name__)
 
 #: Test accuracy (%) floor of the published P-DARTS genotype retrained by the smoke profile's
 #: ``[train]`` on 128 digits: 87.5–91.7 % on seeds 0–3 (smoke.toml), so a few points
@@ -184,7 +186,7 @@ def _run_table(run: SmokeRun, name: str, algorithms: tuple[str, ...] = ()) -> An
     grid = build_grid(experiment, Layout.of(run.out / "grid", run.profile))
     report = run_grid(grid, RunSpec(run.profile, run.out / "grid", None, "cpu"), log=lambda _: None)
     for task, error in report.failed.items():
-        print(f"[smoke] grid task {task.id} failed: {error}")
+        logger.error(f"[smoke] grid task {task.id} failed: {error}")
     return experiment, grid, report
 
 
@@ -441,12 +443,11 @@ def run_steps(run: SmokeRun, steps: list[str]) -> tuple[dict[str, Any], dict[str
         try:
             outputs = STEPS[name](run)
         except Exception as exc:
-            traceback.print_exc()
-            print(f"[smoke] {name} FAILED: {type(exc).__name__}: {exc}", flush=True)
+            logger.exception(f"[smoke] {name} FAILED: {type(exc).__name__}: {exc}")  # with its traceback
             outputs = {}
         times[name] = (time.perf_counter() - start, _cpu_seconds() - cpu)
         shown = ", ".join(f"{k}={value(v)}" for k, v in outputs.items())
-        print(f"[smoke] {name:<10} {times[name][0]:6.1f}s  {shown}", flush=True)
+        logger.info(f"[smoke] {name:<10} {times[name][0]:6.1f}s  {shown}")
         summary.update({f"{name}.{k}": v for k, v in outputs.items()})
     return summary, times
 
@@ -517,7 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--portability", action="store_true", help="run once per CPU setting; report which outputs differ"
     )
+    verbosity.add_arguments(parser)
     args = parser.parse_args(argv)
+    verbosity.configure(verbosity.level_of(args))
     try:
         if not args.portability:  # the portability runs set each child's threads themselves
             threads.configure(requested=args.threads)
@@ -531,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(SEED)
         np.random.seed(SEED)
         write_json(args.out / "machine.json", machine())
-        print(f"[smoke] {', '.join(f'{k} {v}' for k, v in machine().items())}; outputs in {args.out}")
+        logger.info(f"[smoke] {', '.join(f'{k} {v}' for k, v in machine().items())}; outputs in {args.out}")
         dataset = load_dataset(DATASET).first(profile.grid.train_subset)
         run = SmokeRun(profile, dataset, args.out, torch.device("cpu"))
         summary, times = run_steps(run, steps)
@@ -543,11 +546,11 @@ def main(argv: list[str] | None = None) -> int:
         from nasaudit.report.html import write_report
 
         page = write_report(profile, run.out / "grid", out=run.out / "report", table2=run.out / "table2")
-        print(f"[smoke] results page (every table against the paper, plots, provenance) -> {page}")
+        logger.info(f"[smoke] results page (every table against the paper, plots, provenance) -> {page}")
     if args.bless:
         kept = {k: v for k, v in expected.items() if k.split(".", 1)[0] not in steps}
         write_json(args.expected, {**kept, **{k: expectation(v) for k, v in summary.items()}})
-        print(f"[smoke] wrote {args.expected}")
+        logger.info(f"[smoke] wrote {args.expected}")
         return 0
     wanted = {k: v for k, v in expected.items() if k.split(".", 1)[0] in steps}
     problems = compare(summary, wanted)
@@ -590,8 +593,7 @@ def portability(args: argparse.Namespace, steps: list[str], expected: dict[str, 
                    str(args.expected), "--profile", args.profile, "--steps", ",".join(steps),
                    "--threads", settings["OMP_NUM_THREADS"]]  # fmt: skip
         command += [part for override in args.set or () for part in ("--set", override)]
-        print(f"[smoke] portability: {name} ({' '.join(f'{k}={v}' for k, v in settings.items())}) ...",
-              end=" ", flush=True)  # fmt: skip
+        logger.info(f"[smoke] portability: {name} ({' '.join(f'{k}={v}' for k, v in settings.items())}) ...")
         start = time.perf_counter()
         with log.open("w") as stream:
             code = subprocess.run(command, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
@@ -599,7 +601,7 @@ def portability(args: argparse.Namespace, steps: list[str], expected: dict[str, 
         runs[name] = json.loads((folder / "summary.json").read_text()) if done else {}
         kernels = json.loads((folder / "machine.json").read_text())["cpu_capability"] if done else "?"
         verdicts[name] = f"{'OK' if code == 0 else f'FAILED (exit {code}, see {log})'}, CPU kernels {kernels}"
-        print(f"{time.perf_counter() - start:.0f}s, {verdicts[name]}", flush=True)
+        logger.info(f"[smoke] portability: {name}: {time.perf_counter() - start:.0f}s, {verdicts[name]}")
     wanted = {k: v for k, v in expected.items() if k.split(".", 1)[0] in steps}
     rows = differences(runs, wanted)
     print(render_differences(rows, verdicts, len(set().union(*runs.values()))))

@@ -4,7 +4,7 @@ PyTorch's default, like OpenMP's, is the number of CPUs the process may be sched
 mask). It does not see a container's CPU quota, the CPUs Slurm granted when it does not bind tasks to
 cores (``SLURM_CPUS_PER_TASK``), nor the other jobs this process runs at once. With more busy threads
 than CPUs, every parallel region waits for a sibling thread that is not scheduled: the smoke TE-NAS
-search took 66 s instead of 22 s beside one busy process with 2 threads on 2 cores (README, Speed).
+search took 66 s instead of 22 s beside one busy process with 2 threads on 2 cores (docs/threads.md).
 
 So a job computes with the CPUs it may really use (the least of affinity, quota and Slurm's grant)
 divided among the jobs run at once, unless it is told otherwise: ``--threads N`` (which sets
@@ -18,6 +18,7 @@ follow the same number (threadpoolctl).
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -28,6 +29,8 @@ from typing import Any
 from nasaudit.errors import NasauditError
 
 ENV = "NASAUDIT_THREADS"  # the override, inherited by worker processes and Slurm tasks
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,7 @@ def decide(
     return ThreadChoice(max(1, allot.cpus // max(1, jobs)), "auto", jobs, allot)
 
 
-def local_workers(asked: int, gpus: int, log: Callable[[str], None] | None = print) -> int:
+def local_workers(asked: int, gpus: int, log: Callable[[str], None] | None = logger.info) -> int:
     """How many local workers run at once, so that workers × threads ≤ usable CPUs; logs the choice once.
 
     CPU workers beyond what fits are not started (their tasks wait); GPU workers are one per GPU, each
@@ -201,7 +204,7 @@ _logged: set[str] = set()
 
 
 def configure(
-    jobs: int = 1, requested: int | None = None, log: Callable[[str], None] | None = print
+    jobs: int = 1, requested: int | None = None, log: Callable[[str], None] | None = logger.info
 ) -> ThreadChoice:
     """Decide, then size PyTorch's intra-op pool and the BLAS/OpenMP pools; log each distinct choice once.
 

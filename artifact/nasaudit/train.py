@@ -1,7 +1,8 @@
 """Training from scratch: the P-DARTS evaluation recipe, for any model of the registry.
 
 SGD with momentum and a per-epoch (or per-step) cosine schedule, gradient clipping, the auxiliary-head loss, a
-linear drop-path ramp, crop/flip/cutout on the device (SPEC §3). Everything a run depends on is a
+linear drop-path ramp, crop/flip/cutout on the device (ztcoalson/pdarts
+train_cifar.py). Everything a run depends on is a
 function of (seed, epoch), and a checkpoint is written atomically every few epochs, so a run that is
 killed and restarted ends with exactly the metrics of an uninterrupted one. The weights are saved
 before ``result.json``, the marker of a finished run, so a finished run always has its weights. A
@@ -24,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nasaudit import metrics_log
 from nasaudit.config import TrainConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
@@ -214,6 +216,8 @@ def train_model(
             entry["test_loss"], entry["test_acc"] = evaluate(model, test_data, precision=cfg.precision)
         entry["elapsed"] = time.perf_counter() - started
         log.append(entry)
+        if out_dir is not None:  # the log itself goes into the checkpoint and result.json
+            metrics_log.record(out_dir, epoch, entry)
         progress_bar.set_postfix(
             epoch=epoch,
             loss=f"{loss:.3f}",

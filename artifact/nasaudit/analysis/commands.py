@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
 from nasaudit.errors import NasauditError
 from nasaudit.options import add_device, add_profile, add_root, add_seed, device, output
+
+logger = logging.getLogger(__name__)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -65,7 +68,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     )
     if table is None:
         done = len(list((out / "architectures").glob("arch_*.json")))
-        print(
+        logger.info(
             f"shard {shard[0]}/{shard[1]} done ({done} of {cfg.architectures} architectures have a file); "
             "Table 2 is written by the run that finds all of them complete"
         )
@@ -73,7 +76,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     print(to_markdown(table))
     comparison = pd.read_csv(out / "table2_vs_paper.csv")
     ours = comparison["ours"].notna()
-    print(
+    logger.info(
         f"{len(table)} cells -> {out / 'table2.csv'}; against the paper: "
         f"{int(comparison.loc[ours, 'within'].sum())} of {int(ours.sum())} comparable cells within tolerance "
         f"({len(comparison)} published; {out / 'table2_vs_paper.csv'})"
@@ -104,11 +107,12 @@ def cmd_defend(args: argparse.Namespace) -> int:
     manifest = read_defended_manifest(path)
     done = "" if made else " (made before by this same run, reused)"
     kept = f"{manifest['n_kept']} of {manifest['n_input']} samples kept ({manifest['kind']})"
-    print(f"{args.method}: {kept}{done} -> {path}")
+    logger.info(f"{args.method}: {kept}{done} -> {path}")
     outcome = manifest.get("poison_outcome")
     if outcome is not None:
-        print(f"  of the {outcome['poisoned']} poisoned samples: {outcome['poisoned_dropped']} dropped, "
-              f"{outcome['poisoned_kept']} kept (per class in the manifest)")  # fmt: skip
+        dropped, kept = outcome["poisoned_dropped"], outcome["poisoned_kept"]
+        logger.info(f"  of the {outcome['poisoned']} poisoned samples: {dropped} dropped, "
+                    f"{kept} kept (per class in the manifest)")  # fmt: skip
     return 0
 
 
@@ -134,7 +138,7 @@ def cmd_figure_cells(args: argparse.Namespace) -> int:
             raise NasauditError(f"{name} is a {space} architecture; `figure cells` draws DARTS-space cells")
         architectures.append((labels[i] if labels else _label(name), arch))
     paths = save_cells_figure(architectures, Path(args.out))
-    print(f"Figure 1 ({len(architectures)} architecture(s)) -> {', '.join(map(str, paths))}")
+    logger.info(f"Figure 1 ({len(architectures)} architecture(s)) -> {', '.join(map(str, paths))}")
     return 0
 
 

@@ -5,8 +5,8 @@ data and on the same indices of each poisoned dataset; Table 2 reports, per metr
 mean and std over architectures of 100·(poisoned − clean)/|clean| (``proxies.relative_change``). Same
 architecture, same weights, same indices: only the data differ.
 
-The network and samples that score a metric are those of the NAS algorithm using it (SPEC §6, last
-bullet); each algorithm is a registered ``MetricGroup``:
+The network and samples that score a metric are those of the NAS algorithm using it (as run: RoBoT's
+darts_space/get_metrics.py, TE-NAS's sample_metrics.py); each algorithm is a registered ``MetricGroup``:
 
 - ``tenas`` (κ_NTK, R): TE-NAS's scoring supernet (C = 1, one normal and one reduction cell, all 7
   ops on every edge, mean mixing) re-instantiated with a fresh default init for every architecture
@@ -98,7 +98,7 @@ GROUPS: Registry[MetricGroup] = Registry("metric group")
 
 
 def tenas_supernet(num_classes: int, *, stem: bool) -> SuperNet:
-    """TE-NAS's scoring supernet (SPEC §5); ``stem=False`` is the linear-region variant (1-channel input)."""
+    """TE-NAS's scoring supernet (prune_tenas.py); ``stem=False``: linear-region variant (1-channel input)."""
     return SuperNet(
         1,
         2,

@@ -1,4 +1,4 @@
-"""Confidence-based label flipping (CLF, paper §3.2 Algorithm 1; SPEC §2).
+"""Confidence-based label flipping (CLF, paper §3.2 Algorithm 1).
 
 A surrogate CIFAR ResNet-18, trained on the clean training set, scores every training sample; the
 n·p samples with the largest maximum logit (the ones it is most confident about) get the label of

@@ -1,4 +1,4 @@
-"""Gaussian noise (paper §3.2, SPEC §2): N(0, σ²) per pixel, clipped to ℓ∞ ≤ ε, image clamped to [0, 1].
+"""Gaussian noise (paper §3.2): N(0, σ²) per pixel, clipped to ℓ∞ ≤ ε, image clamped to [0, 1].
 
 Stored as uint8 by rounding to the nearest of the 256 levels (round half to even, numpy's rint);
 because the clean pixel is already on that grid and |noise| ≤ ε = 16/255, the stored image still

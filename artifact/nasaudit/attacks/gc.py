@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nasaudit import metrics_log
 from nasaudit.attacks.base import ATTACKS, AttackContext, choose_indices
 from nasaudit.attacks.victim import Victim, read_victim
 from nasaudit.batch_cap import capped, capped_size
@@ -65,7 +66,7 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import epoch_generator
 from nasaudit.data.poison import Poison, make_poison
 from nasaudit.errors import NasauditError
-from nasaudit.io import jsonable, load_torch, save_torch, sha256_file, write_json
+from nasaudit.io import jsonable, load_torch, save_torch, sha256_file
 from nasaudit.progress import bar as progress_bar
 from nasaudit.seeds import rng
 
@@ -505,7 +506,11 @@ def gradient_canceling(
     poisoned[order] = batched_images  # back to the sorted indices' order
     best = min(log, key=lambda e: e["loss"])
     log_path = context.cache_dir / "gc" / "logs" / f"{attack}-{dataset.name}-p{budget:g}-s{seed}-{key}.json"
-    write_json(log_path, {"attack": attack, "budget": budget, "seed": seed, "steps": log})
+    document = {"attack": attack, "budget": budget, "seed": seed, "steps": log}
+    job = log_path.with_suffix("")  # crafting keeps its steps in memory: recorded now, the JSON once
+    for entry in log[:-1]:
+        metrics_log.record(job, entry["step"], entry)
+    metrics_log.record(job, log[-1]["step"], log[-1], log_path, document)
     params = {
         "victim": str(victim.path),
         "victim_sha256": victim_sha,

@@ -1,4 +1,4 @@
-"""NAS-specific gradient canceling (paper §3.2, §4; SPEC §2): GC aimed at what the search optimises.
+"""NAS-specific gradient canceling (paper §3.2, §4): GC aimed at what the search optimises.
 
 For a training-based search (P-DARTS) the victim is the converged last-stage supernet and θ is its
 architecture parameters (α_normal, α_reduce): the poisons cancel the gradient that drives the

@@ -198,7 +198,7 @@ def _tv_download(cls_name: str, **kwargs: object) -> Callable[[Path], None]:
     return download
 
 
-# Published sizes (SPEC §1): CIFAR 50k/10k, MNIST and FashionMNIST 60k/10k, SVHN's train/test 73,257/26,032.
+# Published sizes: CIFAR 50k/10k, MNIST and FashionMNIST 60k/10k, SVHN's train/test 73,257/26,032.
 register(
     DatasetSpec(
         "cifar10",

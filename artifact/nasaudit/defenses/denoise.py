@@ -1,15 +1,15 @@
-"""Diffusion denoising (Hong et al. 2024; paper §6.1; SPEC §8): one-shot DDPM denoising of every image.
+"""Diffusion denoising (Hong et al. 2024; paper §6.1): one-shot DDPM denoising of every image.
 
 Denoised smoothing as Carlini et al. (2023) and Hong et al. (2024) do it: scale the image to
 [−1, 1], add Gaussian noise of std 2σ (σ in [0, 1] pixel units, so 2σ in the DDPM's units), and read
 the result as the DDPM state x_t = √ᾱ_t·(x + 2σ·δ) = √ᾱ_t·x + √(1−ᾱ_t)·δ at the timestep t whose
 √(1−ᾱ_t)/√ᾱ_t is closest to 2σ (t = 57 in diffusers' 0-based indexing for σ = 0.1 and the linear
-1000-step schedule; SPEC's "t ≈ 58" counts from 1). One call of the noise predictor gives ε̂ and the
+1000-step schedule; t = 58 counting from 1). One call of the noise predictor gives ε̂ and the
 estimate x̂_0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t, clamped to [−1, 1] and stored as ``[defenses.denoise]
 store`` says: "float32" in [0, 1] as the authors stored theirs (their RoBoT fork's
 darts_space/diffusion_denoise_utils.py hands the stored ``tdata`` tensors straight to ``Normalize``,
 no ``ToTensor``: floats, never quantised), or the nearest "uint8" level. With ``add_noise = false``
-the image itself is scaled into x_t = √ᾱ_t·x (SPEC's literal reading).
+the image itself is scaled into x_t = √ᾱ_t·x (paper §6.1 read literally).
 
 The defender does not know which samples are poisoned, so every training image is denoised. The
 noise δ is drawn per sample in dataset order from one seeded generator, so the result does not depend

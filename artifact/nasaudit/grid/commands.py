@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nasaudit.options import add_profile, add_root, output
+from nasaudit.options import add_profile, add_root, add_tensorboard, output
+
+logger = logging.getLogger(__name__)
 
 
 def _grid(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -36,13 +39,14 @@ def cmd_grid_run(args: argparse.Namespace) -> int:
     slurm = replace(profile.grid.slurm, **{k: v for k, v in overrides.items() if v is not None})
     options = RunnerOptions(workers=args.workers, cluster=args.cluster, slurm=slurm)
     spec = RunSpec(profile, Path(args.results), args.root)
-    print(f"[grid] {args.experiment}: {len(grid.deps)} tasks in {grid.layout.root} ({args.runner} runner)")
+    where = f"{grid.layout.root} ({args.runner} runner)"
+    logger.info(f"[grid] {args.experiment}: {len(grid.deps)} tasks in {where}")
     report = run_grid(grid, spec, args.runner, options)
-    print(f"[grid] {report.summary()}")
+    logger.info(f"[grid] {report.summary()}")
     for task, error in report.failed.items():
-        print(f"[grid] FAILED {task.id}: {error}")
+        logger.error(f"[grid] FAILED {task.id}: {error}")
     if not report.ok:
-        print("[grid] nothing failed is recorded as a result; rerun the same command to retry")
+        logger.error("[grid] nothing failed is recorded as a result; rerun the same command to retry")
         return 1
     return 0
 
@@ -78,7 +82,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **jsonable(result),
     }
-    print(
+    logger.info(
         f"recorded for `nasaudit report` -> {write_json(record_path(grid.layout, args.experiment), record)}"
     )
     return 0
@@ -123,6 +127,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--time-min", type=int, default=None, help="slurm time limit per task in minutes")
     p.add_argument("--gpus", type=int, default=None, help="slurm GPUs per task")
     p.add_argument("--array-limit", type=int, default=None, help="slurm: largest job array submitted")
+    add_tensorboard(p)
     p.set_defaults(func=cmd_grid_run)
     p = grid_sub.add_parser("status", help="done/running/failed/pending tasks per stage, and failures")
     selection(p)

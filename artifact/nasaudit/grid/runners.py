@@ -9,6 +9,7 @@ exists, so two runners on the same results folder, or a rerun after a crash, ski
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import multiprocessing
 import os
 import shutil
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from nasaudit import threads
+from nasaudit import threads, verbosity
 from nasaudit.config import SlurmConfig
 from nasaudit.errors import NasauditError
 from nasaudit.extras import require
@@ -29,6 +30,8 @@ from nasaudit.grid.state import TaskState, error_line
 from nasaudit.registry import Registry
 
 POLL_SECONDS = 30  # how often a local run looks at tasks another runner holds; does not change results
+
+logger = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -76,7 +79,7 @@ def _priority(task: Task) -> tuple:
     return (task.attack != CLEAN, -STAGE_ORDER.index(task.stage), task)
 
 
-def schedule(grid: Grid, backend: Backend, retries: int, log: Callable[[str], None] = print) -> Report:
+def schedule(grid: Grid, backend: Backend, retries: int, log: Callable[[str], None] = logger.info) -> Report:
     """Run every task of ``grid`` whose inputs exist, until nothing more can run."""
     report = Report(total=len(grid.deps))
     done = {t for t in grid.deps if is_done(t, grid.layout)}
@@ -161,8 +164,10 @@ def _blocked(grid: Grid, failed: set[Task]) -> set[Task]:
 # --- local: worker processes ------------------------------------------------------------------------
 
 
-def _init_worker(devices: multiprocessing.Queue, workers: int) -> None:
-    """Pin a worker to its GPU before torch touches CUDA, and size its thread pools as one of ``workers``."""
+def _init_worker(devices: multiprocessing.Queue, workers: int, level: int) -> None:
+    """Pin a worker to its GPU before torch touches CUDA, size its thread pools as one of ``workers``, and
+    log at the driver's verbosity (a spawned process starts unconfigured)."""
+    verbosity.configure(level)
     device = devices.get()
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
@@ -204,7 +209,10 @@ class LocalBackend:
         if not gpus:
             self.spec = replace(spec, device="cpu")
         self.pool = cf.ProcessPoolExecutor(
-            self.capacity, mp_context=context, initializer=_init_worker, initargs=(devices, self.capacity)
+            self.capacity,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(devices, self.capacity, logging.getLogger("nasaudit").getEffectiveLevel()),
         )
 
     def submit(self, tasks: list[Task]) -> None:
@@ -258,6 +266,7 @@ def _run_slurm(task: Task, spec: RunSpec) -> Outcome:
     """One array element, with as many threads as the job has CPUs: without cgroups nothing else stops
     torch from using every core of the node (``threads``: SLURM_CPUS_PER_TASK, the cpus_per_task the
     task asked for, unless the submission's environment overrides it as anywhere else)."""
+    verbosity.configure()  # the thread choice and any warning go to the task's Slurm log
     threads.configure()
     where = f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}"
     if "SLURM_ARRAY_JOB_ID" in os.environ:
@@ -452,7 +461,7 @@ def run_grid(
     spec: RunSpec,
     runner: str = "local",
     options: RunnerOptions | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
 ) -> Report:
     """Run an experiment's grid with the named runner and report what happened.
 

@@ -1,13 +1,14 @@
 """The one MobileNetV3 supernet of a dataset: what NSGANetV2's candidates and picks, and the random
 baseline of the space, inherit their weights from.
 
-The original NSGANetV2 inherits from OFA's ImageNet supernet, which no poison touches: poison reaches
-it only through the candidates' fine-tunes and validation, and the final network is retrained from the
-supernet's weights (SPEC §7). Unless ``[nsganetv2.supernet] weights`` names such a file, our stand-in
-is trained by progressive shrinking on the CLEAN training data, once per (data, space, supernet
-settings), with a seed fixed for all jobs, and shared from the cache (``SearchContext.cache_dir``) by
-every trial and every attack; so a poisoned search is retrained from exactly the weights a clean one
-is. The search data itself never reaches it: callers pass ``SearchContext.clean``.
+The original NSGANetV2 inherits from OFA's ImageNet supernet, which no poison touches: poison reaches it
+only through the candidates' fine-tunes and validation, and the final network is retrained from the
+supernet's weights (paper App. A; docs/fidelity.md). Unless ``[nsganetv2.supernet] weights`` names such
+a file, our stand-in is trained by progressive shrinking on the CLEAN training data, once per (data,
+space, supernet settings), with a seed fixed for all jobs, and shared from the cache
+(``SearchContext.cache_dir``) by every trial and every attack; so a poisoned search is retrained from
+exactly the weights a clean one is. The search data itself never reaches it: callers pass
+``SearchContext.clean``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""NSGANetV2 (Lu et al., ECCV 2020) on the OFA MobileNetV3 space: surrogate-assisted NSGA-II (SPEC §7).
+"""NSGANetV2 (Lu et al., ECCV 2020) on the OFA MobileNetV3 space: surrogate-assisted NSGA-II (paper
+App. A; as run: ztcoalson/nsganetv2 msunas.py).
 
 The search keeps an archive of architectures whose accuracy was measured: each one inherits its
 weights from the supernet, is fine-tuned on the search data and scored on a held-out split of it.

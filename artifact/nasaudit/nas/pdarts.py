@@ -1,4 +1,5 @@
-"""P-DARTS (Chen et al., 2019): progressive differentiable search in the DARTS space (SPEC §4).
+"""P-DARTS (Chen et al., 2019): progressive differentiable search in the DARTS space (as run:
+ztcoalson/pdarts train_search.py).
 
 The search runs in stages of growing depth (paper: 5, 11, 17 cells). Each stage builds a fresh
 supernet over the candidates that survived the previous stage, trains its weights alone for the
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasaudit import metrics_log
 from nasaudit.config import PDartsConfig
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
@@ -403,7 +405,7 @@ class PDarts:
                 bar.set_postfix(stage=stage, epoch=epoch)
                 entry["elapsed"] = time.perf_counter() - started
                 log["epochs"].append(entry)
-                write_json(out / LOG, log)
+                metrics_log.record(out, len(log["epochs"]) - 1, entry, out / LOG, log)
                 save_torch(
                     out / CHECKPOINT,
                     {

@@ -1,4 +1,5 @@
-"""RoBoT (He et al., 2024) as the paper ran it: BO over proxy weights, then a greedy phase (SPEC §6).
+"""RoBoT (He et al., 2024) as the paper ran it: BO over proxy weights, then a greedy phase
+(ztcoalson/RoBoT darts_space/search.py).
 
 A weight vector w ∈ [−1, 1]^M turns the pool's min-max normalised proxies into one score; its value
 is the validation accuracy of the pool's top-scoring architecture under w after a short training (a
@@ -7,7 +8,7 @@ is the validation accuracy of the pool's top-scoring architecture under w after 
 ranked under the best w (the last one that reached the best accuracy, as their ``>=`` keeps it) and
 its unqueried architectures are trained in order until 25 distinct ones have been. The pick is the
 queried architecture with the highest validation accuracy (the official code's min over dict keys
-here is a bug SPEC says to fix).
+here is a bug we fix: docs/fidelity.md).
 
 State lives in the job folder: ``robot_log.json`` (every evaluation, rewritten atomically after each)
 and ``queries/<genotype hash>/`` (one resumable training run per architecture, never repeated). Every
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nasaudit import metrics_log
 from nasaudit.config import RobotConfig
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.errors import NasauditError
@@ -56,8 +58,8 @@ LOG_FORMAT = "nasaudit-robot-log/2"
 #: Where L-BFGS-B starts maximising the acquisition: "random", fresh uniform points (bayes_opt 1.2.0,
 #: util.py:51-53 ``acq_max``, as run), or "best", the best of the random samples it was evaluated on.
 ACQUISITION_SEEDS = ("random", "best")
-GP_NU = 2.5  # Matern smoothness (SPEC §6; the bayesian-optimization package's default)
-GP_ALPHA = 1e-6  # GP observation noise (SPEC §6)
+GP_NU = 2.5  # Matern smoothness (the bayesian-optimization package's default)
+GP_ALPHA = 1e-6  # GP observation noise (bayesian-optimization 1.2.0's default)
 
 Query = Callable[[int], float]  # pool index -> validation accuracy (%)
 
@@ -175,7 +177,8 @@ def robot_search(
             }
         )
         if log_path is not None:
-            write_json(log_path, {**header, "evaluations": evaluations})
+            document = {**header, "evaluations": evaluations}
+            metrics_log.record(log_path.parent, len(evaluations) - 1, evaluations[-1], log_path, document)
 
     def bo_history() -> tuple[np.ndarray, np.ndarray]:
         """The distinct weight vectors evaluated and their accuracies, in order: what the GP sees."""

@@ -1,4 +1,5 @@
-"""RoBoT's candidate pool: random DARTS genotypes scored once by zero-cost proxies (SPEC §6).
+"""RoBoT's candidate pool: random DARTS genotypes scored once by zero-cost proxies (RoBoT's
+search.py get_pool).
 
 The pool is a function of (seed, size, op columns) and its scores of the search data's one proxy
 batch, so every trial with the same data and seed shares one pool on disk. Scoring is the costly part

@@ -1,4 +1,4 @@
-"""TE-NAS (Chen et al., 2021) as the paper ran the official code (SPEC §5): pruning without training.
+"""TE-NAS (Chen et al., 2021) as the paper ran it (ztcoalson/TENAS prune_tenas.py): pruning without training.
 
 A tiny DARTS supernet starts with every candidate op on every edge. Two training-free scores judge
 removing a piece of it: trainability, the condition number κ of the empirical NTK on one augmented
@@ -109,8 +109,8 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def scoring_net(candidates: Candidates, cfg: TenasConfig, num_classes: int, stem: bool) -> SuperNet:
-    """SPEC §5's scoring supernet: C channels, a normal then a reduction cell, mean of the surviving
-    ops per edge, pools without BN, affine BN with running statistics, final BN + ReLU, linear head.
+    """TE-NAS's scoring supernet (prune_tenas.py): C channels, a normal then a reduction cell, mean of the
+    surviving ops per edge, pools without BN, affine BN with running statistics, final BN + ReLU, linear head.
     Without a stem (the linear-region net) its input has one channel.
     """
     return SuperNet(

@@ -8,6 +8,7 @@ what an earlier run left; a folder that holds anything else is refused.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import time
@@ -37,6 +38,8 @@ CPU_BATCHES, CUDA_BATCHES = 1, 2  # batches per loop: the fewest on a CPU; on a 
 CUDA_WORKERS = 6
 OUT_OF_MEMORY = "out of memory"  # in torch's CUDA out-of-memory error: such an item is retried alone
 CPU_IMAGES = 8  # images per batch on a CPU, where the profile's batches take hours (docs/preflight.md)
+
+logger = logging.getLogger(__name__)
 
 
 def run_preflight(
@@ -108,7 +111,7 @@ def run_preflight(
         report["running"].pop(item.id, None)
         report["tasks"].append(results[item.id])
         if echo:
-            print(reporting.progress_line(results[item.id], len(results), len(items)), flush=True)
+            logger.info(reporting.progress_line(results[item.id], len(results), len(items)))
         reporting.write(report, root, started, order)
 
     depth: dict[str, int] = {}
@@ -127,7 +130,7 @@ def run_preflight(
                     pool.start(item)
                     report["running"][item.id] = item.kind
                     if echo:
-                        print(reporting.start_line(item.kind, item.id), flush=True)
+                        logger.info(reporting.start_line(item.kind, item.id))
                     reporting.write(report, root, started, order)
             if pool.busy:
                 for item, outcome in pool.wait():
@@ -136,8 +139,9 @@ def run_preflight(
                         report["running"].pop(item.id, None)
                         pending.insert(0, item)
                         if echo:
-                            print(f"[retry] {item.kind} ({item.id}): out of GPU memory beside others; "
-                                  "again alone", flush=True)  # fmt: skip
+                            logger.info(
+                                f"[retry] {item.kind} ({item.id}): out of GPU memory beside others; run alone"
+                            )
                     else:
                         record(item, outcome)
         projections = pool.call(("timings", items))
@@ -150,7 +154,7 @@ def run_preflight(
     reporting.write(report, root, started, order)
     if echo:
         print(reporting.render_summary(report))
-        print(f"preflight: report in {root / reporting.REPORT} and {root / reporting.MARKDOWN}")
+        logger.info(f"preflight: report in {root / reporting.REPORT} and {root / reporting.MARKDOWN}")
     return report
 
 

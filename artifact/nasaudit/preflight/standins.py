@@ -36,7 +36,8 @@ def stand_in_models(
 
 def _denoise(profile: Profile, folder: Path, notes: dict[str, list[str]]) -> Profile:
     """The DDPM: a local folder or a cached hub download as is, else google/ddpm-cifar10-32's UNet
-    (``grid.plan.DDPM_CIFAR10_UNET``) with random weights and the linear 1000-step schedule (SPEC §8)."""
+    (``grid.plan.DDPM_CIFAR10_UNET``) with random weights and the linear 1000-step schedule (Ho et al.
+    2020)."""
     cfg = profile.defenses.denoise
     if Path(cfg.model).is_dir():
         return profile

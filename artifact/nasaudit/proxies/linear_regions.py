@@ -1,4 +1,5 @@
-"""Number of linear regions, TE-NAS's expressivity score (SPEC §5).
+"""Number of linear regions, TE-NAS's expressivity score (Chen et al. 2021; as run:
+ztcoalson/TENAS lib/procedures/linear_region_counter.py).
 
 A ReLU network is piecewise linear; the on/off pattern of all its ReLUs identifies the linear piece an
 input falls in, so the number of distinct patterns over many inputs counts the regions they visit.

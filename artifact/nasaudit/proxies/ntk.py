@@ -1,4 +1,5 @@
-"""Condition number of the empirical neural tangent kernel, TE-NAS's trainability score (SPEC §5).
+"""Condition number of the empirical neural tangent kernel, TE-NAS's trainability score (Chen et al.
+2021; as run: ztcoalson/TENAS lib/procedures/ntk.py).
 
 κ = λ_max/λ_min of Θ = J·Jᵀ, where row i of J is the gradient of the sum of sample i's logits with
 respect to the network's weights, all samples sharing ONE train-mode forward. Because BN couples the

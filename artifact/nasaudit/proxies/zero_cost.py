@@ -1,4 +1,5 @@
-"""RoBoT's zero-cost proxies (SPEC §6), with the conventions of the zero-cost-nas code RoBoT ran.
+"""RoBoT's zero-cost proxies (He et al. 2024; ztcoalson/RoBoT darts_space/search.py), with the
+conventions of the zero-cost-nas code RoBoT ran.
 
 Only ``nn.Conv2d`` and ``nn.Linear`` weights count; a network's score is the sum over those layers of
 the sum over the layer's elements; losses are mean cross-entropy; networks run in train mode.
@@ -149,7 +150,7 @@ def jacob_cov(net: nn.Module, inputs: Tensor, targets: Tensor | None = None) -> 
     """−Σ [log(v + ε) + 1/(v + ε)] over eigenvalues v of the correlation of per-sample input gradients.
 
     Labels unused. Each call differentiates a fresh copy of the inputs (RoBoT's code let input gradients
-    accumulate across architectures; SPEC marks that a bug to fix). NaN for a degenerate correlation
+    accumulate across architectures, a bug we fix: docs/fidelity.md). NaN for a degenerate correlation
     matrix; RoBoT skips NaN terms when it combines proxies.
     """
     with scoring_mode(net):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
 from nasaudit.options import add_profile, output
+
+logger = logging.getLogger(__name__)
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -15,7 +18,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     output(args.out, folder=True)
     if args.from_published:
         table = from_published(args.name)
-        print(f"{args.name}: significance recomputed from the published means and stds alone")
+        logger.info(f"{args.name}: significance recomputed from the published means and stds alone")
     else:
         from nasaudit.config import load_profile
         from nasaudit.grid import Layout, load_experiment
@@ -32,12 +35,13 @@ def cmd_table(args: argparse.Namespace) -> int:
             allow_partial=args.allow_partial,
         )
         table = result.table
-        print(describe_baselines(result.baselines))
+        logger.info(describe_baselines(result.baselines))
         if result.missing:
-            print(f"PARTIAL: {len(result.missing)} jobs have no result yet: their cells have fewer trials")
+            missing = len(result.missing)
+            logger.warning(f"PARTIAL: {missing} jobs have no result yet: their cells have fewer trials")
     paths = write_table(args.name, table, Path(args.out))
     print(to_markdown(table))
-    print(
+    logger.info(
         f"{len(table)} cells, {int(table['significant'].sum())} significant -> {', '.join(map(str, paths))}"
     )
     return 0
@@ -83,7 +87,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         table2=None if args.table2 is None else Path(args.table2),
         data_root=args.root,
     )
-    print(f"report of profile {profile.name!r} (open it in a browser; it needs no network) -> {path}")
+    logger.info(f"report of profile {profile.name!r} (open it in a browser; it needs no network) -> {path}")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from nasaudit.data.poison import Poison
 from nasaudit.errors import NasauditError
 from nasaudit.io import write_bytes
 from nasaudit.options import add_root, add_seed, output, positive
+
+logger = logging.getLogger(__name__)
 
 
 def drawn_indices(poisons: Sequence[Poison], n: int, seed: int) -> np.ndarray:
@@ -110,7 +113,7 @@ def cmd_figure_poisons(args: argparse.Namespace) -> int:
     dataset = load_dataset(names.pop(), args.root)
     poisons = [load_poison(Path(p), dataset) for p in args.poison]
     paths = save_poison_figure(poisons, dataset, Path(args.out), args.n, args.seed)
-    print(f"Figure 2 ({len(poisons)} poison(s), {dataset.name}) -> {', '.join(map(str, paths))}")
+    logger.info(f"Figure 2 ({len(poisons)} poison(s), {dataset.name}) -> {', '.join(map(str, paths))}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""K evaluation networks run as ONE network, so a pool of small networks fills a GPU (RoBoT, SPEC §6).
+"""K evaluation networks run as ONE network, so a pool of small networks fills a GPU (RoBoT's pool).
 
 RoBoT scores 60,000 C = 16 networks on one 64-image batch. One such network is far too small to keep
 a GPU busy: its time goes to launching thousands of tiny kernels. :class:`StackedNetworks` takes K

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nasaudit import metrics_log
 from nasaudit.config import Profile, ShrinkPhase, SupernetConfig
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
@@ -214,6 +215,7 @@ def train_supernet(
             log.append(
                 {"phase": p, "epoch": epoch, "lr": lr, "loss": loss, "seconds": time.perf_counter() - started}
             )
+            metrics_log.record(out_dir, len(log) - 1, log[-1])  # the log goes into the checkpoint
             bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}")
             if p == 0 and epoch == phase.epochs - 1 and cfg.kd_ratio > 0:
                 save_torch(teacher_path, net.state_dict())
