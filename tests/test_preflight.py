@@ -335,14 +335,17 @@ def test_plan_estimates_from_a_preflights_measured_times(tmp_path: Path, capsys,
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_nsganetv2s_surrogates_take_the_seeds_a_grid_job_gives_them() -> None:
     """Found by the preflight: a grid job's 31-bit seed × 1000 × 1000 (iteration, fold) was out of
-    scikit-learn's random_state range, so every NSGANetV2 job of Table 5 failed at its first iteration."""
+    scikit-learn's random_state range, so every NSGANetV2 job of Table 5 failed at its first iteration.
+    The fold's seed is now derived (nasaudit.seeds) from the iteration's, itself from the job's."""
     from nasaudit.nas.nsganetv2 import SURROGATES
+    from nasaudit.seeds import derive_seed
 
     cfg = load_profile("smoke").nsganetv2
     rng = np.random.default_rng(0)
     X, y = rng.random((6, 8)), rng.random(6)
+    iteration = derive_seed(2**31 - 1, "nsganetv2", "iteration", 999)  # the largest job seed
     for name in ("gp", "mlp", "cart"):
-        SURROGATES.get(name).make(cfg, (2**31 - 1) * 1000 * 1000 + 9).fit(X, y)
+        SURROGATES.get(name).make(cfg, derive_seed(iteration, "nsganetv2", "fold", 9)).fit(X, y)
 
 
 @pytest.mark.parametrize("name", ["paper", "smoke"])

@@ -29,6 +29,7 @@ from nasaudit.nas.robot_pool import (
     weighted_scores,
 )
 from nasaudit.proxies import PROXIES
+from nasaudit.seeds import rng as seeded_rng
 
 CPU = torch.device("cpu")
 PROFILE = load_profile("smoke")
@@ -312,7 +313,7 @@ def _acquisition_run(monkeypatch, seeds: str) -> dict[str, np.ndarray]:
     values = -np.sum((weights - 0.3) ** 2, axis=1)
     cfg = dataclasses.replace(BO, acquisition_samples=50, acquisition_starts=4, acquisition_seeds=seeds)
     proposal = propose_weights(weights, values, 3, 11, cfg, 3)
-    replay = np.random.default_rng([11, 3, 3])  # the step's generator: GP seed, samples, then starts
+    replay = seeded_rng(11, "robot", "acquisition", 3)  # the step's generator: GP seed, samples, then starts
     replay.integers(2**31 - 1)
     samples = replay.uniform(-1.0, 1.0, (50, 3))
     fresh = replay.uniform(-1.0, 1.0, (4, 3))
@@ -343,7 +344,7 @@ def test_acquisition_keeps_the_last_optimum_among_equals(monkeypatch) -> None:
     weights = np.random.default_rng(0).uniform(-1, 1, (5, 2))
     cfg = dataclasses.replace(BO, acquisition_samples=20, acquisition_starts=3)
     proposal = propose_weights(weights, weights.sum(1), 2, 0, cfg, 2)
-    replay = np.random.default_rng([0, 3, 2])
+    replay = seeded_rng(0, "robot", "acquisition", 2)
     replay.integers(2**31 - 1)
     replay.uniform(-1.0, 1.0, (20, 2))
     np.testing.assert_array_equal(proposal, replay.uniform(-1.0, 1.0, (3, 2))[-1])

@@ -24,6 +24,7 @@ from nasaudit.data.poison import apply_poison
 from nasaudit.errors import NasauditError
 from nasaudit.nas import NAS, SearchContext, tenas
 from nasaudit.proxies.ntk import ntk_cond
+from nasaudit.seeds import derive_seed
 from nasaudit.spaces.darts import CELL_TYPES, EDGES, NODES, Genotype
 
 CPU = torch.device("cpu")
@@ -340,14 +341,14 @@ def test_edge_stage_kappa_reference_is_one_net_of_all_14_edges(
     start = json.loads((folder / tenas.STATE).read_text())["edge_reference"]
     assert start == tenas.initial_candidates(_profile().tenas)  # TINY: the edge stage starts at once
     scorer = tenas.Scorer(digits, _profile().tenas, 0, CPU)
-    net = scorer.build(start, True, tenas.derive_seed(0, "edge_reference"))
+    net = scorer.build(start, True, derive_seed(0, "tenas", "edge_reference"))
     pruned_before = 0
     for index, log in enumerate(logs):
         assert log["kappa_reference"] == start
         gone = tenas.missing(start, log["candidates_before"])
         assert sum(len(r.ops) for r in gone) == pruned_before  # the cell keeps losing edges ...
         for i, entry in enumerate(log["scores"]):
-            batch = scorer.ntk_batch(tenas.derive_seed(0, index, i, 0, "ntk_batch"))
+            batch = scorer.ntk_batch(derive_seed(0, "tenas", index, i, 0, "ntk_batch"))
             removal = tenas.Removal(entry["cell"], entry["edge"], tuple(entry["ops"]))
             with contextlib.ExitStack() as stack:
                 for taken in (*gone, removal):

@@ -34,6 +34,7 @@ from nasaudit.precision import autocast
 from nasaudit.progress import bar
 from nasaudit.registry import Registry
 from nasaudit.runs import IDENTITY, check_record, fingerprint, reuse
+from nasaudit.seeds import derive_seed
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
@@ -107,10 +108,6 @@ def evaluate(
         total_loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
     return total_loss / len(data), 100.0 * correct / len(data)
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) % (2**63)
 
 
 def train_identity(
@@ -207,7 +204,9 @@ def train_model(
             group["lr"] = lr
         if hasattr(model, "drop_path_prob"):
             model.drop_path_prob = cfg.drop_path * epoch / cfg.epochs
-        torch.manual_seed(_epoch_seed(seed, epoch))  # drop-path masks depend on (seed, epoch) only
+        torch.manual_seed(
+            derive_seed(seed, "drop_path", epoch)
+        )  # drop-path masks depend on (seed, epoch) only
         loss, acc = train_epoch(
             model, train_data, optimizer, cfg, seed=seed, epoch=epoch, on_batch=progress_bar.update
         )

@@ -51,6 +51,7 @@ from nasaudit.proxies.linear_regions import linear_regions
 from nasaudit.registry import Registry
 from nasaudit.report.sensitivity import CLEAN, summarise, write_outputs
 from nasaudit.runs import check_record, job_lock
+from nasaudit.seeds import rng as seeded_rng
 from nasaudit.spaces.darts import EDGE_OPS, Genotype, SuperNet
 
 FORMAT = "nasaudit-sensitivity/1"
@@ -137,7 +138,7 @@ class TenasGroup:
             torch.manual_seed(init_seed)
             ntk_net = tenas_supernet(num_classes, stem=True).to(device)
             region_net = tenas_supernet(num_classes, stem=False).to(device)
-        rng = np.random.default_rng([init_seed, 1])
+        rng = seeded_rng(init_seed, "sensitivity", "tenas_inputs")
         n = cfg.tenas_samples
         positions = IMAGE_SHAPE[0] - CROP + 1
         crops = np.stack(
@@ -227,7 +228,7 @@ def fixed_indices(n_train: int, cfg: SensitivityConfig, seed: int) -> np.ndarray
             f"[sensitivity] needs 0 < tenas_samples ({cfg.tenas_samples}) <= samples ({cfg.samples}) <= "
             f"the training set ({n_train})"
         )
-    return np.random.default_rng([seed, 3]).permutation(n_train)[: cfg.samples].astype(np.int64)
+    return seeded_rng(seed, "sensitivity", "samples").permutation(n_train)[: cfg.samples].astype(np.int64)
 
 
 def make_probe(data: ImageDataset, indices: np.ndarray, device: torch.device) -> Probe:

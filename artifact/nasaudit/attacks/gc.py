@@ -68,6 +68,7 @@ from nasaudit.data.poison import Poison, make_poison
 from nasaudit.errors import NasauditError
 from nasaudit.io import jsonable, load_torch, save_torch, sha256_file
 from nasaudit.progress import bar as progress_bar
+from nasaudit.seeds import rng
 
 ROUNDING = "nearest uint8 level of x+Δ (numpy rint), clipped to the ε ball and [0, 255]"
 
@@ -389,7 +390,7 @@ def poison_batches(m: int, seed: int) -> np.ndarray:
     Their run_gc.py draws the poisons with ``random.sample`` (a random order) and slices that list
     into batches once; the poison file keeps its indices sorted, the batches are this permutation.
     """
-    return np.random.default_rng([seed, 2]).permutation(m)
+    return rng(seed, "gc", "poison_batches").permutation(m)
 
 
 def require_victim(context: AttackContext, attack: str) -> Path:

@@ -16,16 +16,13 @@ import torch.nn.functional as F
 from nasaudit.batch_cap import capped, capped_size
 from nasaudit.config import AugmentConfig
 from nasaudit.data.datasets import ImageDataset, Split
+from nasaudit.seeds import derive_seed
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """A generator that depends only on (seed, epoch): the key to bit-identical resumption.
-
-    The value is reduced modulo 2⁶³ (torch's seed range; smaller values are unchanged): NSGANetV2's
-    per-candidate seeds (a 31-bit job seed × 100,003) would otherwise overflow it.
-    """
+    """A generator that depends only on (seed, epoch): the key to bit-identical resumption."""
     g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    g.manual_seed(derive_seed(seed, "epoch", epoch))
     return g
 
 

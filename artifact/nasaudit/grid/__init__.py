@@ -14,7 +14,6 @@ from nasaudit.grid.jobs import (
     Layout,
     Task,
     build_grid,
-    derive_seed,
     load_experiment,
     task_seed,
 )
@@ -37,7 +36,6 @@ __all__ = [
     "RunnerOptions",
     "Task",
     "build_grid",
-    "derive_seed",
     "execute",
     "grid_status",
     "is_done",

@@ -23,7 +23,6 @@ on any machine, and a grid that was killed resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 from nasaudit.config import DefenseTableConfig, GridConfig, OODTableConfig, Profile, RobustnessTableConfig
 from nasaudit.errors import NasauditError
 from nasaudit.registry import Registry
+from nasaudit.seeds import derive_seed
 
 CLEAN = "none"  # the attack name of the clean search ("None" row)
 STAGE_ORDER = ("poison", "victim", "defend", "search", "retrain")
@@ -97,12 +97,6 @@ def _extras(item: JobKey | Task) -> list[str]:
     """The optional parts of a key that are set, as readable tokens (``search-mnist``, ...)."""
     parts = (("search", item.search_dataset), ("defense", item.defense), ("variant", item.variant))
     return [f"{name}-{value}" for name, value in parts if value]
-
-
-def derive_seed(*parts: object) -> int:
-    """A 31-bit seed from a job's key: independent across keys, identical on every machine."""
-    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()
-    return int(digest[:8], 16) & 0x7FFFFFFF
 
 
 def shared_poison_attacks(grid: GridConfig) -> frozenset[str]:

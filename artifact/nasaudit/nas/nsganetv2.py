@@ -62,6 +62,7 @@ from nasaudit.nas.mbv3_supernet import shared_supernet, supernet_source
 from nasaudit.progress import bar as progress_bar
 from nasaudit.registry import Registry
 from nasaudit.runs import claim
+from nasaudit.seeds import derive_seed
 from nasaudit.spaces.mbv3 import (
     FlopsCounter,
     MBV3Arch,
@@ -238,7 +239,7 @@ SURROGATES.register("mlp")(
                 hidden_layer_sizes=(400, 400),
                 learning_rate_init=8e-4,
                 max_iter=cfg.mlp_max_iter,
-                random_state=seed % 2**32,
+                random_state=seed,
             ),
         ),
         lambda cfg, d: 2,
@@ -274,7 +275,7 @@ def select_surrogate(
         for fold, test in enumerate(folds):
             train = np.setdiff1d(np.arange(len(X)), test)
             for name in usable:
-                model = kinds(name).make(cfg, seed * 1000 + fold)
+                model = kinds(name).make(cfg, derive_seed(seed, "nsganetv2", "fold", fold))
                 model.fit(X[train], y[train])
                 tau = kendalltau(model.predict(X[test]), y[test]).statistic
                 taus[name].append(0.0 if np.isnan(tau) else float(tau))  # constant predictions: no ranking
@@ -458,7 +459,7 @@ class NSGANetV2:
             bar = progress_bar(len(todo), desc=f"nsganetv2 iteration {iteration}", unit="arch",
                                enabled=context.progress)  # fmt: skip
             for arch in todo:
-                measured = evaluate(arch, seed * 100_003 + len(archive.entries))
+                measured = evaluate(arch, derive_seed(seed, "nsganetv2", "candidate", len(archive.entries)))
                 archive.add(
                     {"index": len(archive.entries), "iteration": iteration, "architecture": arch.to_json(),
                      "encoding": encode(arch, resolutions).tolist(), "mflops": flops(arch) / 1e6, **measured}
@@ -470,7 +471,16 @@ class NSGANetV2:
         for iteration in range(1, cfg.iterations + 1):
             path = out / "iterations" / f"{iteration:03d}.json"
             if not path.is_file():
-                write_json(path, self.propose(archive, flops, profile, seed * 1000 + iteration, iteration))
+                write_json(
+                    path,
+                    self.propose(
+                        archive,
+                        flops,
+                        profile,
+                        derive_seed(seed, "nsganetv2", "iteration", iteration),
+                        iteration,
+                    ),
+                )
             plan = read_json(path, "plans that iteration again")
             run([MBV3Arch.from_json(a) for a in plan["candidates"]], iteration)
         return self.finish(archive, supernet, profile, out)

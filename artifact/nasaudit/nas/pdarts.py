@@ -23,7 +23,6 @@ run; bf16 autocast as an opt-in), on CUDA with channels_last tensors.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import time
@@ -47,6 +46,7 @@ from nasaudit.nas.base import NAS, SearchContext
 from nasaudit.precision import autocast
 from nasaudit.progress import bar as progress_bar
 from nasaudit.runs import check_record
+from nasaudit.seeds import derive_seed, rng
 from nasaudit.spaces.darts import CELL_TYPES, CONCAT, EDGES, NODES, PRIMITIVES, Genotype, SuperNet
 from nasaudit.train import evaluate
 
@@ -83,15 +83,9 @@ def cosine_lr(cfg: PDartsConfig, epoch: int) -> float:
     return cfg.lr_min + (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
 
 
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 31-bit seed that depends only on ``seed`` and ``keys``: one independent stream per use."""
-    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") >> 1
-
-
 def split_search_data(train: Split, portion: float, seed: int) -> tuple[Split, Split]:
     """(weight-train, arch-val): a seeded permutation of ``train``, the first ``portion`` for weights."""
-    order = np.random.default_rng(derive_seed(seed, "split")).permutation(len(train))
+    order = rng(seed, "pdarts", "split").permutation(len(train))
     cut = int(np.floor(portion * len(train)))
     first, second = np.sort(order[:cut]), np.sort(order[cut:])
     return Split(train.images[first], train.labels[first]), Split(train.images[second], train.labels[second])
@@ -100,7 +94,7 @@ def split_search_data(train: Split, portion: float, seed: int) -> tuple[Split, S
 def _batches(
     data: DeviceData, cfg: PDartsConfig, seed: int, *key: object
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    return data.batches(cfg.batch_size, seed=derive_seed(seed, *key), augment=cfg.augment)
+    return data.batches(cfg.batch_size, seed=derive_seed(seed, "pdarts", *key), augment=cfg.augment)
 
 
 def _cycle(
@@ -396,7 +390,7 @@ class PDarts:
         )
 
         for stage in range(first_stage, len(cfg.layers)):
-            torch.manual_seed(derive_seed(seed, "build", stage))
+            torch.manual_seed(derive_seed(seed, "pdarts", "build", stage))
             current = _Stage(
                 cfg, supernet_kwargs(cfg, stage, data.num_classes, rates[stage]), candidates, device
             )
@@ -483,7 +477,7 @@ def _run_epoch(
     for group in current.weight_opt.param_groups:
         group["lr"] = lr
     model.set_skip_dropout(dropout)
-    torch.manual_seed(derive_seed(seed, "dropout", stage, epoch))  # the skip-dropout masks
+    torch.manual_seed(derive_seed(seed, "pdarts", "dropout", stage, epoch))  # the skip-dropout masks
     train_arch = epoch >= cfg.warmup_epochs
     metrics = search_epoch(
         model,

@@ -48,6 +48,7 @@ from nasaudit.nas.robot_pool import (
 )
 from nasaudit.proxies import PROXIES
 from nasaudit.runs import check_record
+from nasaudit.seeds import rng
 from nasaudit.spaces.darts import EvalNetwork, Genotype
 from nasaudit.train import train_model
 
@@ -67,7 +68,7 @@ Query = Callable[[int], float]  # pool index -> validation accuracy (%)
 
 
 def _step_rng(seed: int, step: int) -> np.random.Generator:
-    return np.random.default_rng([seed, 3, step])
+    return rng(seed, "robot", "acquisition", step)
 
 
 def propose_weights(

@@ -40,6 +40,8 @@ from nasaudit.io import environment_manifest, write_json, write_npz
 from nasaudit.progress import bar as progress_bar
 from nasaudit.proxies import PROXIES
 from nasaudit.proxies.zero_cost import jacob_cov_of
+from nasaudit.seeds import derive_seed
+from nasaudit.seeds import rng as seeded_rng
 from nasaudit.spaces.darts import EDGE_OPS, EDGES, PRIMITIVES, EvalNetwork, Genotype, derive_genotype
 from nasaudit.spaces.darts.stacked import StackedLinear, StackedNetworks, scored_layers
 
@@ -61,7 +63,7 @@ def sample_pool(size: int, seed: int, pool_ops: str) -> list[Genotype]:
     """
     columns = POOL_OPS[pool_ops]
     candidates = [columns] * len(EDGES)
-    rng = np.random.default_rng([seed, 0])
+    rng = seeded_rng(seed, "robot_pool", "sample")
     seen: dict[Genotype, None] = {}
     for start in range(0, size, _DRAW_BLOCK):
         block = rng.random((min(_DRAW_BLOCK, size - start), 2, len(EDGES), len(columns)))
@@ -76,7 +78,7 @@ def proxy_batch(data: ImageDataset, seed: int, size: int, device: torch.device) 
     Drawn from the first half of the training split, the half the queries train on: as run, it is the
     first batch of that half's shuffled loader (ztcoalson/RoBoT darts_space/search.py:156-159, 284-285).
     """
-    rng = np.random.default_rng([seed, 1])
+    rng = seeded_rng(seed, "robot_pool", "proxy_batch")
     idx = rng.choice(len(data.train) // 2, size=size, replace=False)
     chosen = DeviceData(Split(data.train.images[idx], data.train.labels[idx]), data, device)
     return chosen.transform(chosen.images), chosen.labels
@@ -95,7 +97,7 @@ def proxy_network(
 
 def architecture_seed(seed: int, index: int) -> int:
     """The init seed of pool member ``index``: independent of chunking and scoring order."""
-    return int(np.random.SeedSequence([seed, 2, index]).generate_state(1, np.uint64)[0]) >> 1
+    return derive_seed(seed, "robot_pool", "architecture", index)
 
 
 # --- what a stack needs -------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ The linear-region nets are built per candidate on the pruned cell, as in the op 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections import Counter
@@ -56,6 +55,7 @@ from nasaudit.progress import bar
 from nasaudit.proxies.linear_regions import linear_regions
 from nasaudit.proxies.ntk import ntk_cond
 from nasaudit.runs import check_record
+from nasaudit.seeds import derive_seed
 from nasaudit.spaces.darts import CELL_TYPES, CONCAT, EDGE_OPS, EDGES, NODES, Genotype, SuperNet
 
 STATE = "tenas_state.json"
@@ -96,12 +96,6 @@ INITS: dict[str, Initialiser] = {"default": keep_default_init, "kaiming": kaimin
 
 
 # --- seeds and scoring networks ---------------------------------------------------------------------
-
-
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 31-bit seed depending only on ``seed`` and ``keys``: one independent stream per draw."""
-    digest = hashlib.sha256(repr(("tenas", seed, *keys)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") >> 1
 
 
 @contextmanager
@@ -247,20 +241,22 @@ class Scorer:
         """
         cfg, seed = self.cfg, self.seed
         if reference is None:
-            ntk_net = self.build(candidates, True, derive_seed(seed, round_index, "ntk_net"))
+            ntk_net = self.build(candidates, True, derive_seed(seed, "tenas", round_index, "ntk_net"))
             pruned: list[Removal] = []
         else:
-            ntk_net = self.build(reference, True, derive_seed(seed, "edge_reference"))
+            ntk_net = self.build(reference, True, derive_seed(seed, "tenas", "edge_reference"))
             pruned = missing(reference, candidates)
         scores = []
         # all of them, unless the preflight's batch cap bounds the loop: each removal runs the same
         # nets and shapes, so a few per round exercise a round; the rest rank as unchanged (Δ = 0)
         scored = list(capped(removals))
         for i, removal in enumerate(scored):
-            region_net = self.build(candidates, False, derive_seed(seed, round_index, i, "region_net"))
+            region_net = self.build(
+                candidates, False, derive_seed(seed, "tenas", round_index, i, "region_net")
+            )
             score = Score(removal, [], [], [], [])
             for repeat in range(cfg.repeats):
-                key = (seed, round_index, i, repeat)
+                key = (seed, "tenas", round_index, i, repeat)
                 with seeded(derive_seed(*key, "ntk_init"), self.device):
                     self.init(ntk_net, "fan_out")
                 batch = self.ntk_batch(derive_seed(*key, "ntk_batch"))

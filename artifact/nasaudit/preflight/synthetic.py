@@ -21,6 +21,7 @@ import numpy as np
 
 from nasaudit.data.datasets import DATASETS, IMAGE_SHAPE, ImageDataset, Split
 from nasaudit.errors import NasauditError
+from nasaudit.seeds import rng as seeded_rng
 
 PREFIX = "synthetic-"
 MARKER = "SYNTHETIC_PREFLIGHT.txt"
@@ -46,7 +47,6 @@ def synthetic_dataset(name: str, seed: int = 0, train_subset: int = 0) -> ImageD
     With ``train_subset`` > 0 only that many training images are generated: the stages of such a
     profile never see more (``grid_dataset`` keeps the first ``train_subset``).
     """
-    from nasaudit.grid.jobs import derive_seed
 
     shape = DATASETS.get(name).shape
     if shape is None:
@@ -55,7 +55,7 @@ def synthetic_dataset(name: str, seed: int = 0, train_subset: int = 0) -> ImageD
             "(nasaudit.data.datasets) to preflight it"
         )
     n_train = min(shape.train, train_subset) if train_subset > 0 else shape.train
-    rng = np.random.default_rng(derive_seed("synthetic", name, seed))
+    rng = seeded_rng(seed, "synthetic", name)
     channels = 1 if shape.grey else 3
     patterns = rng.integers(0, 128, (shape.num_classes, PATTERN, PATTERN, channels), dtype=np.uint8)
     scale = IMAGE_SHAPE[0] // PATTERN

@@ -33,6 +33,8 @@ from nasaudit.errors import NasauditError
 from nasaudit.io import load_torch, save_torch, write_json
 from nasaudit.precision import autocast
 from nasaudit.progress import bar as progress_bar
+from nasaudit.seeds import derive_seed
+from nasaudit.seeds import rng as seeded_rng
 from nasaudit.spaces.mbv3.network import upscale
 from nasaudit.spaces.mbv3.space import (
     DEPTHS,
@@ -128,8 +130,8 @@ def shrink_epoch(
     """One pass over ``data`` for one phase; returns the mean loss over the sampled subnets.
     ``on_batch(1)`` is called after each optimiser step (a progress bar's ``update``)."""
     net.train()
-    rng = np.random.default_rng([seed, epoch])
-    torch.manual_seed(seed * 1_000_003 + epoch)  # dropout masks
+    rng = seeded_rng(seed, "shrink", epoch)
+    torch.manual_seed(derive_seed(seed, "shrink", "dropout", epoch))  # dropout masks
     in_precision = autocast(data.device, cfg.precision)
     total, count = 0.0, 0
     for x, y in data.batches(cfg.batch_size, seed=seed, epoch=epoch, augment=cfg.augment):
