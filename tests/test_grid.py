@@ -40,7 +40,7 @@ from nasaudit.grid import (
 )
 from nasaudit.grid.runners import check_finished
 from nasaudit.grid.stages import task_state
-from nasaudit.nas import NAS
+from nasaudit.nas import NAS, NasAlgorithm
 from nasaudit.runs import job_lock
 
 from conftest import profile_file
@@ -72,10 +72,10 @@ def write_profile(folder: Path, name: str = "quick", **table1: str) -> Path:
     return profile_file(folder / f"{name}.toml", *(f"{s}.{k}={v}" for (s, k), v in values.items()))
 
 
-class FixedArchitecture:
+class FixedArchitecture(NasAlgorithm):
     """A search that always returns the P-DARTS genotype: the grid's plumbing without a search's cost."""
 
-    space = "darts"
+    space, label = "darts", "fixed"
 
     def __call__(self, data, seed, context):  # type: ignore[no-untyped-def]
         from nasaudit.spaces.darts import load
@@ -562,10 +562,10 @@ def test_slurm_runner_needs_sbatch(tmp_path, registered, capsys, monkeypatch) ->
 # --- Tables 3, 4 and 6: other search data, defended data, another search setting ------------------------
 
 
-class Seeing:
+class Seeing(NasAlgorithm):
     """Like ``fixed``, and it records what the search saw: its data and its profile's augmentation."""
 
-    space = "darts"
+    space, label = "darts", "seeing"
 
     def __call__(self, data, seed, context):  # type: ignore[no-untyped-def]
         from nasaudit.io import write_json

@@ -577,6 +577,9 @@ def load_profile(name_or_path: str | Path, overrides: Iterable[str] | None = ())
 def _build_profile(table: dict[str, Any], source: str) -> Profile:
     """The built-in sections, then each registered plugin section (its dataclass's defaults where the
     table leaves it out), checked alike."""
+    from nasaudit.plugins import load_plugins
+
+    load_plugins()
     builtin = {key: value for key, value in table.items() if key not in SECTIONS}
     profile = _build(Profile, builtin, "", source)
     plugins = {name: _check(table.get(name, {}), SECTIONS.get(name), name, source) for name in SECTIONS}
