@@ -10,19 +10,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from nasaudit.attacks import ATTACKS
 from nasaudit.cli import main
 from nasaudit.config import SECTIONS, load_profile
-from nasaudit.costs import IMAGE, Timer
 from nasaudit.errors import NasauditError
 from nasaudit.grid import Layout, build_grid, load_experiment
 from nasaudit.grid.plan import estimate
 from nasaudit.nas import NAS
 from nasaudit.plugins import load_plugins
 
-from conftest import profile_file
+from conftest import ImageCounter, profile_file
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = ("salt_pepper", "proxy_pick")
@@ -51,19 +49,6 @@ def plugins(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     yield
     for name in PLUGINS:
         sys.modules.pop(name, None)
-
-
-class ImageCounter(Timer):
-    """A training step costs 1 s per image: a cost model returns image counts."""
-
-    def __init__(self) -> None:
-        super().__init__(torch.device("cpu"))
-
-    def per_image(self, network, build, batch, *, shape=IMAGE, precision="fp32") -> float:  # type: ignore[no-untyped-def]
-        return 1.0
-
-    def forward_per_image(self, network, build, batch, *, shape=IMAGE, precision="fp32") -> float:  # type: ignore[no-untyped-def]
-        return 1e-3
 
 
 def write_profile(folder: Path, *extra: str) -> Path:

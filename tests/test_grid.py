@@ -718,3 +718,27 @@ def test_table6_variant_changes_the_search_settings_only(tmp_path, seeing) -> No
     bad = _profile_with(tmp_path, "table6", variant='"upside_down"')
     with pytest.raises(NasauditError, match="unknown search variant 'upside_down'"):
         load_experiment("table6", load_profile(bad))
+
+
+def test_no_augment_turns_off_every_augmentation_a_search_reads_and_nothing_else() -> None:
+    """The variant finds the augmentations in the sections the registered algorithms read (``uses``)."""
+    from nasaudit.grid.variants import NO_AUGMENT, search_profile
+
+    paper = load_profile("paper")
+    varied = search_profile(paper, "no_augment")
+    nsga, robot = varied.nsganetv2, varied.robot
+    searched = (varied.pdarts, varied.tenas, robot.query, nsga.finetune, nsga.supernet)
+    assert all(section.augment == NO_AUGMENT for section in searched)
+    assert paper.pdarts.augment != NO_AUGMENT and paper.nsganetv2.supernet.augment != NO_AUGMENT
+    restored = replace(
+        varied,
+        pdarts=replace(varied.pdarts, augment=paper.pdarts.augment),
+        tenas=replace(varied.tenas, augment=paper.tenas.augment),
+        robot=replace(robot, query=replace(robot.query, augment=paper.robot.query.augment)),
+        nsganetv2=replace(
+            nsga,
+            finetune=replace(nsga.finetune, augment=paper.nsganetv2.finetune.augment),
+            supernet=replace(nsga.supernet, augment=paper.nsganetv2.supernet.augment),
+        ),
+    )
+    assert restored == paper  # the retraining sections ([train], [mbv3_train], [surrogate]) keep theirs

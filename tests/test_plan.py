@@ -16,32 +16,14 @@ from nasaudit.attacks.nas_gc import NAS_TARGETS
 from nasaudit.attacks.victim import JOB_VICTIMS
 from nasaudit.cli import main
 from nasaudit.config import load_profile
-from nasaudit.costs import IMAGE, Timer
+from nasaudit.costs import Timer
 from nasaudit.defenses import DEFENSES
 from nasaudit.grid.plan import DEFENSE_COSTS, REFERENCE_ARCHITECTURES, victim_net
 from nasaudit.nas import NAS
 
-from conftest import profile_file
+from conftest import FORWARD, KAPPA, ImageCounter, profile_file
 
 PAPER = load_profile("paper")
-FORWARD = 1e-3  # seconds per image of a forward pass under ImageCounter
-KAPPA = 10.0  # seconds per κ_NTK under ImageCounter
-
-
-class ImageCounter(Timer):
-    """A training step costs 1 s per image and a forward pass 1 ms: a cost model returns image counts."""
-
-    def __init__(self) -> None:
-        super().__init__(torch.device("cpu"))
-
-    def per_image(self, network, build, batch, *, shape=IMAGE, precision="fp32") -> float:  # type: ignore[no-untyped-def]
-        return 1.0
-
-    def forward_per_image(self, network, build, batch, *, shape=IMAGE, precision="fp32") -> float:  # type: ignore[no-untyped-def]
-        return FORWARD
-
-    def kappa(self, network, build, batch) -> float:  # type: ignore[no-untyped-def]
-        return KAPPA
 
 
 def test_every_registered_algorithm_attack_defense_and_space_has_a_cost_model() -> None:
