@@ -63,7 +63,6 @@ class NasAlgorithm:
     space: str  # the search space its architectures belong to (a key of nasaudit.models.MODELS)
     label: str  # its name in tables and figures
     image: str = ""  # the container it runs in (a Dockerfile target, mk/docker.mk); "" runs in any
-    config: type | None = None  # its own profile section's dataclass, under its registered name
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         """Search on ``data.train`` and return the architecture in its space's JSON form."""
