@@ -1,5 +1,5 @@
 """`nasaudit plan`: every registered algorithm, attack, defense and space has a cost model, the models
-count the work SPEC describes, and a grid of every stage is estimated without a gap."""
+count the work the algorithms do as run, and a grid of every stage is estimated without a gap."""
 
 from __future__ import annotations
 
@@ -37,14 +37,14 @@ def test_every_registered_algorithm_attack_defense_and_space_has_a_cost_model() 
 
 
 def test_tenas_scores_332_candidates_with_and_without_each_removal() -> None:
-    """SPEC §5: 196 + 112 + 24 candidates × 3 repeats × 2 nets × (one κ_NTK + 3000 crops)."""
+    """TE-NAS as run: 196 + 112 + 24 candidates × 3 repeats × 2 nets × (one κ_NTK + 3000 crops)."""
     cfg = PAPER.tenas
     per_net = KAPPA + cfg.lr_batches * cfg.lr_batch_size * FORWARD
     assert NAS.get("tenas").cost(PAPER, 50_000, ImageCounter()) == (332 * 3 * 2 * per_net, 0.0)
 
 
 def test_pdarts_trains_weights_every_epoch_and_alpha_after_the_warm_up() -> None:
-    """SPEC §4: 3 stages × (25 weight epochs + 15 α epochs) over the 25k-image halves."""
+    """P-DARTS as run: 3 stages × (25 weight epochs + 15 α epochs) over the 25k-image halves."""
     assert NAS.get("pdarts").cost(PAPER, 50_000, ImageCounter()) == (3 * 40 * 25_000, 0.0)
 
 

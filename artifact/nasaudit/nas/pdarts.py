@@ -467,7 +467,7 @@ class PDarts(NasAlgorithm):
         return seconds, 0.0
 
     def victim(self, profile: Profile) -> VictimNet:
-        """The converged last-stage supernet (``VICTIM``), whose α NAS-specific GC targets (SPEC §2)."""
+        """The converged last-stage supernet (``VICTIM``), whose α NAS-specific GC targets (paper §4)."""
         last = len(profile.pdarts.layers) - 1
         return VictimNet(
             f"pdarts/stage{last}", "darts_supernet", partial(timing_supernet, profile.pdarts, last)
@@ -562,7 +562,7 @@ def _save_victim(path: Path, current: _Stage, data: ImageDataset, dropout: float
 
 def timing_supernet(cfg: PDartsConfig, stage: int) -> SuperNet:
     """The search network of ``stage`` as `nasaudit plan` times it: its cells and candidate-op count per
-    edge, seeded candidates standing in for the ones the search keeps (SPEC §4)."""
+    edge (ztcoalson/pdarts train_search.py), seeded candidates standing in for the ones the search keeps."""
     candidates = seeded_candidates(PRIMITIVES, [len(PRIMITIVES), *cfg.keep_ops][stage], stage)
     return SuperNet(
         **supernet_kwargs(cfg, stage, NUM_CLASSES, 0.0),

@@ -334,7 +334,7 @@ class Robot(NasAlgorithm):
         return pool[result["pick"]].to_json()
 
     def cost(self, profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
-        """Queries train on half of the data; scoring the pool costs about two passes per proxy (SPEC §6)."""
+        """Queries train on half of the data; scoring the pool costs about two passes per proxy."""
         cfg = profile.robot
         genotype = random_genotype(np.random.default_rng(0))
 
