@@ -4,8 +4,13 @@
 #   make docker-build-pdarts      # or: docker build --target pdarts --tag nasaudit:pdarts .
 #   make docker-run ALGO=pdarts CMD="data info digits"
 # torch 2.0.x supports Python 3.8-3.11, requirements.txt's other pins need >= 3.11: so 3.11.
+# The base image: its tag unless pinned by digest. `docker buildx imagetools inspect
+# python:3.11-slim-bookworm` prints the tag's current index digest; build on exactly that image with
+#   make docker-build PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest>
+# No digest is written here: none could be verified where this file was last edited (no registry access).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-FROM python:3.11-slim-bookworm AS python
+FROM ${PYTHON_IMAGE} AS python
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

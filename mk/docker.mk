@@ -1,5 +1,7 @@
 # Containers: one image per NAS algorithm, each with the PyTorch its Dockerfile target pins.
 # Included from the Makefile; `make help` lists these targets with the others.
+# The registered algorithms' images (NasAlgorithm.image), written out so that `make -n` needs no venv;
+# tests/test_docker.py checks that the list is exactly the registry's and each a Dockerfile target.
 DOCKER_ALGOS := pdarts tenas robot nsganetv2
 .PHONY: docker-build docker-run docker-grid docker-lint test-compat \
 	$(addprefix docker-build-,$(DOCKER_ALGOS)) $(addprefix docker-grid-,$(DOCKER_ALGOS))
@@ -8,6 +10,8 @@ DOCKER_BIN ?= docker
 DOCKER_IMAGE ?= nasaudit
 # Set CUDA_VARIANT (e.g. cu117 for a driver older than CUDA 11.8's) to build against another wheel index.
 CUDA_VARIANT ?=
+# Set PYTHON_IMAGE (python:3.11-slim-bookworm@sha256:...) to build on a base image pinned by digest.
+PYTHON_IMAGE ?=
 GRID_ARGS ?=
 # The host's data/ and results/ are the container's, and files are written as the calling user; THREADS
 # reaches the container (without it, nasaudit sizes its threads to the container's CPU quota).
@@ -18,7 +22,7 @@ DOCKER_RUN = $(DOCKER_BIN) run --rm --gpus all --ipc=host --user $(shell id -u):
 docker-build: $(addprefix docker-build-,$(DOCKER_ALGOS))  ## build every algorithm's image (docker-build-ALGO: one)
 
 $(addprefix docker-build-,$(DOCKER_ALGOS)): docker-build-%:
-	$(DOCKER_BIN) build --target $* --tag $(DOCKER_IMAGE):$* $(if $(CUDA_VARIANT),--build-arg CUDA_VARIANT=$(CUDA_VARIANT) ).
+	$(DOCKER_BIN) build --target $* --tag $(DOCKER_IMAGE):$* $(if $(CUDA_VARIANT),--build-arg CUDA_VARIANT=$(CUDA_VARIANT) )$(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) ).
 
 docker-run:  ## run CMD in ALGO's image on the GPUs: make docker-run ALGO=pdarts CMD="data info digits"
 	$(if $(filter $(DOCKER_ALGOS),$(ALGO)),,$(error ALGO must be one of: $(DOCKER_ALGOS)))

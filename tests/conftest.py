@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nasaudit.config import PROFILE_DIR, apply_overrides, read_toml
+from nasaudit.costs import IMAGE, Timer
 from nasaudit.data.datasets import ImageDataset, Split, load_dataset, make_dataset
 
 torch.set_num_threads(1)
@@ -85,3 +86,23 @@ def profile_file(path: Path, *overrides: str, base: str | Path = "smoke") -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{json.dumps(k)} = {_toml(v)}\n" for k, v in table.items()))
     return path
+
+
+FORWARD = 1e-3  # seconds per image of a forward pass under ImageCounter (cost-model tests)
+KAPPA = 10.0  # seconds per κ_NTK under ImageCounter (cost-model tests)
+
+
+class ImageCounter(Timer):
+    """A training step costs 1 s per image and a forward pass 1 ms: a cost model returns image counts."""
+
+    def __init__(self) -> None:
+        super().__init__(torch.device("cpu"))
+
+    def per_image(self, network, build, batch, *, shape=IMAGE, precision="fp32") -> float:  # type: ignore[no-untyped-def]
+        return 1.0
+
+    def forward_per_image(self, network, build, batch, *, shape=IMAGE, precision="fp32") -> float:  # type: ignore[no-untyped-def]
+        return FORWARD
+
+    def kappa(self, network, build, batch) -> float:  # type: ignore[no-untyped-def]
+        return KAPPA

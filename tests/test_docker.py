@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ALGOS = ("pdarts", "tenas", "robot", "nsganetv2")
+ALGOS = ("pdarts", "tenas", "robot", "nsganetv2")  # mk/docker.mk's DOCKER_ALGOS, in its order
 # torchvision release paired with each torch release (pytorch.org, "previous versions").
 TORCHVISION_FOR = {
     "2.0.0": "0.15.1",
@@ -47,8 +47,10 @@ class Stage:
 
 
 def parse_dockerfile(text: str) -> dict[str, Stage]:
-    """Stages by name, each with its instructions; continuation lines joined, comments dropped."""
+    """Stages by name, each with its instructions; continuation lines joined, comments dropped; an
+    ``ARG`` before the first ``FROM`` is substituted, with its default, into the ``FROM`` lines."""
     stages: dict[str, Stage] = {}
+    global_args: dict[str, str] = {}
     logical = re.sub(
         r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     )
@@ -58,7 +60,11 @@ def parse_dockerfile(text: str) -> dict[str, Stage]:
             continue
         keyword, _, value = line.strip().partition(" ")
         keyword, value = keyword.upper(), " ".join(value.split())
-        if keyword == "FROM":
+        if keyword == "ARG" and current is None:
+            name, _, default = value.partition("=")
+            global_args[name] = default
+        elif keyword == "FROM":
+            value = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m[1]], value)
             match = re.fullmatch(r"(\S+) AS (\S+)", value, flags=re.IGNORECASE)
             assert match, f"every stage is named: FROM {value}"
             current = stages[match[2]] = Stage(match[2], match[1])
@@ -117,6 +123,9 @@ def stages() -> dict[str, Stage]:
 
 
 def test_one_target_per_algorithm_on_the_shared_base(stages) -> None:
+    from nasaudit.nas import NAS
+
+    assert set(ALGOS) == {NAS.get(name).image for name in NAS} - {""}  # the registered images
     assert set(ALGOS) <= set(stages)
     assert {stages[algo].parent for algo in ALGOS} == {"base"}
     mk = (ROOT / "mk" / "docker.mk").read_text()
@@ -137,7 +146,7 @@ def test_target_pins_torch_torchvision_and_cuda_variant(stages, algo) -> None:
     assert '"torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"' in run
     assert run.endswith("pip check")
     # The image's Python must be one that torch publishes wheels for.
-    python = re.fullmatch(r"python:(\d+)\.(\d+)-slim-\w+", stages["python"].parent)
+    python = re.fullmatch(r"python:(\d+)\.(\d+)-slim-\w+(@sha256:[0-9a-f]{64})?", stages["python"].parent)
     newest = NEWEST_PYTHON_FOR[".".join(torch.split(".")[:2])]
     assert python and (int(python[1]), int(python[2])) <= newest
 
@@ -238,6 +247,9 @@ def test_make_docker_build_algo(algo) -> None:
     assert build == ["docker", "build", "--target", algo, "--tag", f"nasaudit:{algo}", "."]
     (build,) = docker_commands(make_n(f"docker-build-{algo}", "CUDA_VARIANT=cu117"), "build")
     assert build[-3:] == ["--build-arg", "CUDA_VARIANT=cu117", "."]
+    pinned = "python:3.11-slim-bookworm@sha256:" + "0" * 64  # the base image pinned by digest
+    (build,) = docker_commands(make_n(f"docker-build-{algo}", f"PYTHON_IMAGE={pinned}"), "build")
+    assert build[-3:] == ["--build-arg", f"PYTHON_IMAGE={pinned}", "."]
 
 
 def test_make_docker_build_builds_every_target() -> None:

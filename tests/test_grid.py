@@ -40,7 +40,7 @@ from nasaudit.grid import (
 )
 from nasaudit.grid.runners import check_finished
 from nasaudit.grid.stages import task_state
-from nasaudit.nas import NAS
+from nasaudit.nas import NAS, NasAlgorithm
 from nasaudit.runs import job_lock
 
 from conftest import profile_file
@@ -72,10 +72,10 @@ def write_profile(folder: Path, name: str = "quick", **table1: str) -> Path:
     return profile_file(folder / f"{name}.toml", *(f"{s}.{k}={v}" for (s, k), v in values.items()))
 
 
-class FixedArchitecture:
+class FixedArchitecture(NasAlgorithm):
     """A search that always returns the P-DARTS genotype: the grid's plumbing without a search's cost."""
 
-    space = "darts"
+    space, label = "darts", "fixed"
 
     def __call__(self, data, seed, context):  # type: ignore[no-untyped-def]
         from nasaudit.spaces.darts import load
@@ -561,10 +561,10 @@ def test_slurm_runner_needs_sbatch(tmp_path, registered, capsys, monkeypatch) ->
 # --- Tables 3, 4 and 6: other search data, defended data, another search setting ------------------------
 
 
-class Seeing:
+class Seeing(NasAlgorithm):
     """Like ``fixed``, and it records what the search saw: its data and its profile's augmentation."""
 
-    space = "darts"
+    space, label = "darts", "seeing"
 
     def __call__(self, data, seed, context):  # type: ignore[no-untyped-def]
         from nasaudit.io import write_json
@@ -717,3 +717,27 @@ def test_table6_variant_changes_the_search_settings_only(tmp_path, seeing) -> No
     bad = _profile_with(tmp_path, "table6", variant='"upside_down"')
     with pytest.raises(NasauditError, match="unknown search variant 'upside_down'"):
         load_experiment("table6", load_profile(bad))
+
+
+def test_no_augment_turns_off_every_augmentation_a_search_reads_and_nothing_else() -> None:
+    """The variant finds the augmentations in the sections the registered algorithms read (``uses``)."""
+    from nasaudit.grid.variants import NO_AUGMENT, search_profile
+
+    paper = load_profile("paper")
+    varied = search_profile(paper, "no_augment")
+    nsga, robot = varied.nsganetv2, varied.robot
+    searched = (varied.pdarts, varied.tenas, robot.query, nsga.finetune, nsga.supernet)
+    assert all(section.augment == NO_AUGMENT for section in searched)
+    assert paper.pdarts.augment != NO_AUGMENT and paper.nsganetv2.supernet.augment != NO_AUGMENT
+    restored = replace(
+        varied,
+        pdarts=replace(varied.pdarts, augment=paper.pdarts.augment),
+        tenas=replace(varied.tenas, augment=paper.tenas.augment),
+        robot=replace(robot, query=replace(robot.query, augment=paper.robot.query.augment)),
+        nsganetv2=replace(
+            nsga,
+            finetune=replace(nsga.finetune, augment=paper.nsganetv2.finetune.augment),
+            supernet=replace(nsga.supernet, augment=paper.nsganetv2.supernet.augment),
+        ),
+    )
+    assert restored == paper  # the retraining sections ([train], [mbv3_train], [surrogate]) keep theirs

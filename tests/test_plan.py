@@ -16,45 +16,20 @@ from nasaudit.attacks.nas_gc import NAS_TARGETS
 from nasaudit.attacks.victim import JOB_VICTIMS
 from nasaudit.cli import main
 from nasaudit.config import load_profile
+from nasaudit.costs import Timer
 from nasaudit.defenses import DEFENSES
-from nasaudit.grid.jobs import Task
-from nasaudit.grid.plan import (
-    DEFENSE_COSTS,
-    IMAGE,
-    POISON_COSTS,
-    REFERENCE_ARCHITECTURES,
-    SEARCH_COSTS,
-    Timer,
-    victim_net,
-)
+from nasaudit.grid.plan import DEFENSE_COSTS, REFERENCE_ARCHITECTURES, victim_net
 from nasaudit.nas import NAS
 
-from conftest import profile_file
+from conftest import FORWARD, KAPPA, ImageCounter, profile_file
 
 PAPER = load_profile("paper")
-FORWARD = 1e-3  # seconds per image of a forward pass under ImageCounter
-KAPPA = 10.0  # seconds per κ_NTK under ImageCounter
-
-
-class ImageCounter(Timer):
-    """A training step costs 1 s per image and a forward pass 1 ms: a cost model returns image counts."""
-
-    def __init__(self) -> None:
-        super().__init__(torch.device("cpu"))
-
-    def per_image(self, network, build, batch, *, shape=IMAGE, precision="fp32") -> float:  # type: ignore[no-untyped-def]
-        return 1.0
-
-    def forward_per_image(self, network, build, batch, *, shape=IMAGE, precision="fp32") -> float:  # type: ignore[no-untyped-def]
-        return FORWARD
-
-    def kappa(self, network, build, batch) -> float:  # type: ignore[no-untyped-def]
-        return KAPPA
 
 
 def test_every_registered_algorithm_attack_defense_and_space_has_a_cost_model() -> None:
-    assert set(NAS) <= set(SEARCH_COSTS)
-    assert set(ATTACKS) <= set(POISON_COSTS)
+    timer = ImageCounter()
+    assert all(NAS.get(name).cost(PAPER, 1_000, timer) is not None for name in NAS)
+    assert all(ATTACKS.get(name).cost is not None for name in ATTACKS)
     assert set(DEFENSES) <= set(DEFENSE_COSTS)
     spaces = {NAS.get(name).space for name in NAS} | set(JOB_VICTIMS)
     assert spaces <= set(REFERENCE_ARCHITECTURES)
@@ -65,12 +40,12 @@ def test_tenas_scores_332_candidates_with_and_without_each_removal() -> None:
     """TE-NAS as run: 196 + 112 + 24 candidates × 3 repeats × 2 nets × (one κ_NTK + 3000 crops)."""
     cfg = PAPER.tenas
     per_net = KAPPA + cfg.lr_batches * cfg.lr_batch_size * FORWARD
-    assert SEARCH_COSTS.get("tenas")(PAPER, 50_000, ImageCounter()) == (332 * 3 * 2 * per_net, 0.0)
+    assert NAS.get("tenas").cost(PAPER, 50_000, ImageCounter()) == (332 * 3 * 2 * per_net, 0.0)
 
 
 def test_pdarts_trains_weights_every_epoch_and_alpha_after_the_warm_up() -> None:
     """P-DARTS as run: 3 stages × (25 weight epochs + 15 α epochs) over the 25k-image halves."""
-    assert SEARCH_COSTS.get("pdarts")(PAPER, 50_000, ImageCounter()) == (3 * 40 * 25_000, 0.0)
+    assert NAS.get("pdarts").cost(PAPER, 50_000, ImageCounter()) == (3 * 40 * 25_000, 0.0)
 
 
 def shrinking(n: int) -> float:
@@ -85,36 +60,40 @@ def test_nsganetv2_shares_one_clean_supernet_per_dataset_unless_a_weights_file_i
     n = 50_000 - cfg.val_size
     given = replace(PAPER, nsganetv2=replace(cfg, supernet=replace(cfg.supernet, weights="ofa.pt")))
     evaluation = 5 * n + (cfg.bn_calibration + cfg.val_size) * FORWARD
-    assert SEARCH_COSTS.get("nsganetv2")(given, 50_000, timer) == ((100 + 30 * 8) * evaluation, 0.0)
-    per_search, shared = SEARCH_COSTS.get("nsganetv2")(PAPER, 50_000, timer)
+    assert NAS.get("nsganetv2").cost(given, 50_000, timer) == ((100 + 30 * 8) * evaluation, 0.0)
+    per_search, shared = NAS.get("nsganetv2").cost(PAPER, 50_000, timer)
     # the supernet is trained once per dataset, on the whole clean training set
     assert per_search == 340 * evaluation and abs(shared - shrinking(50_000)) < 1e-9 * shared
 
 
 def test_the_mbv3_baseline_shares_one_supernet_per_dataset_when_it_inherits_weights() -> None:
     timer = ImageCounter()
-    per_search, shared = SEARCH_COSTS.get("random_mbv3")(PAPER, 50_000, timer)
+    per_search, shared = NAS.get("random_mbv3").cost(PAPER, 50_000, timer)
     assert per_search == 0.0 and abs(shared - shrinking(50_000)) < 1e-9 * shared
     scratch = replace(PAPER, mbv3=replace(PAPER.mbv3, init="scratch"))
-    assert SEARCH_COSTS.get("random_mbv3")(scratch, 50_000, timer) == (0.0, 0.0)
+    assert NAS.get("random_mbv3").cost(scratch, 50_000, timer) == (0.0, 0.0)
 
 
 def test_gc_costs_steps_times_poisons_and_shares_gradpc_and_the_clean_gradient() -> None:
-    timer, cfg = ImageCounter(), PAPER.gc
-    tenas = Task("poison", "cifar10", "tenas", "nas_gc", 0.01, 0)
+    timer, cfg, nas_gc = ImageCounter(), PAPER.gc, ATTACKS.get("nas_gc").cost
+    tenas, pdarts = victim_net(PAPER, "tenas"), victim_net(PAPER, "pdarts")
     # the per-batch objective: one double backward per batch, 2 training steps per poison and GC step;
     # GradPC's epoch and g_clean's pass are shared by the budgets
-    assert POISON_COSTS.get("nas_gc")(PAPER, tenas, 50_000, timer) == (cfg.steps * 500 * 2, 2 * 50_000)
+    assert nas_gc(PAPER, 0.01, 50_000, tenas, timer) == (cfg.steps * 500 * 2, 2 * 50_000)
     # the joint objective over several batches takes the two-pass gradient: 3 steps per poison
     joint = replace(PAPER, gc=replace(cfg, objective="joint"))
-    assert POISON_COSTS.get("nas_gc")(joint, tenas, 50_000, timer)[0] == cfg.steps * 500 * 3
-    one_batch = Task("poison", "cifar10", "tenas", "nas_gc", 0.001, 0)
-    assert POISON_COSTS.get("nas_gc")(joint, one_batch, 50_000, timer)[0] == cfg.steps * 50 * 2
+    assert nas_gc(joint, 0.01, 50_000, tenas, timer)[0] == cfg.steps * 500 * 3
+    assert nas_gc(joint, 0.001, 50_000, tenas, timer)[0] == cfg.steps * 50 * 2
     # P-DARTS's α are moved by GradPC too; radius 0 crafts at the victim's own parameters
-    pdarts = Task("poison", "cifar10", "pdarts", "nas_gc", 0.1, 0)
-    assert POISON_COSTS.get("nas_gc")(PAPER, pdarts, 1_000, timer) == (cfg.steps * 100 * 2, 2 * 1_000)
+    assert nas_gc(PAPER, 0.1, 1_000, pdarts, timer) == (cfg.steps * 100 * 2, 2 * 1_000)
     no_gradpc = replace(PAPER, gc=replace(cfg, gradpc_radius=0.0))
-    assert POISON_COSTS.get("gc")(no_gradpc, replace(pdarts, attack="gc"), 1_000, timer)[1] == 1_000
+    assert ATTACKS.get("gc").cost(no_gradpc, 0.1, 1_000, pdarts, timer)[1] == 1_000
+
+
+def test_the_victim_gc_differentiates_is_the_algorithms_own_or_its_spaces_retrained_network() -> None:
+    assert victim_net(PAPER, "pdarts").kind == "darts_supernet"
+    assert victim_net(PAPER, "tenas").kind == JOB_VICTIMS.get("darts").kind
+    assert victim_net(PAPER, "nsganetv2").kind == JOB_VICTIMS.get("mbv3").kind
 
 
 def test_timer_measures_a_network_once_on_one_cpu_thread() -> None:

@@ -421,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) or a usage error already printed (2)
         return exc.code if isinstance(exc.code, int) else 0
+    except NasauditError as exc:  # a plugin (NASAUDIT_PLUGINS) that --help's registry lists cannot import
+        print(f"nasaudit: error: {exc}", file=sys.stderr)
+        return 2
     from nasaudit import verbosity
 
     verbosity.configure(verbosity.level_of(args))

@@ -2,9 +2,11 @@
 
 ``paper.toml`` holds the paper's values (each with a comment citing its source); ``smoke.toml``
 shrinks them so the whole pipeline runs in minutes on two CPU cores. Code reads a ``Profile`` and
-never branches on a profile's name. Each section is a dataclass below; a later capability adds its
-section here and to both TOML files. A setting with a fixed set of choices (as run vs as printed) is
-a ``Literal`` checked here on load; a registry is only where users add plugins (``nasaudit.registry``).
+never branches on a profile's name. Each section is a dataclass below; a plugin module (an algorithm,
+an attack) may instead register its own section's dataclass in ``SECTIONS``, built and checked the
+same way, its defaults standing in for a table a profile leaves out (docs/extending.md). A setting
+with a fixed set of choices (as run vs as printed) is a ``Literal`` checked here on load; a registry
+is only where users add plugins (``nasaudit.registry``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Literal
 
 from nasaudit.errors import NasauditError
 from nasaudit.precision import check_precision
+from nasaudit.registry import Registry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,6 +31,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+# Profile sections that plugin modules declare for themselves: [name] -> its dataclass.
+SECTIONS: Registry[type] = Registry("profile section")
 
 
 @dataclass(frozen=True)
@@ -418,6 +423,14 @@ class Profile:
     gc: GCConfig
     results: ResultsConfig
     name: str = ""
+    plugins: dict[str, Any] = dataclasses.field(default_factory=dict)  # the SECTIONS' tables, built
+
+    def __getattr__(self, name: str) -> Any:
+        """A registered plugin section, read like a built-in one (``profile.mysection``)."""
+        plugins = self.__dict__.get("plugins", {})
+        if name in plugins:
+            return plugins[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def _check(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -477,9 +490,12 @@ def _check_scalar(value: Any, hint: type, key: str, source: str) -> Any:
     return value
 
 
+_NOT_IN_TOML = ("name", "plugins")  # a Profile's own fields that no TOML table sets
+
+
 def _build(cls: type, table: dict[str, Any], prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls) if f.init and f.name != "name"]
+    fields = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in _NOT_IN_TOML]
     unknown = sorted(set(table) - set(fields))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
@@ -552,7 +568,19 @@ def load_profile(name_or_path: str | Path, overrides: Iterable[str] | None = ())
     if not path.is_file():
         raise NasauditError(f"profile file {path} does not exist")
     table = read_toml(path)
-    profile = _build(Profile, table, "", path.name)
+    profile = _build_profile(table, path.name)
     if overrides:
-        profile = _build(Profile, apply_overrides(table, overrides), "", "--set")
+        profile = _build_profile(apply_overrides(table, overrides), "--set")
     return dataclasses.replace(profile, name=path.stem)
+
+
+def _build_profile(table: dict[str, Any], source: str) -> Profile:
+    """The built-in sections, then each registered plugin section (its dataclass's defaults where the
+    table leaves it out), checked alike."""
+    from nasaudit.plugins import load_plugins
+
+    load_plugins()
+    builtin = {key: value for key, value in table.items() if key not in SECTIONS}
+    profile = _build(Profile, builtin, "", source)
+    plugins = {name: _check(table.get(name, {}), SECTIONS.get(name), name, source) for name in SECTIONS}
+    return dataclasses.replace(profile, plugins=plugins)

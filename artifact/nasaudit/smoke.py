@@ -201,9 +201,9 @@ def _clean_job(run: SmokeRun, algorithm: str) -> tuple[Path, dict[str, Any]]:
     if not (layout.train_dir(key) / "result.json").is_file():
         raise NasauditError(f"Table 1's clean trial 0 of {algorithm} did not finish (its error is above)")
     result = json.loads((layout.train_dir(key) / "result.json").read_text())
-    from nasaudit.report.tables import LABELS
+    from nasaudit.nas import NAS
 
-    label = f"{LABELS['algorithm'][algorithm]}'s pick (grid: clean data, trial 0)"
+    label = f"{NAS.get(algorithm).label}'s pick (grid: clean data, trial 0)"
     run.state.setdefault("accuracies", {})[label] = result["test_accuracy"]
     return layout.search_dir(key), result
 

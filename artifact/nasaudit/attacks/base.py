@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from nasaudit.npzfile import manifest_path, npz_path
 from nasaudit.registry import Registry
 from nasaudit.runs import data_identity, fingerprint, profile_sections, reuse
 
+if TYPE_CHECKING:
+    from nasaudit.costs import Timer, VictimNet
+
 
 @dataclass(frozen=True)
 class AttackContext:
@@ -31,8 +35,38 @@ class AttackContext:
     progress: bool = True  # progress bars on a terminal (the grid's workers turn them off)
 
 
-class Attack(Protocol):
+class Craft(Protocol):
     def __call__(self, dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison: ...
+
+
+# Seconds on the timer's device of one poison (profile, budget, training-set size, the network GC would
+# differentiate (None for a poison crafted without a victim), timer), and of what its budgets share.
+PoisonCost = Callable[[Profile, float, int, "VictimNet | None", "Timer"], tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack, everything the rest of the package asks of it: how it crafts a poison, its
+    name in tables and figures, and its cost model for `nasaudit plan` (None: none). Called, it crafts."""
+
+    craft: Craft
+    label: str
+    cost: PoisonCost | None
+
+    def __call__(self, dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
+        return self.craft(dataset, budget, seed, context)
+
+
+def attack(label: str, cost: PoisonCost | None) -> Callable[[Craft], Attack]:
+    """Make a crafting function an ``Attack``, beneath ``@ATTACKS.register`` (docs/extending.md)."""
+    return lambda craft: Attack(craft, label, cost)
+
+
+def free(
+    profile: Profile, budget: float, n_train: int, victim: VictimNet | None, timer: Timer
+) -> tuple[float, float]:
+    """The cost model of an attack without device work: a few seconds of numpy on the CPU."""
+    return 0.0, 0.0
 
 
 ATTACKS: Registry[Attack] = Registry("attack")

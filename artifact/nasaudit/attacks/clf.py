@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasaudit.attacks.base import ATTACKS, AttackContext, check_budget
+from nasaudit.attacks.base import ATTACKS, AttackContext, attack, check_budget
 from nasaudit.batch_cap import fill_skipped
+from nasaudit.config import Profile
+from nasaudit.costs import Timer, VictimNet, surrogate_seconds
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
 from nasaudit.data.poison import Poison, make_poison
@@ -83,7 +85,15 @@ def train_surrogate(dataset: ImageDataset, seed: int, context: AttackContext) ->
     return model, {**result, "dir": str(out_dir)}
 
 
+def cost(
+    profile: Profile, budget: float, n_train: int, victim: VictimNet | None, timer: Timer
+) -> tuple[float, float]:
+    """One surrogate ResNet-18 (shared by every budget), then ranking is one pass (not counted)."""
+    return 0.0, surrogate_seconds(profile, n_train, timer)
+
+
 @ATTACKS.register("clf", uses=("surrogate",))
+@attack(label="CLF", cost=cost)
 def clf(dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
     check_budget(budget)
     model, result = train_surrogate(dataset, seed, context)

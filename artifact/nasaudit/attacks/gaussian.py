@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nasaudit.attacks.base import ATTACKS, AttackContext, choose_indices
+from nasaudit.attacks.base import ATTACKS, AttackContext, attack, choose_indices, free
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.poison import Poison, make_poison
 
@@ -18,6 +18,7 @@ EPSILON = 16 / 255
 
 
 @ATTACKS.register("gaussian")
+@attack(label="Gaussian Noise", cost=free)
 def gaussian(dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
     rng = np.random.default_rng(seed)
     indices = choose_indices(len(dataset.train), budget, rng)

@@ -58,10 +58,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nasaudit import metrics_log
-from nasaudit.attacks.base import ATTACKS, AttackContext, choose_indices
+from nasaudit.attacks.base import ATTACKS, AttackContext, attack, choose_indices
 from nasaudit.attacks.victim import Victim, read_victim
 from nasaudit.batch_cap import capped, capped_size
-from nasaudit.config import GCConfig
+from nasaudit.config import GCConfig, Profile
+from nasaudit.costs import Timer, VictimNet
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import epoch_generator
 from nasaudit.data.poison import Poison, make_poison
@@ -545,7 +546,32 @@ def gradient_canceling(
     return make_poison(attack, dataset, seed, indices, images=poisoned, params=jsonable(params))
 
 
+# Training steps one GC step costs per poison. The per-batch objective and a joint one whose poisons
+# fit one batch differentiate each batch's gradient once more (forward, backward with create_graph,
+# the backward of that ≈ two steps); a joint objective over several batches adds a plain gradient
+# pass first (≈ one step) for the exact two-pass gradient.
+GC_PASSES_ONE_PASS, GC_PASSES_TWO_PASS = 2, 3
+
+
+def cost(
+    profile: Profile, budget: float, n_train: int, victim: VictimNet | None, timer: Timer
+) -> tuple[float, float]:
+    """GC on the victim: the steps on its poisons; shared by its budgets, GradPC and g_clean (the cost
+    model of GC and of NAS-specific GC, which differ only in the parameters they target)."""
+    if victim is None:
+        raise NasauditError("GC is crafted against a victim: list the attack in [grid] victim_attacks")
+    cfg = profile.gc
+    step = timer.per_image(victim.name, victim.build, cfg.poison_batch_size)
+    clean_step = timer.per_image(victim.name, victim.build, cfg.gradpc_batch_size)
+    gradpc = cfg.gradpc_epochs * n_train * clean_step if cfg.gradpc_radius > 0 else 0.0
+    poisons = round(n_train * budget)
+    two_pass = cfg.objective == "joint" and poisons > cfg.poison_batch_size
+    factor = GC_PASSES_TWO_PASS if two_pass else GC_PASSES_ONE_PASS
+    return cfg.steps * poisons * factor * step, gradpc + n_train * clean_step
+
+
 @ATTACKS.register("gc", uses=("gc",))
+@attack(label="gc", cost=cost)
 def gc(dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
     """Plain GC: θ = the victim's weights and biases, moved by GradPC (paper §3.2)."""
     victim = read_victim(require_victim(context, "gc"), dataset)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from nasaudit.attacks.base import ATTACKS, AttackContext
-from nasaudit.attacks.gc import gradient_canceling, require_victim, weights_and_biases
+from nasaudit.attacks.base import ATTACKS, AttackContext, attack
+from nasaudit.attacks.gc import cost, gradient_canceling, require_victim, weights_and_biases
 from nasaudit.attacks.victim import read_victim
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.poison import Poison
@@ -47,6 +47,7 @@ NAS_TARGETS.register("resnet18_cifar")(TargetRule(weights_and_biases, "weights_a
 
 
 @ATTACKS.register("nas_gc", uses=("gc",))
+@attack(label="GC", cost=cost)  # the paper's tables' "GC" is this one (expected_results/README.md)
 def nas_gc(dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
     victim = read_victim(require_victim(context, "nas_gc"), dataset)
     rule = NAS_TARGETS.get(victim.kind)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from nasaudit.attacks.base import ATTACKS, AttackContext, choose_indices
+from nasaudit.attacks.base import ATTACKS, AttackContext, attack, choose_indices, free
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.poison import Poison, make_poison
 
 
 @ATTACKS.register("rlf")
+@attack(label="RLF", cost=free)
 def rlf(dataset: ImageDataset, budget: float, seed: int, context: AttackContext) -> Poison:
     rng = np.random.default_rng(seed)
     indices = choose_indices(len(dataset.train), budget, rng)

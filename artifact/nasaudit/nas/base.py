@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,9 @@ from nasaudit.data.datasets import ImageDataset
 from nasaudit.io import environment_manifest, write_json
 from nasaudit.registry import Registry
 from nasaudit.runs import IDENTITY, claim, data_identity, fingerprint, profile_sections, reuse
+
+if TYPE_CHECKING:
+    from nasaudit.costs import Timer, VictimNet
 
 ARCHITECTURE = "architecture.json"
 CLAIM = "job.json"  # which run the folder's resumable state belongs to (runs.claim)
@@ -52,12 +55,28 @@ def shared_cache(context: SearchContext) -> Path:
     return context.cache_dir if context.cache_dir is not None else context.out_dir.parent / "cache"
 
 
-class NasAlgorithm(Protocol):
+class NasAlgorithm:
+    """A search algorithm, everything the rest of the package asks of it in one registered object:
+    subclass, set the class attributes, implement ``__call__`` (and ``cost`` for `nasaudit plan`),
+    register an instance in ``NAS`` (docs/extending.md)."""
+
     space: str  # the search space its architectures belong to (a key of nasaudit.models.MODELS)
+    label: str  # its name in tables and figures
+    image: str = ""  # the container it runs in (a Dockerfile target, mk/docker.mk); "" runs in any
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         """Search on ``data.train`` and return the architecture in its space's JSON form."""
-        ...
+        raise NotImplementedError
+
+    def cost(self, profile: Profile, n_train: int, timer: Timer) -> tuple[float, float] | None:
+        """Seconds on ``timer``'s device of one search on ``n_train`` images, and of the work every
+        search of a dataset shares (paid once by `nasaudit plan`); None: no cost model."""
+        return None
+
+    def victim(self, profile: Profile) -> VictimNet | None:
+        """The network GC differentiates when the search leaves its own (P-DARTS's supernet); None:
+        its space's retrained network (``attacks.victim.JOB_VICTIMS``)."""
+        return None
 
 
 NAS: Registry[NasAlgorithm] = Registry("NAS algorithm")

@@ -35,6 +35,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,21 +53,27 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from nasaudit.config import NSGANetV2Config, Profile
+from nasaudit.costs import NUM_CLASSES, Timer
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
 from nasaudit.extras import require
 from nasaudit.io import jsonable, read_json, save_torch, write_json
-from nasaudit.nas.base import NAS, SearchContext
-from nasaudit.nas.mbv3_supernet import shared_supernet, supernet_source
+from nasaudit.nas.base import NAS, NasAlgorithm, SearchContext
+from nasaudit.nas.mbv3_supernet import middle_arch, shared_supernet, shrinking_seconds, supernet_source
 from nasaudit.progress import bar as progress_bar
 from nasaudit.registry import Registry
 from nasaudit.runs import claim
 from nasaudit.seeds import derive_seed
 from nasaudit.spaces.mbv3 import (
+    DEPTHS,
+    EXPANDS,
+    KERNELS,
     FlopsCounter,
     MBV3Arch,
+    MBV3Net,
     MBV3SuperNet,
+    channel_plan,
     count_params,
     decode,
     encode,
@@ -437,8 +444,8 @@ def claim_folder(
     claim(out / STATE, state)
 
 
-class NSGANetV2:
-    space = "mbv3"
+class NSGANetV2(NasAlgorithm):
+    space, label, image = "mbv3", "NSGANetV2", "nsganetv2"
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         profile, out = context.profile, context.out_dir
@@ -537,6 +544,27 @@ class NSGANetV2:
         pick = MBV3Arch.from_json(entries[final["pick"]]["architecture"])
         save_torch(out / SUBNET, {"state_dict": supernet.extract(pick).state_dict()})
         return dataclasses.replace(pick, weights=SUBNET).to_json()
+
+    def cost(self, profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
+        """Per evaluated candidate: fine-tuning, BN recalibration and validation; shared by every search
+        of the dataset, its supernet on the clean training set (counted again for the random baseline's)."""
+        cfg = profile.nsganetv2
+        n_search = max(n_train - cfg.val_size, 0)
+        build = partial(_timing_candidate, profile)
+        step = timer.per_image(
+            "nsganetv2/candidate", build, cfg.finetune.batch_size, precision=cfg.finetune.precision
+        )
+        forward = timer.forward_per_image("nsganetv2/candidate", build, cfg.finetune.batch_size)
+        evaluation = cfg.finetune.epochs * n_search * step + (cfg.bn_calibration + cfg.val_size) * forward
+        evaluations = cfg.initial + cfg.iterations * cfg.per_iteration
+        return evaluations * evaluation, shrinking_seconds(profile, n_train, timer)
+
+
+def _timing_candidate(profile: Profile) -> MBV3Net:
+    """A candidate as NSGANetV2 fine-tunes it, as `nasaudit plan` times it: the space's middle
+    network, extracted standalone."""
+    arch = middle_arch(KERNELS, DEPTHS, EXPANDS, profile.mbv3.resolutions)
+    return MBV3Net(arch, channel_plan(profile.mbv3.width_mult), NUM_CLASSES, profile.mbv3.dropout)
 
 
 NAS.register("nsganetv2", uses=("mbv3", "nsganetv2"))(NSGANetV2())

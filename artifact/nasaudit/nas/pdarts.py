@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasaudit import metrics_log
-from nasaudit.config import PDartsConfig
+from nasaudit.config import PDartsConfig, Profile
+from nasaudit.costs import NUM_CLASSES, Timer, VictimNet, seeded_candidates
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.data.device import DeviceData
 from nasaudit.errors import NasauditError
 from nasaudit.io import jsonable, load_torch, read_json, save_torch, write_json, write_npz
-from nasaudit.nas.base import NAS, SearchContext
+from nasaudit.nas.base import NAS, NasAlgorithm, SearchContext
 from nasaudit.precision import autocast
 from nasaudit.progress import bar as progress_bar
 from nasaudit.runs import check_record
@@ -344,8 +346,8 @@ class _Stage:
         self.arch_opt.load_state_dict(state["arch_opt"])
 
 
-class PDarts:
-    space = "darts"
+class PDarts(NasAlgorithm):
+    space, label, image = "darts", "P-DARTS", "pdarts"
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         out = context.out_dir
@@ -449,6 +451,24 @@ class PDarts:
         (out / CHECKPOINT).unlink(missing_ok=True)
         return genotype.to_json()
 
+    def cost(self, profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
+        """Per stage, on its supernet: epochs of weight steps over the weight half, α steps after warm-up."""
+        cfg = profile.pdarts
+        half = int(np.floor(cfg.train_portion * n_train))  # one arch-val batch per weight batch
+        seconds = 0.0
+        for stage in range(len(cfg.layers)):
+            build = partial(timing_supernet, cfg, stage)
+            step = timer.per_image(f"pdarts/stage{stage}", build, cfg.batch_size, precision=cfg.precision)
+            seconds += (cfg.epochs + cfg.epochs - cfg.warmup_epochs) * half * step
+        return seconds, 0.0
+
+    def victim(self, profile: Profile) -> VictimNet:
+        """The converged last-stage supernet (``VICTIM``), whose α NAS-specific GC targets (paper §4)."""
+        last = len(profile.pdarts.layers) - 1
+        return VictimNet(
+            f"pdarts/stage{last}", "darts_supernet", partial(timing_supernet, profile.pdarts, last)
+        )
+
 
 def _load_checkpoint(path: Path, fingerprint: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
     if not path.is_file():
@@ -533,6 +553,17 @@ def _save_victim(path: Path, current: _Stage, data: ImageDataset, dropout: float
     spec = supernet_spec({**current.kwargs, "skip_dropout": dropout}, current.model)
     save_victim(
         path, current.model, kind="darts_supernet", spec=spec, dataset=data.name, num_classes=data.num_classes
+    )
+
+
+def timing_supernet(cfg: PDartsConfig, stage: int) -> SuperNet:
+    """The search network of ``stage`` as `nasaudit plan` times it: its cells and candidate-op count per
+    edge (ztcoalson/pdarts train_search.py), seeded candidates standing in for the ones the search keeps."""
+    candidates = seeded_candidates(PRIMITIVES, [len(PRIMITIVES), *cfg.keep_ops][stage], stage)
+    return SuperNet(
+        **supernet_kwargs(cfg, stage, NUM_CLASSES, 0.0),
+        candidates_normal=candidates["normal"],
+        candidates_reduce=candidates["reduce"],
     )
 
 

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from nasaudit.config import RandomBaselineConfig
+from nasaudit.config import Profile, RandomBaselineConfig
+from nasaudit.costs import Timer
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.errors import NasauditError
 from nasaudit.io import save_torch
-from nasaudit.nas.base import NAS, SearchContext
-from nasaudit.nas.mbv3_supernet import shared_supernet
+from nasaudit.nas.base import NAS, NasAlgorithm, SearchContext
+from nasaudit.nas.mbv3_supernet import shared_supernet, shrinking_seconds
 from nasaudit.nas.nsganetv2 import SUBNET  # the inherited weights' file, named as a search names its pick's
 from nasaudit.spaces.darts import GENOTYPES, Genotype, random_genotype
 from nasaudit.spaces.mbv3 import random_arch
@@ -50,8 +51,12 @@ def baseline_genotype(cfg: RandomBaselineConfig, seed: int, trial: int) -> Genot
     return GENOTYPES.get(cfg.genotypes[trial])
 
 
-class RandomSampling:
-    space = "darts"
+class RandomSampling(NasAlgorithm):
+    space, label = "darts", "random"
+
+    def cost(self, profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
+        """Nothing: sampling a genotype; its retraining is counted with the other retrains."""
+        return 0.0, 0.0
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         return baseline_genotype(context.profile.random_baseline, seed, context.trial).to_json()
@@ -60,14 +65,19 @@ class RandomSampling:
 NAS.register("random", uses=("random_baseline",))(RandomSampling())
 
 
-class RandomMBV3:
+class RandomMBV3(NasAlgorithm):
     """The same baseline in NSGANetV2's space (paper App. A: 97.90% on CIFAR-10).
 
     When retraining inherits supernet weights, the drawn architecture's are written to the job folder
     (``subnet.pt``, named relative to it, as a search names its pick's); otherwise no supernet is needed.
     """
 
-    space = "mbv3"
+    space, label = "mbv3", "random_mbv3"
+
+    def cost(self, profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
+        """With inherited weights (``[mbv3] init = "search"``), one shrinking supernet per dataset."""
+        shared = shrinking_seconds(profile, n_train, timer) if profile.mbv3.init == "search" else 0.0
+        return 0.0, shared
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         arch = random_arch(np.random.default_rng(seed), context.profile.mbv3.resolutions)

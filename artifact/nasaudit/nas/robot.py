@@ -30,13 +30,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from nasaudit import metrics_log
-from nasaudit.config import RobotConfig
+from nasaudit.config import Profile, RobotConfig
+from nasaudit.costs import NUM_CLASSES, Timer
 from nasaudit.data.datasets import ImageDataset, Split
 from nasaudit.errors import NasauditError
 from nasaudit.io import environment_manifest, read_json, write_json
-from nasaudit.nas.base import NAS, SearchContext, shared_cache
+from nasaudit.nas.base import NAS, NasAlgorithm, SearchContext, shared_cache
 from nasaudit.nas.robot_pool import (
     check_stack_fits,
     normalise,
@@ -49,7 +51,7 @@ from nasaudit.nas.robot_pool import (
 from nasaudit.proxies import PROXIES
 from nasaudit.runs import check_record
 from nasaudit.seeds import rng
-from nasaudit.spaces.darts import EvalNetwork, Genotype
+from nasaudit.spaces.darts import EvalNetwork, Genotype, random_genotype
 from nasaudit.train import train_model
 
 LOG = "robot_log.json"
@@ -303,8 +305,8 @@ def check_config(cfg: RobotConfig, data: ImageDataset) -> None:
         )
 
 
-class Robot:
-    space = "darts"
+class Robot(NasAlgorithm):
+    space, label, image = "darts", "RoBoT", "robot"
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         cfg = context.profile.robot
@@ -336,6 +338,22 @@ class Robot:
             },
         )
         return pool[result["pick"]].to_json()
+
+    def cost(self, profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
+        """Queries train on half of the data; scoring the pool costs about two passes per proxy."""
+        cfg = profile.robot
+        genotype = random_genotype(np.random.default_rng(0))
+
+        def build() -> nn.Module:
+            return EvalNetwork(genotype, cfg.channels, cfg.layers, NUM_CLASSES)
+
+        query = timer.per_image("robot", build, cfg.query.batch_size, precision=cfg.query.precision)
+        proxy = timer.per_image("robot", build, cfg.proxy_batch)
+        seconds = (
+            cfg.queries * cfg.query.epochs * (n_train // 2) * query
+            + cfg.pool_size * len(cfg.proxies) * 2 * cfg.proxy_batch * proxy
+        )
+        return seconds, 0.0
 
 
 NAS.register("robot", uses=("robot",))(Robot())

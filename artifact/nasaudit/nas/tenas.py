@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,12 +46,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from nasaudit.batch_cap import capped
-from nasaudit.config import TenasConfig
+from nasaudit.config import Profile, TenasConfig
+from nasaudit.costs import NUM_CLASSES, Timer, seeded_candidates
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData, unit_pixels
 from nasaudit.errors import NasauditError
 from nasaudit.io import jsonable, read_json, write_json
-from nasaudit.nas.base import NAS, SearchContext
+from nasaudit.nas.base import NAS, NasAlgorithm, SearchContext
 from nasaudit.progress import bar
 from nasaudit.proxies.linear_regions import linear_regions
 from nasaudit.proxies.ntk import ntk_cond
@@ -574,8 +576,8 @@ def run_round(
     return after, log
 
 
-class TeNas:
-    space = "darts"
+class TeNas(NasAlgorithm):
+    space, label, image = "darts", "TE-NAS", "tenas"
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         cfg, out = context.profile.tenas, context.out_dir
@@ -607,6 +609,26 @@ class TeNas:
             write_json(out / STATE, state)
         progress.close()
         return genotype_of(candidates).to_json()
+
+    def cost(self, profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
+        """Each round's candidates × repeats × (κ_NTK + linear regions) of the net with and without one."""
+        cfg = profile.tenas
+        crops = (1, cfg.lr_input_size, cfg.lr_input_size)
+        seconds = 0.0
+        for round_ in plan(cfg):
+            ops = round_.ops if isinstance(round_, OpRound) else 1  # the edge rounds: one op per edge
+            kappa = timer.kappa(f"tenas/ntk{ops}", partial(_timing_net, cfg, ops, True), cfg.batch_size)
+            regions = timer.forward_per_image(
+                f"tenas/regions{ops}", partial(_timing_net, cfg, ops, False), cfg.lr_batch_size, shape=crops
+            )
+            seconds += round_.size * cfg.repeats * 2 * (kappa + cfg.lr_batches * cfg.lr_batch_size * regions)
+        return seconds, 0.0
+
+
+def _timing_net(cfg: TenasConfig, ops: int, stem: bool) -> SuperNet:
+    """The scoring net with ``ops`` candidates per edge as `nasaudit plan` times it (``stem=False``: the
+    linear-region net)."""
+    return scoring_net(seeded_candidates(cfg.ops, ops, ops), cfg, NUM_CLASSES, stem)
 
 
 NAS.register("tenas", uses=("tenas",))(TeNas())

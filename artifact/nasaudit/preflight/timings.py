@@ -106,9 +106,10 @@ def _projection(item: Item, profile: Profile, timer: RecordingTimer, factor: flo
     timer.calls.clear()
     try:
         charge = CHARGES[task.stage](task, profile, sizes, timer)
-        if charge.what not in charge.registry:
+        seconds = charge.seconds()
+        if seconds is None:
             return {"projected_hours": None, "step": None, "projection": f"no cost model for {charge.what}"}
-        per_task, shared = charge.seconds(charge.registry.get(charge.what))
+        per_task, shared = seconds
     except Exception as exc:  # a cost model that cannot time its networks here
         return {"projected_hours": None, "step": None, "projection": f"timing failed: {error_line(exc)}"}
     calls = list(timer.calls)

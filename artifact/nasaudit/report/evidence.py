@@ -22,7 +22,7 @@ from nasaudit.report.compare import KEY_COLUMNS, agrees, compare, tolerance_for
 from nasaudit.report.experiment import experiment_table
 from nasaudit.report.published import TOLERANCES, load_published
 from nasaudit.report.sensitivity import TABLE_METRIC
-from nasaudit.report.tables import DESIGNS, LABELS
+from nasaudit.report.tables import DESIGNS, display_name
 
 GRID_TABLES = ("table1", "table3", "table4", "table5", "table6")
 TABLES = ("table1", "table2", "table3", "table4", "table5", "table6")
@@ -174,7 +174,7 @@ def label(column: str, value: object) -> str:
         return "–" if not value else f"{float(value):.0%}"  # type: ignore[arg-type]
     if column == "metric":
         return {"ntk": "κ_NTK", "linear_regions": "R"}.get(str(value), str(value))
-    return LABELS.get(column, {}).get(value, str(value))
+    return display_name(column, value)
 
 
 def _evidence(name: str, paper: pd.DataFrame, ours: pd.DataFrame, notes: list[str]) -> TableEvidence:

@@ -18,7 +18,7 @@ from nasaudit.io import write_bytes
 from nasaudit.proxies import relative_change
 from nasaudit.report.compare import compare, tolerance_for
 from nasaudit.report.published import load_published
-from nasaudit.report.tables import LABELS
+from nasaudit.report.tables import ORDER, display_name
 
 CLEAN = "clean"  # the data version every poisoned one is compared with
 CSV_COLUMNS = ("table", "dataset", "algorithm", "metric", "attack", "budget", "n", "mean", "std")
@@ -87,15 +87,15 @@ def summarise(
 
 def to_markdown(table: pd.DataFrame) -> str:
     """The paper's layout: one row per attack, one column per metric grouped by algorithm."""
-    attacks = _ordered(table["attack"].unique(), list(LABELS["attack"]))
+    attacks = _ordered(table["attack"].unique(), list(ORDER["attack"]))
     columns = list(dict.fromkeys(zip(table["algorithm"], table["metric"], strict=True)))
     cells = {(r.attack, r.algorithm, r.metric): r for r in table.itertuples(index=False)}
     headers = ["Poisoning Attack"] + [
-        f"{LABELS['algorithm'].get(a, a)} {METRIC_LABELS.get(m, m)}" for a, m in columns
+        f"{display_name('algorithm', a)} {METRIC_LABELS.get(m, m)}" for a, m in columns
     ]
     body = []
     for attack in attacks:
-        row = [LABELS["attack"].get(attack, attack)]
+        row = [display_name("attack", attack)]
         for algorithm, metric in columns:
             cell = cells.get((attack, algorithm, metric))
             row.append("–" if cell is None else f"{cell.mean:.2f} ± {cell.std:.2f}%")

@@ -41,7 +41,7 @@ CSV_COLUMNS = (
     "significant",
 )
 
-# Display names; the order of each mapping is also the paper's row/column order.
+# Display names of what is not a registered algorithm or attack (those carry their own ``label``).
 _DATASETS = {
     "cifar10": "CIFAR-10",
     "cifar100": "CIFAR-100",
@@ -52,21 +52,37 @@ _DATASETS = {
 LABELS: dict[str, dict[Any, str]] = {
     "dataset": _DATASETS,
     "search_dataset": _DATASETS,
-    "algorithm": {"pdarts": "P-DARTS", "robot": "RoBoT", "tenas": "TE-NAS", "nsganetv2": "NSGANetV2"},
     "defense": {
         "relabel": "Cluster-Based Relabeling",
         "denoise": "Diffusion Denoising",
         "sanitize": "Loss-Based Sanitization",
     },
-    "attack": {
-        "none": "None",
-        "gaussian": "Gaussian Noise",
-        "nas_gc": "GC",
-        "rlf": "RLF",
-        "clf": "CLF",
-        "rlf/clf": "RLF/CLF",
-    },
+    "attack": {"none": "None"},
 }
+# The paper's row/column order of each key; anything else (a new algorithm or attack) follows, sorted.
+ORDER: dict[str, tuple[str, ...]] = {
+    "dataset": tuple(_DATASETS),
+    "search_dataset": tuple(_DATASETS),
+    "algorithm": ("pdarts", "robot", "tenas", "nsganetv2"),
+    "defense": tuple(LABELS["defense"]),
+    "attack": ("none", "gaussian", "nas_gc", "rlf", "clf", "rlf/clf"),
+}
+
+
+def display_name(column: str, value: Any) -> str:
+    """A key's name as the paper prints it: a registered algorithm's or attack's ``label`` (``a/b``,
+    one defended condition against two attacks, joins theirs), else the tables' own, else the key."""
+    from nasaudit.attacks import ATTACKS
+    from nasaudit.nas import NAS
+
+    registry = {"algorithm": NAS, "attack": ATTACKS}.get(column)
+    if registry is not None and isinstance(value, str):
+        parts = value.split("/")
+        if all(part in registry for part in parts):
+            return "/".join(registry.get(part).label for part in parts)
+    return LABELS.get(column, {}).get(value, str(value))
+
+
 HEADERS = {
     "search_dataset": "Training Dataset",
     "defense": "Defense",
@@ -302,7 +318,7 @@ def _p_values(
 
 def _order(column: str, values: Iterable[Any]) -> list[Any]:
     """Known keys in the paper's order, then anything else (new attacks, smoke datasets) sorted."""
-    known = list(LABELS.get(column, {}))
+    known = list(ORDER.get(column, ()))
     return sorted(
         set(values),
         key=lambda v: (known.index(v) if v in known else len(known), v if isinstance(v, float) else str(v)),
@@ -312,7 +328,7 @@ def _order(column: str, values: Iterable[Any]) -> list[Any]:
 def _label(column: str, value: Any) -> str:
     if column == "budget":
         return _MISSING if value == 0 else f"{value * 100:g}%"
-    return LABELS.get(column, {}).get(value, str(value))
+    return display_name(column, value)
 
 
 def _layout(
