@@ -45,7 +45,7 @@ REFERENCE_ARCHITECTURES: Registry[Callable[[Profile], Any]] = Registry("referenc
 
 @REFERENCE_ARCHITECTURES.register("darts")
 def _darts_reference(profile: Profile) -> Any:
-    """The P-DARTS genotype, the reference size of SPEC §3."""
+    """The P-DARTS genotype, the reference size of the paper's retraining (§4.1)."""
     from nasaudit.spaces.darts import load
 
     return load("pdarts")
@@ -308,7 +308,7 @@ def estimate(
 
 def gpu_factor(profile: Profile, timer: Timer) -> float:
     """GPU seconds per second timed by ``timer``: 1 on a GPU; on a CPU, the profile's reference GPU rate
-    of the DARTS evaluation network's retraining (SPEC §3) against the rate timed here."""
+    of the DARTS evaluation network's retraining (paper §4.1) against the rate timed here."""
     if timer.device.type == "cuda":
         return 1.0
     return 1.0 / (profile.grid.reference_gpu_images_per_second * _retrain_per_image(profile, "darts", timer))
