@@ -101,7 +101,8 @@ class RandomBaselineConfig:
 
 @dataclass(frozen=True)
 class RobotConfig:
-    """RoBoT (He et al. 2024; paper §3.4): a proxy-scored random pool, BO over the proxy weights, then a greedy phase."""
+    """RoBoT (He et al. 2024; paper §3.4): a proxy-scored random pool, BO over the proxy weights, then a
+    greedy phase."""
 
     pool_size: int  # random genotypes drawn; duplicates collapse
     pool_ops: Literal["as_run", "full"]  # as_run: column 0 read as 'none' (dil_conv_5x5 never drawn)
@@ -178,7 +179,8 @@ class DefensesConfig:
 
 @dataclass(frozen=True)
 class MBV3Config:
-    """The OFA MobileNetV3 space NSGANetV2 searches (paper Appendix A; Cai et al. 2020) and how its networks are built."""
+    """The OFA MobileNetV3 space NSGANetV2 searches (paper Appendix A; Cai et al. 2020) and how its
+    networks are built."""
 
     width_mult: float  # OFA width multiplier of the base channel plan
     resolutions: list[int]  # searched input resolutions; 32×32 images are upscaled to them
@@ -221,7 +223,8 @@ class SupernetConfig:
 
 @dataclass(frozen=True)
 class NSGANetV2Config:
-    """NSGANetV2 (Lu et al. 2020; paper Appendix A): archive, surrogate switching, NSGA-II, candidate evaluation."""
+    """NSGANetV2 (Lu et al. 2020; paper Appendix A): archive, surrogate switching, NSGA-II, candidate
+    evaluation."""
 
     val_size: int  # held-out training images the candidates are scored on
     initial: int  # architectures evaluated before the first surrogate
@@ -319,7 +322,8 @@ class GridConfig:
 
 @dataclass(frozen=True)
 class PDartsConfig:
-    """P-DARTS (Chen et al. 2019; paper §3.4): stages of growing depth, each ending by dropping every edge's weakest ops."""
+    """P-DARTS (Chen et al. 2019; paper §3.4): stages of growing depth, each ending by dropping every
+    edge's weakest ops."""
 
     channels: int  # initial channels C of every stage's supernet
     layers: list[int]  # cells of the supernet, per stage
@@ -350,7 +354,8 @@ class PDartsConfig:
 
 @dataclass(frozen=True)
 class TenasConfig:
-    """TE-NAS as run (Chen et al. 2021; paper §3.4): a tiny supernet pruned by κ_NTK and linear-region ranks, no training."""
+    """TE-NAS as run (Chen et al. 2021; paper §3.4): a tiny supernet pruned by κ_NTK and linear-region
+    ranks, no training."""
 
     ops: list[str]  # candidate ops on every edge at the start (DARTS op names; 'none' never)
     channels: int  # C of the scoring supernets
