@@ -110,8 +110,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Synthetic data ({', '.join(report['datasets'].values())}), never a result. Device "
         f"{report['device']} ({report['device_name']}); {_cap_text(report)}; started {report['started']}, "
-        f"{report.get('wall_s', 0.0):.0f} s{_load_text(report)}. Seconds per step: `grid.plan.Timer` on "
-        f"this device; projected hours: `grid.plan`'s cost model of the full task{converted} "
+        f"{report.get('wall_s', 0.0):.0f} s{_load_text(report)}. Seconds per step: `nasaudit.costs.Timer` on "
+        f"this device; projected hours: the stage's cost model of the full task{converted} "
         "(docs/preflight.md).",
         "",
         tabulate(_rows(report), headers=HEADERS, tablefmt="github"),

@@ -1,7 +1,7 @@
 """Step times and projected hours of the preflight's tasks, and those times read back by ``nasaudit plan``.
 
 Every task's stage has a cost model in ``grid.plan`` (``CHARGES``) that times the networks the stage
-runs at the profile's sizes with ``grid.plan.Timer`` and multiplies by what the full task pushes
+runs at the profile's sizes with ``nasaudit.costs.Timer`` and multiplies by what the full task pushes
 through them. The preflight asks each model for its task with a timer that records what it timed:
 the task's main network (its largest training step) is the report's ``step``, the model's result its
 ``projected_hours``. A report made on a GPU then lets ``nasaudit plan --timings report.json``, on any
@@ -25,7 +25,7 @@ from nasaudit.preflight.kinds import Item
 
 
 class RecordingTimer(Timer):
-    """``grid.plan.Timer`` that also lists every network a cost model asks it to time."""
+    """``nasaudit.costs.Timer`` that also lists every network a cost model asks it to time."""
 
     def __init__(self, device: torch.device) -> None:
         super().__init__(device)
