@@ -165,7 +165,7 @@ def _foreign_defended(folder: Path, shared: Shared) -> list[str]:
     from nasaudit.data.poison import poisoned_data
     from nasaudit.defenses import DefenseContext, defense_identity, make_defended, save_defended
 
-    data, provenance = poisoned_data(load_dataset("digits"), shared.poison)
+    data, provenance, _ = poisoned_data(load_dataset("digits"), shared.poison)
     context = DefenseContext(load_profile(shared.profile), torch.device("cpu"), folder / "cache", provenance)
     defended = make_defended("relabel", data, 9, np.arange(len(data.train)), labels=data.train.labels)
     save_defended(defended, folder / "d", defense_identity("relabel", data, 9, context))

@@ -144,3 +144,34 @@ def test_missing_or_broken_manifest(tmp_path, tiny_dataset, label_poison) -> Non
 def test_make_poison_rejects_both_or_neither_replacement(tiny_dataset) -> None:
     with pytest.raises(NasauditError, match="exactly one"):
         make_poison("x", tiny_dataset, 0, np.array([1]))
+
+
+def test_defend_reads_the_poison_file_once_and_records_its_indices(tmp_path, digits, monkeypatch) -> None:
+    """`nasaudit defend --poison`: the poisoned indices the manifest's outcome counts come from the one
+    read that also applied the poison (the file used to be read and hashed a second time for them)."""
+    from nasaudit import npzfile
+    from nasaudit.cli import main
+    from nasaudit.defenses import DEFENSES, make_defended
+
+    flipped = np.array([3, 10, 11, 500, 1400])
+    poison = make_poison("rlf", digits, 0, flipped, labels=(digits.train.labels[flipped] + 1) % 10)
+    save_poison(poison, tmp_path / "p")
+    keep = np.arange(0, len(digits.train), 2)  # drops the odd indices: poisoned 3 and 11
+    monkeypatch.setitem(
+        DEFENSES._items, "halve", lambda data, seed, ctx: make_defended("halve", data, seed, keep)
+    )
+    reads: list[str] = []
+    real = npzfile.read_arrays
+
+    def counted(fmt, path, manifest):  # type: ignore[no-untyped-def]
+        reads.append(fmt.noun)
+        return real(fmt, path, manifest)
+
+    monkeypatch.setattr(npzfile, "read_arrays", counted)
+    argv = ["defend", "halve", "--dataset", "digits", "--poison", str(tmp_path / "p.npz"), "--profile",
+            "smoke", "--device", "cpu", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "d"),
+            "-q"]  # fmt: skip
+    assert main(argv) == 0
+    assert reads.count("poison") == 1
+    outcome = json.loads((tmp_path / "d.json").read_text())["poison_outcome"]
+    assert outcome["poisoned"] == 5 and outcome["poisoned_dropped"] == 2 and outcome["poisoned_kept"] == 3

@@ -87,9 +87,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def cmd_defend(args: argparse.Namespace) -> int:
     from nasaudit.config import load_profile
     from nasaudit.data.datasets import load_dataset
-    from nasaudit.data.poison import poisoned_indices
+    from nasaudit.data.poison import poisoned_data
     from nasaudit.defenses import DEFENSES, DefenseContext, make_defended_file, read_defended_manifest
-    from nasaudit.nas.base import search_data
     from nasaudit.runs import job_lock
 
     DEFENSES.get(args.method)
@@ -99,9 +98,9 @@ def cmd_defend(args: argparse.Namespace) -> int:
     profile, dev = load_profile(args.profile, args.set), device(args.device)
     cache = output(args.cache, folder=True)
     clean = load_dataset(args.dataset, args.root)
-    data, provenance = search_data(clean, args.poison)
+    # the poisoned indices: the defended set's manifest records what became of them
+    data, provenance, poisoned = poisoned_data(clean, args.poison)
     context = DefenseContext(profile, dev, cache, source=provenance)
-    poisoned = poisoned_indices(args.poison, clean)  # the manifest records what became of them
     with job_lock(out.with_suffix(".json")):
         path, made = make_defended_file(args.method, data, args.seed, context, out, poisoned)
     manifest = read_defended_manifest(path)

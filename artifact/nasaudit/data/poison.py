@@ -162,16 +162,20 @@ def load_poison(path: Path, dataset: ImageDataset) -> Poison:
     return poison
 
 
-def poisoned_data(dataset: ImageDataset, path: Path | None) -> tuple[ImageDataset, dict[str, Any]]:
-    """``dataset`` with the poison at ``path`` applied (None: clean), and its provenance: what a search
-    or a defense records of its data, and what ``runs.data_identity`` reads."""
+def poisoned_data(
+    dataset: ImageDataset, path: Path | None
+) -> tuple[ImageDataset, dict[str, Any], np.ndarray | None]:
+    """``dataset`` with the poison at ``path`` applied (None: clean), its provenance (what a search or a
+    defense records of its data, and what ``runs.data_identity`` reads), and the training samples the
+    poison replaced (None: clean): known to the caller of a defense, never shown to it, so that the
+    defended set's manifest can record what became of them. The file is read once, here."""
     provenance: dict[str, Any] = {
         "dataset": dataset.name,
         "poison": None,
         "clean_sha256": dataset.train.sha256,
     }
     if path is None:
-        return dataset, {**provenance, "train_sha256": dataset.train.sha256}
+        return dataset, {**provenance, "train_sha256": dataset.train.sha256}, None
     poison = load_poison(path, dataset)
     poisoned = apply_poison(poison, dataset)
     provenance.update(
@@ -183,13 +187,7 @@ def poisoned_data(dataset: ImageDataset, path: Path | None) -> tuple[ImageDatase
             "train_sha256": poisoned.train.sha256,
         }
     )
-    return poisoned, provenance
-
-
-def poisoned_indices(path: Path | None, clean: ImageDataset) -> np.ndarray | None:
-    """The training samples the poison at ``path`` replaces (None: clean data): known to the caller of a
-    defense, never shown to it, so that the defended set's manifest can record what became of them."""
-    return None if path is None else load_poison(path, clean).indices
+    return poisoned, provenance, poison.indices
 
 
 def apply_poison(poison: Poison, dataset: ImageDataset) -> ImageDataset:

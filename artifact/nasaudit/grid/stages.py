@@ -205,14 +205,12 @@ class DefendStage:
         return defense_identity(task.defense, clean, task_seed(task), self._context(task, env, inputs))
 
     def run(self, task: Task, env: Env) -> None:
-        from nasaudit.data.poison import poisoned_indices
+        from nasaudit.data.poison import poisoned_data
         from nasaudit.defenses import make_defended_file
-        from nasaudit.nas.base import search_data
 
-        clean, poison = grid_dataset(task.key.searched_on, env), _poison_file(task.key, env)
-        poisoned, source = search_data(clean, poison)
+        clean = grid_dataset(task.key.searched_on, env)
+        poisoned, source, indices = poisoned_data(clean, _poison_file(task.key, env))
         context = self._context(task, env, source)
-        indices = poisoned_indices(poison, clean)
         make_defended_file(
             task.defense, poisoned, task_seed(task), context, env.layout.defended(task), indices
         )

@@ -88,12 +88,13 @@ def search_data(
     """The data a search runs on, and its provenance: ``clean`` with the poison file applied
     (``data.poison.poisoned_data``), then replaced by the defended file (``defenses.defended_data``).
 
-    Without ``defense`` it is also a defense's input; the provenance is what ``run_search`` records and
-    ``runs.data_identity`` reads. The one composition behind `nasaudit search`, `defend` and the grid.
+    The provenance is what ``run_search`` records and ``runs.data_identity`` reads. The one composition
+    behind `nasaudit search` and the grid's searches; a defense's input is ``poisoned_data``'s, which
+    also gives the poisoned indices from the one read of the poison file.
     """
     from nasaudit.data.poison import poisoned_data
 
-    data, provenance = poisoned_data(clean, poison)
+    data, provenance, _ = poisoned_data(clean, poison)
     if defense is None:
         return data, provenance
     from nasaudit.defenses import defended_data
