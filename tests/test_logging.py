@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
 from typing import ClassVar
 
@@ -127,3 +128,21 @@ def test_scalars_flatten_mappings_and_leave_out_flags_and_text() -> None:
     assert metrics_log.scalars(entry) == {
         "epoch": 3.0, "loss": 0.5, "alpha_entropy/normal": 1.5, "alpha_entropy/reduce": 2.0
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "flags"), [(["-v"], ["-v"]), ([], []), (["-q"], ["-q"])])
+def test_portability_runs_take_the_parents_verbosity(tmp_path, monkeypatch, argv, flags) -> None:
+    from nasaudit import smoke
+
+    commands: list[list[str]] = []
+
+    def run(command, **kwargs):  # type: ignore[no-untyped-def]
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(smoke.subprocess, "run", run)
+    (tmp_path / "expected.json").write_text("{}")
+    out = ["--out", str(tmp_path / "out"), "--expected", str(tmp_path / "expected.json"), "--steps", "data"]
+    smoke.main(["--portability", *out, *argv])
+    assert len(commands) == len(smoke.SETTINGS)
+    assert all([part for part in c if part in ("-v", "-q")] == flags for c in commands)

@@ -8,6 +8,7 @@ milliseconds.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -212,3 +213,23 @@ def test_sbatch_refusal_is_one_line(backend, bin_dir) -> None:
         "sbatch refused an array of 2 tasks: sbatch: error: Batch job submission failed: "
         "Invalid job array specification"
     )
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO, logging.WARNING])
+def test_tasks_log_at_the_drivers_verbosity(backend, bin_dir, monkeypatch, level) -> None:
+    """What sbatch is given carries the driver's -v/-q: the submitted call, run as a node runs it, sets
+    up the task's logging at that level (a task process starts unconfigured)."""
+    from nasaudit import verbosity
+    from nasaudit.grid import runners
+
+    command(bin_dir, "sbatch", "Submitted batch job 42\n")
+    monkeypatch.setattr(logging.getLogger("nasaudit"), "level", level)  # as `nasaudit -v/-q grid run`
+    backend.submit([task(0), task(1)])
+    assert sorted(job.job_id for job in backend.jobs) == ["42_0", "42_1"]
+    submission = next(iter(backend.jobs)).submission()  # the pickle the array task unpickles and calls
+    configured: list[int] = []
+    monkeypatch.setattr(verbosity, "configure", configured.append)
+    monkeypatch.setattr(runners.threads, "configure", lambda: None)
+    monkeypatch.setattr(runners, "execute", lambda t, spec, where: f"{t.id} ran")
+    assert submission.function(*submission.args, **submission.kwargs) == f"{task(0).id} ran"
+    assert configured == [level]

@@ -223,7 +223,7 @@ def test_slurm_task_uses_its_cpus_per_task(restore_threads) -> None:
     restore_threads.setenv("SLURM_CPUS_PER_TASK", "3")
     seen = []
     restore_threads.setattr(runners, "execute", lambda task, spec, where: seen.append(threads.manifest()))
-    runners._run_slurm("task", "spec")  # type: ignore[arg-type]
+    runners._run_slurm("task", "spec", logging.INFO)  # type: ignore[arg-type]
     assert seen[0]["torch"] == 3 and seen[0]["allotment"]["slurm"] == 3 and seen[0]["source"] == "auto"
 
 

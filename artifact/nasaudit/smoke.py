@@ -593,6 +593,7 @@ def portability(args: argparse.Namespace, steps: list[str], expected: dict[str, 
                    str(args.expected), "--profile", args.profile, "--steps", ",".join(steps),
                    "--threads", settings["OMP_NUM_THREADS"]]  # fmt: skip
         command += [part for override in args.set or () for part in ("--set", override)]
+        command += verbosity.flags(verbosity.level_of(args))
         logger.info(f"[smoke] portability: {name} ({' '.join(f'{k}={v}' for k, v in settings.items())}) ...")
         start = time.perf_counter()
         with log.open("w") as stream:

@@ -59,6 +59,17 @@ def level_of(args: argparse.Namespace) -> int:
     return getattr(args, "log_level", logging.INFO)
 
 
+def level() -> int:
+    """The level this process logs at: the one its child processes (a grid's workers and Slurm tasks,
+    the smoke test's portability runs) are started with."""
+    return logging.getLogger("nasaudit").getEffectiveLevel()
+
+
+def flags(level: int) -> list[str]:
+    """The option that asks a child command for ``level``: ``-v``, ``-q`` or none (the default)."""
+    return ["-v"] if level < logging.INFO else ["-q"] if level > logging.INFO else []
+
+
 def configure(level: int = logging.INFO) -> None:
     """Install the console handler (replacing one installed before) and set the library's level.
 

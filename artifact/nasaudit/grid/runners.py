@@ -212,7 +212,7 @@ class LocalBackend:
             self.capacity,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(devices, self.capacity, logging.getLogger("nasaudit").getEffectiveLevel()),
+            initargs=(devices, self.capacity, verbosity.level()),
         )
 
     def submit(self, tasks: list[Task]) -> None:
@@ -262,11 +262,12 @@ def visible_gpus() -> list[str]:
 WARNING_SIGNAL = "URG@90"
 
 
-def _run_slurm(task: Task, spec: RunSpec) -> Outcome:
-    """One array element, with as many threads as the job has CPUs: without cgroups nothing else stops
-    torch from using every core of the node (``threads``: SLURM_CPUS_PER_TASK, the cpus_per_task the
-    task asked for, unless the submission's environment overrides it as anywhere else)."""
-    verbosity.configure()  # the thread choice and any warning go to the task's Slurm log
+def _run_slurm(task: Task, spec: RunSpec, level: int) -> Outcome:
+    """One array element, logging at the driver's ``level`` (its ``-v``/``-q``) to the task's Slurm log,
+    with as many threads as the job has CPUs: without cgroups nothing else stops torch from using every
+    core of the node (``threads``: SLURM_CPUS_PER_TASK, the cpus_per_task the task asked for, unless the
+    submission's environment overrides it as anywhere else)."""
+    verbosity.configure(level)  # the thread choice and any warning go to the task's Slurm log
     threads.configure()
     where = f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}"
     if "SLURM_ARRAY_JOB_ID" in os.environ:
@@ -314,7 +315,9 @@ class SlurmBackend:
         for start in range(0, len(tasks), self.array_size):
             chunk = tasks[start : start + self.array_size]
             try:
-                jobs = self.executor.map_array(_run_slurm, chunk, [self.spec] * len(chunk))
+                jobs = self.executor.map_array(
+                    _run_slurm, chunk, [self.spec] * len(chunk), [verbosity.level()] * len(chunk)
+                )
             except Exception as exc:  # sbatch refused: its own words, not submitit's traceback
                 lines = [ln for ln in str(exc).splitlines() if "error" in ln.lower()] or [error_line(exc)]
                 raise NasauditError(
