@@ -69,10 +69,16 @@ def test_quiet_hides_progress_bars(monkeypatch) -> None:
     assert not progress.shown()
 
 
-def test_tensorboard_without_the_package_is_one_line_before_any_work(tmp_path, capsys, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["train", "--arch", "pdarts"], ["sensitivity"]],  # sensitivity: the GC poisons it crafts
+)
+def test_tensorboard_without_the_package_is_one_line_before_any_work(
+    tmp_path, capsys, monkeypatch, command
+) -> None:
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # importing it raises ImportError
     monkeypatch.delenv(metrics_log.ENV, raising=False)
-    argv = ["train", "--arch", "pdarts", "--profile", "smoke", "--device", "cpu",
+    argv = [*command, "--profile", "smoke", "--device", "cpu",
             "--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path / "job")]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nasaudit.errors import NasauditError
-from nasaudit.options import add_device, add_profile, add_root, add_seed, device, output
+from nasaudit.options import add_device, add_profile, add_root, add_seed, add_tensorboard, device, output
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--victim", default=None, help="victim model for attacks that need one (nas_gc)")
     p.add_argument("--shard", default="0/1", help="K/N: score architectures K, K+N, ... (parallel runs)")
     p.add_argument("--out", required=True, help="folder: architectures/, table2.csv/.md, table2_vs_paper.csv")
+    add_tensorboard(p)  # the GC poisons it crafts record their steps
     common(p)
     p.set_defaults(func=cmd_sensitivity)
 
