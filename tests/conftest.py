@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -106,3 +107,35 @@ class ImageCounter(Timer):
 
     def kappa(self, network, build, batch) -> float:  # type: ignore[no-untyped-def]
         return KAPPA
+
+
+#: What a stand-in TensorBoard stored: {run folder: {tag: [(step, value), ...]}}.
+Runs = dict[str, dict[str, list[tuple[int, float]]]]
+
+
+class FakeWriter:
+    """A stand-in ``SummaryWriter``: keeps the ``add_scalar`` calls of its run folder in ``runs``."""
+
+    def __init__(self, runs: Runs, log_dir: str) -> None:
+        self.scalars = runs.setdefault(log_dir, {})
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.setdefault(tag, []).append((step, value))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def tensorboard(monkeypatch, tmp_path) -> Runs:  # type: ignore[no-untyped-def]
+    """``--tensorboard TMP/tb`` with a stand-in writer; the scalars each run received."""
+    from nasaudit import metrics_log
+
+    runs: Runs = {}
+    monkeypatch.setattr(metrics_log, "summary_writer", lambda: functools.partial(FakeWriter, runs))
+    monkeypatch.setattr(metrics_log, "_writers", {})
+    monkeypatch.setenv(metrics_log.ENV, str(tmp_path / "tb"))
+    return runs

@@ -8,7 +8,6 @@ import logging
 import os
 import subprocess
 import sys
-from typing import ClassVar
 
 import pytest
 import torch
@@ -87,29 +86,7 @@ def test_tensorboard_without_the_package_is_one_line_before_any_work(
     assert metrics_log.ENV not in os.environ
 
 
-class FakeWriter:
-    """Records ``add_scalar`` calls per run folder, as TensorBoard would store them."""
-
-    runs: ClassVar[dict[str, dict[str, list[tuple[int, float]]]]] = {}
-
-    def __init__(self, log_dir: str) -> None:
-        self.scalars = FakeWriter.runs.setdefault(log_dir, {})
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self.scalars.setdefault(tag, []).append((step, value))
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def test_tensorboard_scalars_equal_the_json_metrics(tiny_dataset, tmp_path, monkeypatch) -> None:
-    FakeWriter.runs.clear()
-    monkeypatch.setattr(metrics_log, "summary_writer", lambda: FakeWriter)
-    monkeypatch.setattr(metrics_log, "_writers", {})
-    monkeypatch.setenv(metrics_log.ENV, str(tmp_path / "tb"))
+def test_tensorboard_scalars_equal_the_json_metrics(tiny_dataset, tmp_path, monkeypatch, tensorboard) -> None:
     monkeypatch.chdir(tmp_path)
     job = tmp_path / "runs" / "train"
 
@@ -118,8 +95,8 @@ def test_tensorboard_scalars_equal_the_json_metrics(tiny_dataset, tmp_path, monk
 
     train_model(build, tiny_dataset, CFG, seed=0, device=torch.device("cpu"), out_dir=job, progress=False)
     log = json.loads((job / RESULT).read_text())["log"]
-    assert list(FakeWriter.runs) == [str(tmp_path / "tb" / "runs" / "train")]  # DIR/<job folder>
-    recorded = FakeWriter.runs[str(tmp_path / "tb" / "runs" / "train")]
+    assert list(tensorboard) == [str(tmp_path / "tb" / "runs" / "train")]  # DIR/<job folder>
+    recorded = tensorboard[str(tmp_path / "tb" / "runs" / "train")]
     expected: dict[str, list[tuple[int, float]]] = {}
     for entry in log:
         for key, number in entry.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ from threadpoolctl import threadpool_limits
 import nasaudit.nas.nsganetv2 as nsga
 import nasaudit.nas.nsganetv2_ga as ga
 import nasaudit.spaces.mbv3.shrink as shrink
+from nasaudit import metrics_log
 from nasaudit.config import load_profile
 from nasaudit.data.datasets import Split
 from nasaudit.errors import NasauditError
@@ -215,7 +217,7 @@ def _search(out, data, profile=None, seed=0, clean=None, cache=None):
     return run_search("nsganetv2", data, seed, context, {"dataset": data.name, "poison": None})
 
 
-def test_search_writes_a_resumable_job_folder(tmp_path, search_data, monkeypatch) -> None:
+def test_search_writes_a_resumable_job_folder(tmp_path, search_data, monkeypatch, tensorboard) -> None:
     assert NAS.get("nsganetv2").space == "mbv3"
     record = _search(tmp_path, search_data)
     archive = json.loads((tmp_path / "archive.json").read_text())
@@ -240,11 +242,24 @@ def test_search_writes_a_resumable_job_folder(tmp_path, search_data, monkeypatch
     assert space == "mbv3" and arch == MBV3Arch.from_json(front["pick"]["architecture"])
     assert arch.weights == str(tmp_path / "subnet.pt")
 
+    # --tensorboard: per iteration (0: the initial architectures) the archive, and the surrogate chosen
+    scalars = tensorboard[str(tmp_path / "tb" / metrics_log.run_name(tmp_path))]
+    accuracies = [e["val_accuracy"] for e in archive]
+    assert scalars["archive_size"] == [(0, 4.0), (1, 6.0)]
+    assert scalars["best_val_accuracy"] == [(0, max(accuracies[:4])), (1, max(accuracies))]
+    winner, scores = plan["surrogate"]["winner"], plan["surrogate"]["scores"]
+    assert scalars[f"surrogate/{winner}/tau_mean"] == [(1, scores[winner]["tau_mean"])]
+    for name in scores:  # the predictors that could be fitted; skipped ones have no point
+        assert scalars[f"surrogates/{name}/tau_std"] == [(1, scores[name]["tau_std"])]
+    assert scalars["plan_seconds"] == [(1, plan["seconds"])]
+    recorded = copy.deepcopy(tensorboard)
+
     # resumable: with the result removed, a rerun evaluates nothing and writes the same pick
     (tmp_path / "architecture.json").unlink()
     monkeypatch.setattr(nsga.Evaluator, "__call__", lambda *a: pytest.fail("re-evaluated an architecture"))
     monkeypatch.setattr(shrink, "train_supernet", lambda *a, **k: pytest.fail("retrained the supernet"))
     assert _search(tmp_path, search_data)["architecture"] == record["architecture"]
+    assert tensorboard == recorded  # and records no second copy of what it did not redo
 
 
 def test_retraining_starts_from_clean_weights_whatever_the_poison(tmp_path, search_data, monkeypatch) -> None:

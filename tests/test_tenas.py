@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from nasaudit import metrics_log
 from nasaudit.attacks import AttackContext, run_attack
 from nasaudit.batch_cap import batch_cap
 from nasaudit.config import Profile, TenasConfig, load_profile
@@ -369,9 +370,27 @@ def test_pruned_edge_reference_rebuilds_kappa_nets_on_the_pruned_cell(
     assert [entry["kappa"][0][0] for entry in logs[-1]["scores"]] != as_run
 
 
-def test_search_is_deterministic(digits: ImageDataset, reference: tuple, tmp_path: Path) -> None:
+def test_search_is_deterministic_and_its_rounds_go_to_tensorboard(
+    digits: ImageDataset, reference: tuple, tmp_path: Path, tensorboard: dict
+) -> None:
     torch.manual_seed(1234)  # the global RNG state must not matter
-    assert _search(digits, tmp_path, _profile()) == reference[1:]
+    assert _search(digits, tmp_path, _profile()) == reference[1:]  # round files as without --tensorboard
+    logs = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("tenas_round_*.json"))]
+    recorded = tensorboard[str(tmp_path / "tb" / metrics_log.run_name(tmp_path))]
+
+    def per_round(values: list[float]) -> list[tuple[int, float]]:
+        return list(enumerate(values))
+
+    assert recorded["candidates_scored"] == per_round([3.0, 4.0, 5.0] * 2)  # a node's edges
+    assert recorded["pruned"] == per_round([1.0, 2.0, 3.0] * 2)  # all but the 2 kept
+    assert recorded["ops_left"] == per_round([27.0, 25.0, 22.0, 21.0, 19.0, 16.0])  # of 2 cells × 14 edges
+    assert recorded["seconds"] == per_round([log["seconds"] for log in logs])
+    for key in ("kappa", "regions"):
+        pruned = [[e[f"mean_delta_{key}"] for e in log["scores"] if e["pruned"]] for log in logs]
+        expected = per_round([pytest.approx(sum(means) / len(means)) for means in pruned])
+        assert recorded[f"pruned_mean_delta_{key}"] == expected
+    assert set(recorded) == {"candidates_scored", "pruned", "ops_left", "seconds", "pruned_mean_delta_kappa",
+                             "pruned_mean_delta_regions"}  # fmt: skip
 
 
 def test_label_flipping_cannot_change_the_search(

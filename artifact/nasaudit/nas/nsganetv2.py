@@ -52,6 +52,7 @@ from sklearn.tree import DecisionTreeRegressor
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from nasaudit import metrics_log
 from nasaudit.config import NSGANetV2Config, Profile
 from nasaudit.costs import NUM_CLASSES, Timer
 from nasaudit.data.datasets import ImageDataset, Split
@@ -406,6 +407,23 @@ class Archive:
         )
 
 
+def iteration_metrics(archive: Archive, plan: dict[str, Any] | None) -> dict[str, Any]:
+    """What an iteration's TensorBoard scalars show (``metrics_log``), from what the search already
+    computed: the archive's size and best held-out accuracy after it, and, from its plan (None: the
+    initial architectures), the surrogate chosen (``surrogate/NAME/tau_mean``, ``tau_std``), every
+    predictor's cross-validated Kendall τ (``surrogates/NAME/...``) and the planning's seconds."""
+    metrics: dict[str, Any] = {
+        "archive_size": len(archive.entries),
+        "best_val_accuracy": max(entry["val_accuracy"] for entry in archive.entries),
+    }
+    if plan is not None:
+        selection = plan["surrogate"]
+        metrics["surrogate"] = {selection["winner"]: selection["scores"][selection["winner"]]}
+        metrics["surrogates"] = selection["scores"]
+        metrics["plan_seconds"] = plan["seconds"]
+    return metrics
+
+
 def check_config(profile: Profile) -> None:
     cfg, space = profile.nsganetv2, profile.mbv3
     for name in cfg.surrogates:
@@ -461,7 +479,8 @@ class NSGANetV2(NasAlgorithm):
         evaluate = Evaluator(supernet, split, profile, context.device)
         archive = Archive(out / ARCHIVE, resolutions)
 
-        def run(archs: list[MBV3Arch], iteration: int) -> None:
+        def run(archs: list[MBV3Arch], iteration: int) -> int:
+            """Evaluate what the archive lacks of ``archs``; how many that was."""
             todo = [a for a in archs if a not in archive]
             bar = progress_bar(len(todo), desc=f"nsganetv2 iteration {iteration}", unit="arch",
                                enabled=context.progress)  # fmt: skip
@@ -473,11 +492,15 @@ class NSGANetV2(NasAlgorithm):
                 )  # fmt: skip
                 bar.update(1)
             bar.close()
+            return len(todo)
 
-        run(initial_archs(cfg.initial, np.random.default_rng(seed), resolutions), 0)
+        # an iteration is recorded by the process that worked on it, so a resumed search adds no copies
+        if run(initial_archs(cfg.initial, np.random.default_rng(seed), resolutions), 0):
+            metrics_log.record(out, 0, iteration_metrics(archive, None))
         for iteration in range(1, cfg.iterations + 1):
             path = out / "iterations" / f"{iteration:03d}.json"
-            if not path.is_file():
+            planned = not path.is_file()
+            if planned:
                 write_json(
                     path,
                     self.propose(
@@ -489,7 +512,8 @@ class NSGANetV2(NasAlgorithm):
                     ),
                 )
             plan = read_json(path, "plans that iteration again")
-            run([MBV3Arch.from_json(a) for a in plan["candidates"]], iteration)
+            if run([MBV3Arch.from_json(a) for a in plan["candidates"]], iteration) or planned:
+                metrics_log.record(out, iteration, iteration_metrics(archive, plan))
         return self.finish(archive, supernet, profile, out)
 
     def propose(

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from nasaudit import metrics_log
 from nasaudit.batch_cap import capped
 from nasaudit.config import Profile, TenasConfig
 from nasaudit.costs import NUM_CLASSES, Timer, seeded_candidates
@@ -576,6 +577,22 @@ def run_round(
     return after, log
 
 
+def round_metrics(log: dict[str, Any]) -> dict[str, float]:
+    """What a round's TensorBoard scalars show (``metrics_log``), from its log: the removals it scored
+    and pruned, the pruned ones' mean Δκ and ΔR, the candidate ops left, and its seconds."""
+    pruned = [entry for entry in log["scores"] if entry["pruned"]]
+    metrics = {
+        "candidates_scored": len(log["scores"]),
+        "pruned": len(pruned),
+        "ops_left": sum(len(ops) for edges in log["candidates_after"].values() for ops in edges),
+        "seconds": log["seconds"],
+    }
+    if pruned:  # a mean of nothing is no point to plot
+        metrics["pruned_mean_delta_kappa"] = float(np.mean([e["mean_delta_kappa"] for e in pruned]))
+        metrics["pruned_mean_delta_regions"] = float(np.mean([e["mean_delta_regions"] for e in pruned]))
+    return metrics
+
+
 class TeNas(NasAlgorithm):
     space, label, image = "darts", "TE-NAS", "tenas"
 
@@ -604,7 +621,7 @@ class TeNas(NasAlgorithm):
                 # the cell the edge stage starts from, kept in the state for a resumed search
                 reference = state.setdefault("edge_reference", candidates)
             candidates, log = run_round(scorer, index, rounds[index], candidates, progress, reference)
-            write_json(out / f"tenas_round_{index:02d}.json", log)
+            metrics_log.record(out, index, round_metrics(log), out / f"tenas_round_{index:02d}.json", log)
             state = {**state, "rounds_done": index + 1, "candidates": candidates}
             write_json(out / STATE, state)
         progress.close()
