@@ -197,6 +197,19 @@ def test_random_baseline_reports_mean_and_std(tmp_path, capsys, quick_profile) -
     assert not (tmp_path / "b3").exists()  # refused before any work
 
 
+def test_random_baseline_offers_the_spaces_of_the_registered_random_samplers(tmp_path, capsys) -> None:
+    """The samplers registered with ``is_random_baseline``, one per space, are what --space accepts."""
+    from nasaudit.nas import random_samplers
+
+    assert random_samplers() == {"darts": "random", "mbv3": "random_mbv3"}
+    assert main(["random-baseline", "--help"]) == 0
+    assert "search space: darts, mbv3 (default: darts)" in " ".join(capsys.readouterr().out.split())
+    assert main(["random-baseline", "--space", "nope", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "search space 'nope' has no random sampler; choose one of: darts, mbv3" in err
+    assert err.count("\n") == 1 and not (tmp_path / "b").exists()
+
+
 @pytest.fixture(scope="module")
 def tenas_profile(tmp_path_factory) -> str:
     """The smoke profile's TE-NAS with one op per edge: only the edge rounds (24 candidates), seconds.

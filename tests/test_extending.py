@@ -1,5 +1,6 @@
-"""docs/extending.md's worked example: a new attack and a new search algorithm, each one file outside the
-repository, loaded through NASAUDIT_PLUGINS and run through plan, a grid of the smoke profile and table."""
+"""docs/extending.md's worked example: a new attack, a new defense and a new search algorithm, each one file
+outside the repository, loaded through NASAUDIT_PLUGINS and run through plan, a grid of the smoke profile
+and table."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ import pytest
 from nasaudit.attacks import ATTACKS
 from nasaudit.cli import main
 from nasaudit.config import SECTIONS, load_profile
+from nasaudit.defenses import DEFENSES, read_defended_manifest
 from nasaudit.errors import NasauditError
 from nasaudit.grid import Layout, build_grid, load_experiment
 from nasaudit.grid.plan import estimate
 from nasaudit.nas import NAS
 from nasaudit.plugins import load_plugins
 
-from conftest import ImageCounter, profile_file
+from conftest import FORWARD, ImageCounter, profile_file
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGINS = ("salt_pepper", "proxy_pick")
+PLUGINS = ("salt_pepper", "median_filter", "proxy_pick")
 
 
 def example_files() -> dict[str, str]:
@@ -42,7 +44,7 @@ def plugins(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
         (folder / name).write_text(text)
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.setenv("NASAUDIT_PLUGINS", ",".join(PLUGINS))
-    for registry in (NAS, ATTACKS, SECTIONS):  # every registration is undone after the test
+    for registry in (NAS, ATTACKS, DEFENSES, SECTIONS):  # every registration is undone after the test
         monkeypatch.setattr(registry, "_items", dict(registry._items))
         monkeypatch.setattr(registry, "_uses", dict(registry._uses))
     load_plugins()
@@ -114,3 +116,36 @@ def test_a_new_algorithm_and_attack_run_through_plan_grid_and_table(tmp_path, pl
     assert "ProxyPick" in markdown and "Salt & Pepper" in markdown and "proxy_pick" not in markdown
     table = pd.read_csv(out / "table1.csv")
     assert set(table["algorithm"]) == {"proxy_pick"} and set(table["attack"]) == {"none", "salt_pepper"}
+
+
+def test_a_new_defense_runs_through_plan_grid_and_table(tmp_path, plugins) -> None:
+    """Table 4 of the new defense against the new attack: its cost model in the plan's defend stage,
+    its filtered images in the search, its label on the table's row."""
+    path = write_profile(
+        tmp_path,
+        'table4.algorithms=["proxy_pick"]',
+        'table4.conditions=["median_filter:salt_pepper"]',
+        "table4.exclude=[]",
+    )
+    results, out = tmp_path / "results", tmp_path / "tables"
+    profile = load_profile(path)
+    grid = build_grid(load_experiment("table4", profile), Layout.of(results, profile))
+
+    # plan: one filter pass per training image of the one defended set (1 ms each under ImageCounter)
+    stages = {s.stage: s for s in estimate(grid, profile, None, timer=ImageCounter()).stages}
+    assert stages["defend"].tasks == 1 and not stages["defend"].unestimated
+    assert stages["defend"].seconds == pytest.approx(
+        DEFENSES.get("median_filter").cost(profile, 128, ImageCounter())
+    )
+    assert stages["defend"].seconds == pytest.approx(128 * FORWARD)
+
+    # grid and table: the defended set holds median-filtered images; the row prints the label
+    args = ["--profile", str(path), "--results", str(results)]
+    assert main(["grid", "run", "table4", *args, "--workers", "0"]) == 0
+    manifest = read_defended_manifest(grid.layout.defended(grid.by_stage()["defend"][0]))
+    assert manifest["defense"] == "median_filter" and manifest["params"] == {"size": 3}
+    assert manifest["kind"] == "images"
+    assert main(["table", "table4", *args, "--out", str(out)]) == 0
+    markdown = (out / "table4.md").read_text()
+    assert "Median Filter" in markdown and "median_filter" not in markdown
+    assert set(pd.read_csv(out / "table4.csv")["defense"].dropna()) == {"median_filter"}

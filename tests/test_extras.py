@@ -11,7 +11,8 @@ from pathlib import Path
 import tomllib
 
 import nasaudit
-from nasaudit.extras import EXTRAS
+from nasaudit.extras import all_extras
+from nasaudit.nas import NAS
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = str(Path(nasaudit.__file__).resolve().parents[1])
@@ -21,15 +22,24 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
 
 
+EXTRAS = all_extras()
+
+
 def test_the_extras_are_pyprojects() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert {k: tuple(_name(r) for r in v) for k, v in extras.items() if k not in ("all", "dev")} == EXTRAS
-    assert extras["all"] == [f"nasaudit[{','.join(EXTRAS)}]"]
+    (everything,) = extras["all"]
+    assert (m := re.fullmatch(r"nasaudit\[([\w,]+)\]", everything)) and set(m[1].split(",")) == set(EXTRAS)
     core = {_name(r) for r in project["dependencies"]}
     assert not core & {dist for dists in EXTRAS.values() for dist in dists}  # optional, not required
     pinned = {_name(line) for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
     assert {dist for dists in EXTRAS.values() for dist in dists} <= pinned  # `make venv` has them all
+
+
+def test_an_algorithm_that_needs_more_than_the_core_has_its_own_extra() -> None:
+    assert EXTRAS["nsganetv2"] == NAS.get("nsganetv2").extras == ("pymoo",)
+    assert all(EXTRAS[name] == NAS.get(name).extras for name in NAS if NAS.get(name).extras)
 
 
 # Runs in a fresh interpreter where the extras' libraries do not import, as after `pip install -e .`.

@@ -20,6 +20,7 @@ from nasaudit.options import (
     device,
     output,
     positive,
+    random_space,
 )
 
 Handler = Callable[[argparse.Namespace], None]
@@ -202,10 +203,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
-#: The random sampler (a NAS registry name) of each space the random baseline supports.
-RANDOM_SAMPLERS = {"darts": "random", "mbv3": "random_mbv3"}
-
-
 def cmd_random_baseline(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -213,7 +210,7 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
     from nasaudit.data.datasets import load_dataset
     from nasaudit.io import write_json
     from nasaudit.models import ARCHITECTURES, retrain
-    from nasaudit.nas import NAS, SearchContext
+    from nasaudit.nas import NAS, SearchContext, random_samplers
     from nasaudit.nas.random_sampling import check_random_baseline
     from nasaudit.runs import job_lock
     from nasaudit.train import RESULT, reported_accuracy
@@ -221,7 +218,7 @@ def cmd_random_baseline(args: argparse.Namespace) -> None:
     out = output(args.out, folder=True)
     profile, dev = load_profile(args.profile, args.set), device(args.device)
     n = args.n if args.n is not None else profile.random_baseline.n
-    sampler = NAS.get(RANDOM_SAMPLERS[args.space])
+    sampler = NAS.get(random_samplers()[args.space])
     if sampler.space == "darts":
         check_random_baseline(profile.random_baseline, n)
     dataset = load_dataset(args.dataset, args.root)
@@ -365,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("random-baseline", help="retrain the space's random architectures (ΔImp. reference)")
-    p.add_argument("--space", default="darts", choices=sorted(RANDOM_SAMPLERS), help="search space")
+    p.add_argument("--space", default="darts", type=random_space, help="search space: {RANDOM_SPACES}")
     p.add_argument(
         "--n", type=positive, default=None, help="architectures (default: the profile's random_baseline.n)"
     )

@@ -1,9 +1,9 @@
 """What a cost model is given: a timer of networks on a device, and what every cost model shares.
 
-A registered algorithm's, attack's or defense's cost model (``NasAlgorithm.cost``, ``Attack.cost``)
-times the networks its stage runs at the profile's sizes with a ``Timer`` and multiplies by the images
-the stage pushes through them; ``grid.plan`` sums them into a grid's estimate. This module imports no
-algorithm, so every algorithm's module can import it.
+A registered algorithm's, attack's or defense's cost model (``NasAlgorithm.cost``, ``Attack.cost``,
+``Defense.cost``) times the networks its stage runs at the profile's sizes with a ``Timer`` and
+multiplies by the images the stage pushes through them; ``grid.plan`` sums them into a grid's estimate.
+This module imports no algorithm, so every algorithm's module can import it.
 """
 
 from __future__ import annotations

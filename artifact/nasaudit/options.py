@@ -27,7 +27,8 @@ DEFAULT_PROFILE = "paper"
 
 MAX_SEED = 2**31 - 1  # seeds are mixed into 31- and 63-bit derived seeds; larger ones are refused
 
-#: ``{NAME}`` in a help text lists that registry's names, imported only when help is printed.
+#: ``{NAME}`` in a help text lists that registry's names (or those the named function returns), imported
+#: only when help is printed.
 _REGISTRIES = {
     "ATTACKS": ("nasaudit.attacks", "ATTACKS"),
     "NAS": ("nasaudit.nas", "NAS"),
@@ -36,6 +37,7 @@ _REGISTRIES = {
     "EXPERIMENTS": ("nasaudit.grid.jobs", "EXPERIMENTS"),
     "RUNNERS": ("nasaudit.grid.runners", "RUNNERS"),
     "GENOTYPES": ("nasaudit.spaces.darts.genotype", "GENOTYPES"),
+    "RANDOM_SPACES": ("nasaudit.options", "random_spaces"),
 }
 
 
@@ -44,7 +46,7 @@ class HelpFormatter(argparse.HelpFormatter):
     with a registry's names, so ``--help`` says what can be given and what happens when it is not."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = re.sub(r"\{([A-Z]+)\}", lambda m: _names(m.group(1)), action.help or "")
+        text = re.sub(r"\{([A-Z_]+)\}", lambda m: _names(m.group(1)), action.help or "")
         default = action.default
         if (
             action.option_strings
@@ -59,7 +61,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 def _names(registry: str) -> str:
     module, attribute = _REGISTRIES[registry]
-    return ", ".join(getattr(importlib.import_module(module), attribute).names())
+    names = getattr(importlib.import_module(module), attribute)
+    return ", ".join(names() if callable(names) else names.names())
 
 
 class Parser(argparse.ArgumentParser):
@@ -85,6 +88,23 @@ def seed(text: str) -> int:
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"seed {value} is outside 0..{MAX_SEED}")
     return value
+
+
+def random_spaces() -> list[str]:
+    """The search spaces with a registered random sampler (``NasAlgorithm.is_random_baseline``)."""
+    from nasaudit.nas import random_samplers
+
+    return sorted(random_samplers())
+
+
+def random_space(text: str) -> str:
+    """An argparse type: a search space that `nasaudit random-baseline` can sample."""
+    spaces = random_spaces()
+    if text not in spaces:
+        raise argparse.ArgumentTypeError(
+            f"search space {text!r} has no random sampler; choose one of: {', '.join(spaces)}"
+        )
+    return text
 
 
 def positive(text: str) -> int:

@@ -1,11 +1,12 @@
-"""Plugins from outside the package: modules that register an algorithm, an attack or a profile section.
+"""Plugins from outside the package: modules that register an algorithm, an attack, a defense or a
+profile section.
 
 A module named in ``NASAUDIT_PLUGINS`` (comma-separated module names, importable: on ``PYTHONPATH``
 or installed), or installed with an entry point in the ``nasaudit.plugins`` group, is imported
 whenever the registries it fills are: with the algorithms (``nasaudit.nas``), the attacks
-(``nasaudit.attacks``) and before a profile is built (``config.load_profile``). So the CLI, the
-grid's worker processes (which inherit the environment) and Slurm tasks all see it
-(docs/extending.md).
+(``nasaudit.attacks``), the defenses (``nasaudit.defenses``) and before a profile is built
+(``config.load_profile``). So the CLI, the grid's worker processes (which inherit the environment)
+and Slurm tasks all see it (docs/extending.md).
 """
 
 from __future__ import annotations

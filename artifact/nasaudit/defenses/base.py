@@ -1,14 +1,16 @@
 """The defense protocol: (training data, seed, context) → a defended dataset (paper §6.1, Table 4).
 
 A defense runs before the search and sees only the (poisoned) training split, never which samples
-were poisoned. Defenses register in ``DEFENSES``; the CLI and the tests enumerate it.
+were poisoned. Defenses register in ``DEFENSES``, each as a ``Defense`` carrying its label and cost
+model; the CLI, the grid, `nasaudit plan` and the tables read them from there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -19,6 +21,9 @@ from nasaudit.defenses.files import DefendedData, poison_outcome, save_defended
 from nasaudit.npzfile import manifest_path, npz_path
 from nasaudit.registry import Registry
 from nasaudit.runs import data_identity, fingerprint, profile_sections, reuse
+
+if TYPE_CHECKING:
+    from nasaudit.costs import Timer
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,33 @@ class DefenseContext:
     progress: bool = True
 
 
-class Defense(Protocol):
+class Defend(Protocol):
     def __call__(self, data: ImageDataset, seed: int, context: DefenseContext) -> DefendedData: ...
+
+
+# Seconds on the timer's device of one defense of a training set (profile, its size, timer).
+DefenseCost = Callable[[Profile, int, "Timer"], float]
+
+
+@dataclass(frozen=True)
+class Defense:
+    """A registered defense, everything the rest of the package asks of it: how it defends, its name
+    in tables and figures, and its cost model for `nasaudit plan` (None: none). Called, it defends;
+    keyword arguments reach the function (the injectable DDPM, losses or features of the tests)."""
+
+    defend: Defend
+    label: str
+    cost: DefenseCost | None
+
+    def __call__(
+        self, data: ImageDataset, seed: int, context: DefenseContext, **injected: Any
+    ) -> DefendedData:
+        return self.defend(data, seed, context, **injected)
+
+
+def defense(label: str, cost: DefenseCost | None) -> Callable[[Defend], Defense]:
+    """Make a defending function a ``Defense``, beneath ``@DEFENSES.register`` (docs/extending.md)."""
+    return lambda defend: Defense(defend, label, cost)
 
 
 DEFENSES: Registry[Defense] = Registry("defense")

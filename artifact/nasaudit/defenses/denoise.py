@@ -22,15 +22,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from nasaudit.batch_cap import capped, capped_size
-from nasaudit.config import DenoiseConfig
+from nasaudit.config import DenoiseConfig, Profile
+from nasaudit.costs import Timer
 from nasaudit.data.datasets import ImageDataset
-from nasaudit.defenses.base import DEFENSES, DefenseContext
+from nasaudit.defenses.base import DEFENSES, DefenseContext, defense
 from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
 from nasaudit.extras import require
@@ -125,7 +127,40 @@ STORES = {
 }
 
 
+# google/ddpm-cifar10-32's UNet (its config.json). Built with random weights, it costs what the
+# pretrained one does and needs no download; a different [defenses.denoise] model is timed as this one.
+DDPM_CIFAR10_UNET: dict[str, Any] = {
+    "sample_size": 32,
+    "block_out_channels": (128, 256, 256, 256),
+    "layers_per_block": 2,
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    "downsample_padding": 0,
+    "flip_sin_to_cos": False,
+    "freq_shift": 1,
+    "norm_eps": 1e-6,
+}
+
+
+class _OneShotDenoiser(nn.Module):
+    """The UNet called as the denoiser calls it: one noise prediction per image at one timestep."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unet = require("diffusers", "the denoise defense's cost").UNet2DModel(**DDPM_CIFAR10_UNET)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.unet(x, torch.zeros(len(x), dtype=torch.long, device=x.device)).sample
+
+
+def cost(profile: Profile, n_train: int, timer: Timer) -> float:
+    """One UNet forward per training image (every image is denoised)."""
+    batch = profile.defenses.denoise.batch_size
+    return n_train * timer.forward_per_image("denoise", _OneShotDenoiser, batch)
+
+
 @DEFENSES.register("denoise", uses=("defenses.denoise",))
+@defense(label="Diffusion Denoising", cost=cost)
 def denoise(
     data: ImageDataset,
     seed: int,

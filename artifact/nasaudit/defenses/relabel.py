@@ -11,6 +11,8 @@ poisons of one dataset (same images, other labels) share one feature extraction.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from urllib.error import URLError
 
 import numpy as np
@@ -21,9 +23,10 @@ from sklearn.cluster import KMeans
 from torch import nn
 
 from nasaudit.batch_cap import capped, capped_size, fill_skipped
-from nasaudit.config import RelabelConfig
+from nasaudit.config import Profile, RelabelConfig
+from nasaudit.costs import Timer
 from nasaudit.data.datasets import ImageDataset
-from nasaudit.defenses.base import DEFENSES, DefenseContext
+from nasaudit.defenses.base import DEFENSES, DefenseContext, defense
 from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
 from nasaudit.io import sha256_arrays, write_npz
@@ -99,7 +102,16 @@ def cluster_labels(features: np.ndarray, num_clusters: int, seed: int, n_init: i
     return kmeans.fit_predict(np.asarray(features, dtype=np.float64)).astype(np.int64)
 
 
+def cost(profile: Profile, n_train: int, timer: Timer) -> float:
+    """One feature-extractor forward per training image at its input size (random weights, no download)."""
+    cfg = profile.defenses.relabel
+    build = partial(feature_extractor, replace(cfg, weights=""))
+    shape = (3, cfg.image_size, cfg.image_size)
+    return n_train * timer.forward_per_image(f"relabel/{cfg.model}", build, cfg.batch_size, shape=shape)
+
+
 @DEFENSES.register("relabel", uses=("defenses.relabel",))
+@defense(label="Cluster-Based Relabeling", cost=cost)
 def relabel(
     data: ImageDataset, seed: int, context: DefenseContext, *, features: FeatureFunction = pretrained_features
 ) -> DefendedData:

@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from nasaudit.batch_cap import fill_skipped
+from nasaudit.config import Profile
+from nasaudit.costs import Timer, surrogate_seconds
 from nasaudit.data.datasets import ImageDataset
 from nasaudit.data.device import DeviceData
-from nasaudit.defenses.base import DEFENSES, DefenseContext
+from nasaudit.defenses.base import DEFENSES, DefenseContext, defense
 from nasaudit.defenses.files import DefendedData, make_defended
 from nasaudit.errors import NasauditError
 from nasaudit.io import load_torch
@@ -79,7 +81,13 @@ def keep_lowest_loss(losses: np.ndarray, labels: np.ndarray, drop_fraction: floa
     return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
+def cost(profile: Profile, n_train: int, timer: Timer) -> float:
+    """A ResNet-18 trained on each poisoned set; scoring the losses is one more pass (not counted)."""
+    return surrogate_seconds(profile, n_train, timer)
+
+
 @DEFENSES.register("sanitize", uses=("surrogate", "defenses.sanitize"))
+@defense(label="Loss-Based Sanitization", cost=cost)
 def sanitize(
     data: ImageDataset, seed: int, context: DefenseContext, *, losses: LossFunction = surrogate_losses
 ) -> DefendedData:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from nasaudit.config import Profile
-from nasaudit.costs import NUM_CLASSES, Timer, VictimNet, surrogate_seconds
+from nasaudit.costs import NUM_CLASSES, Timer, VictimNet
 from nasaudit.errors import NasauditError
 from nasaudit.grid.jobs import Grid, Layout, Task
 from nasaudit.grid.stages import is_done
@@ -33,9 +33,8 @@ from nasaudit.registry import Registry
 # share the work: a search's per dataset, a poison's per (dataset, attack, victim algorithm, trial)
 # (a GC poison's GradPC target and clean gradient, CLF's surrogate), which every budget reuses. A
 # search's is its algorithm's ``cost`` (``nas.base.NasAlgorithm``), a poison's its attack's
-# (``attacks.base.Attack``); the defenses' and the spaces' retraining are here.
-DefenseCost = Callable[[Profile, int, Timer], float]  # (profile, poisoned training-set size, timer)
-DEFENSE_COSTS: Registry[DefenseCost] = Registry("defense cost model")
+# (``attacks.base.Attack``), a defense's its defense's (``defenses.base.Defense``); the spaces'
+# retraining is here.
 # The architecture a space's retraining is timed with.
 REFERENCE_ARCHITECTURES: Registry[Callable[[Profile], Any]] = Registry("reference architecture")
 
@@ -100,61 +99,6 @@ def victim_net(profile: Profile, algorithm: str) -> VictimNet:
         JOB_VICTIMS.get(algo.space).kind,
         partial(_retrain_network, profile, algo.space),
     )
-
-
-# --- defenses --------------------------------------------------------------------------------------
-
-
-@DEFENSE_COSTS.register("sanitize")
-def _sanitize(profile: Profile, n_train: int, timer: Timer) -> float:
-    """A ResNet-18 trained on each poisoned set; scoring the losses is one more pass (not counted)."""
-    return surrogate_seconds(profile, n_train, timer)
-
-
-# google/ddpm-cifar10-32's UNet (its config.json). Built with random weights, it costs what the
-# pretrained one does and needs no download; a different [defenses.denoise] model is timed as this one.
-DDPM_CIFAR10_UNET: dict[str, Any] = {
-    "sample_size": 32,
-    "block_out_channels": (128, 256, 256, 256),
-    "layers_per_block": 2,
-    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    "downsample_padding": 0,
-    "flip_sin_to_cos": False,
-    "freq_shift": 1,
-    "norm_eps": 1e-6,
-}
-
-
-class _OneShotDenoiser(nn.Module):
-    """The UNet called as the denoiser calls it: one noise prediction per image at one timestep."""
-
-    def __init__(self) -> None:
-        from nasaudit.extras import require
-
-        super().__init__()
-        self.unet = require("diffusers", "the denoise defense's cost").UNet2DModel(**DDPM_CIFAR10_UNET)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, torch.zeros(len(x), dtype=torch.long, device=x.device)).sample
-
-
-@DEFENSE_COSTS.register("denoise")
-def _denoise(profile: Profile, n_train: int, timer: Timer) -> float:
-    """One UNet forward per training image (every image is denoised)."""
-    batch = profile.defenses.denoise.batch_size
-    return n_train * timer.forward_per_image("denoise", _OneShotDenoiser, batch)
-
-
-@DEFENSE_COSTS.register("relabel")
-def _relabel(profile: Profile, n_train: int, timer: Timer) -> float:
-    """One feature-extractor forward per training image at its input size (random weights, no download)."""
-    from nasaudit.defenses.relabel import feature_extractor
-
-    cfg = profile.defenses.relabel
-    build = partial(feature_extractor, replace(cfg, weights=""))
-    shape = (3, cfg.image_size, cfg.image_size)
-    return n_train * timer.forward_per_image(f"relabel/{cfg.model}", build, cfg.batch_size, shape=shape)
 
 
 # --- the estimate ----------------------------------------------------------------------------------
@@ -238,10 +182,11 @@ def _poison(task: Task, profile: Profile, sizes: Sizes, timer: Timer) -> _Charge
 
 
 def _defend(task: Task, profile: Profile, sizes: Sizes, timer: Timer) -> _Charge:
-    n = sizes[task.dataset]
-    if task.defense not in DEFENSE_COSTS:
+    from nasaudit.defenses import DEFENSES
+
+    n, cost = sizes[task.dataset], DEFENSES.get(task.defense).cost
+    if cost is None:
         return _Charge(task.defense, lambda: None, ())
-    cost = DEFENSE_COSTS.get(task.defense)
     return _Charge(task.defense, lambda: (cost(profile, n, timer), 0.0), ())
 
 

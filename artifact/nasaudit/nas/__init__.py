@@ -5,9 +5,9 @@ and the plugins (``nasaudit.plugins``).
 """
 
 from nasaudit.nas import nsganetv2, pdarts, random_sampling, robot, tenas  # noqa: F401  (registration)
-from nasaudit.nas.base import NAS, NasAlgorithm, SearchContext, run_search
+from nasaudit.nas.base import NAS, NasAlgorithm, SearchContext, random_samplers, run_search
 from nasaudit.plugins import load_plugins
 
 load_plugins()
 
-__all__ = ["NAS", "NasAlgorithm", "SearchContext", "run_search"]
+__all__ = ["NAS", "NasAlgorithm", "SearchContext", "random_samplers", "run_search"]

@@ -63,6 +63,11 @@ class NasAlgorithm:
     space: str  # the search space its architectures belong to (a key of nasaudit.models.MODELS)
     label: str  # its name in tables and figures
     image: str = ""  # the container it runs in (a Dockerfile target, mk/docker.mk); "" runs in any
+    extras: tuple[str, ...] = ()  # distributions beyond the core (a built-in one: its nasaudit.extras)
+    is_random_baseline: bool = False  # draws its space's architectures at random (`nasaudit random-baseline`)
+    # A CPU preflight runs its searches on other data than the first dataset (another dataset, defended
+    # data); False leaves those to a GPU run (preflight.kinds), for a search that takes minutes on a CPU.
+    preflight_other_data_on_cpu: bool = True
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         """Search on ``data.train`` and return the architecture in its space's JSON form."""
@@ -80,6 +85,11 @@ class NasAlgorithm:
 
 
 NAS: Registry[NasAlgorithm] = Registry("NAS algorithm")
+
+
+def random_samplers() -> dict[str, str]:
+    """The random sampler (a NAS registry name) of each space that has one (``is_random_baseline``)."""
+    return {NAS.get(name).space: name for name in NAS if NAS.get(name).is_random_baseline}
 
 
 def search_data(

@@ -464,6 +464,7 @@ def claim_folder(
 
 class NSGANetV2(NasAlgorithm):
     space, label, image = "mbv3", "NSGANetV2", "nsganetv2"
+    extras = ("pymoo",)  # its NSGA-II and candidate-subset GA (nsganetv2_ga)
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         profile, out = context.profile, context.out_dir

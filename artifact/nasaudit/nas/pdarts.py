@@ -348,6 +348,7 @@ class _Stage:
 
 class PDarts(NasAlgorithm):
     space, label, image = "darts", "P-DARTS", "pdarts"
+    preflight_other_data_on_cpu = False  # a bounded search is about a minute of CPU; the grids hold six
 
     def __call__(self, data: ImageDataset, seed: int, context: SearchContext) -> dict[str, Any]:
         out = context.out_dir

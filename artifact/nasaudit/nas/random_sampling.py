@@ -52,7 +52,7 @@ def baseline_genotype(cfg: RandomBaselineConfig, seed: int, trial: int) -> Genot
 
 
 class RandomSampling(NasAlgorithm):
-    space, label = "darts", "random"
+    space, label, is_random_baseline = "darts", "random", True
 
     def cost(self, profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
         """Nothing: sampling a genotype; its retraining is counted with the other retrains."""
@@ -72,7 +72,7 @@ class RandomMBV3(NasAlgorithm):
     (``subnet.pt``, named relative to it, as a search names its pick's); otherwise no supernet is needed.
     """
 
-    space, label = "mbv3", "random_mbv3"
+    space, label, is_random_baseline = "mbv3", "random_mbv3", True
 
     def cost(self, profile: Profile, n_train: int, timer: Timer) -> tuple[float, float]:
         """With inherited weights (``[mbv3] init = "search"``), one shrinking supernet per dataset."""

@@ -25,11 +25,11 @@ from nasaudit.grid.jobs import EXPERIMENTS, STAGE_ORDER, Layout, Task, build_gri
 
 TABLE2 = "table2"
 # Searches whose runs on other data than the profile's first dataset (Table 1's CIFAR-100, Table 3's
-# search datasets, Table 4's defended data) a CPU leaves to a GPU: at the paper's sizes a bounded P-DARTS
-# search takes about a minute of CPU, and the grids hold six of them. Each runs on the first dataset,
-# and the data's path into a search (the dataset, its poison, its defense) runs with RoBoT and TE-NAS
-# (whose bounded search scores a few removals per round: seconds) on every variant.
-CPU_DATA_VARIANTS = ("pdarts",)
+# search datasets, Table 4's defended data) a CPU leaves to a GPU are those of the algorithms registered
+# with ``preflight_other_data_on_cpu = False`` (P-DARTS: at the paper's sizes a bounded search takes
+# about a minute of CPU, and the grids hold six of them). Each runs on the first dataset, and the
+# data's path into a search (the dataset, its poison, its defense) runs with RoBoT and TE-NAS (whose
+# bounded search scores a few removals per round: seconds) on every variant.
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,8 @@ def plan_items(profile: Profile, layout: Layout, only: Iterable[str] = (), cpu: 
     """The preflight's items: one per kind of every grid, their dependencies, Table 2's scoring.
 
     ``only``: keep the kinds containing one of these substrings (and what they depend on). ``cpu``:
-    leave ``CPU_DATA_VARIANTS``' searches on other data than the first dataset to a GPU run (unless
-    another kind needs one).
+    leave the searches of algorithms without ``preflight_other_data_on_cpu`` on other data than the
+    first dataset to a GPU run (unless another kind needs one).
     """
     deps: dict[Task, tuple[Task, ...]] = {}
     tables: dict[Task, list[str]] = {}
@@ -157,9 +157,13 @@ def plan_items(profile: Profile, layout: Layout, only: Iterable[str] = (), cpu: 
 
 
 def _data_variant(task: Task, first: str) -> bool:
-    """A search of ``CPU_DATA_VARIANTS`` on other data than ``first``: another dataset or defended."""
-    other = task.key.searched_on != first or bool(task.defense)
-    return task.stage == "search" and task.algorithm in CPU_DATA_VARIANTS and other
+    """A search a CPU leaves to a GPU (its algorithm's ``preflight_other_data_on_cpu`` is false) on other
+    data than ``first``: another dataset or defended."""
+    from nasaudit.nas import NAS
+
+    if task.stage != "search" or NAS.get(task.algorithm).preflight_other_data_on_cpu:
+        return False
+    return task.key.searched_on != first or bool(task.defense)
 
 
 def _inputs(task: Task, waits: tuple[Task, ...]) -> tuple[Task, ...]:

@@ -64,7 +64,7 @@ def run_preflight(
     per core on a CPU, each on one thread; on a GPU up to ``CUDA_WORKERS``, one per two CPUs, sharing
     the CPUs; an item that runs out of GPU memory beside others is run again alone before it counts).
     ``all_data`` runs P-DARTS on every dataset and defended data (default on a GPU; a CPU
-    leaves those to a GPU, ``kinds.CPU_DATA_VARIANTS``).
+    leaves those to a GPU: ``NasAlgorithm.preflight_other_data_on_cpu``, ``kinds``).
     ``fresh_process`` starts a worker per item (default on a CPU, where a process's peak resident
     memory is only its own in a fresh process) rather than keeping it (on a GPU, where the
     allocator's peak resets and starting CUDA costs more than most items). ``report["ok"]`` is False

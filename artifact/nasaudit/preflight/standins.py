@@ -36,8 +36,8 @@ def stand_in_models(
 
 def _denoise(profile: Profile, folder: Path, notes: dict[str, list[str]]) -> Profile:
     """The DDPM: a local folder or a cached hub download as is, else google/ddpm-cifar10-32's UNet
-    (``grid.plan.DDPM_CIFAR10_UNET``) with random weights and the linear 1000-step schedule (Ho et al.
-    2020)."""
+    (``defenses.denoise.DDPM_CIFAR10_UNET``) with random weights and the linear 1000-step schedule
+    (Ho et al. 2020)."""
     cfg = profile.defenses.denoise
     if Path(cfg.model).is_dir():
         return profile
@@ -49,7 +49,7 @@ def _denoise(profile: Profile, folder: Path, notes: dict[str, list[str]]) -> Pro
     except Exception:  # not in the cache (or no hub client): the stand-in
         from diffusers import DDPMScheduler, UNet2DModel
 
-        from nasaudit.grid.plan import DDPM_CIFAR10_UNET
+        from nasaudit.defenses.denoise import DDPM_CIFAR10_UNET
 
         source = str(folder / "ddpm")
         with torch.random.fork_rng(devices=[]):

@@ -41,7 +41,7 @@ CSV_COLUMNS = (
     "significant",
 )
 
-# Display names of what is not a registered algorithm or attack (those carry their own ``label``).
+# Display names of what is not a registered algorithm, attack or defense (those carry their own ``label``).
 _DATASETS = {
     "cifar10": "CIFAR-10",
     "cifar100": "CIFAR-100",
@@ -52,11 +52,6 @@ _DATASETS = {
 LABELS: dict[str, dict[Any, str]] = {
     "dataset": _DATASETS,
     "search_dataset": _DATASETS,
-    "defense": {
-        "relabel": "Cluster-Based Relabeling",
-        "denoise": "Diffusion Denoising",
-        "sanitize": "Loss-Based Sanitization",
-    },
     "attack": {"none": "None"},
 }
 # The paper's row/column order of each key; anything else (a new algorithm or attack) follows, sorted.
@@ -64,18 +59,20 @@ ORDER: dict[str, tuple[str, ...]] = {
     "dataset": tuple(_DATASETS),
     "search_dataset": tuple(_DATASETS),
     "algorithm": ("pdarts", "robot", "tenas", "nsganetv2"),
-    "defense": tuple(LABELS["defense"]),
+    "defense": ("relabel", "denoise", "sanitize"),
     "attack": ("none", "gaussian", "nas_gc", "rlf", "clf", "rlf/clf"),
 }
 
 
 def display_name(column: str, value: Any) -> str:
-    """A key's name as the paper prints it: a registered algorithm's or attack's ``label`` (``a/b``,
-    one defended condition against two attacks, joins theirs), else the tables' own, else the key."""
+    """A key's name as the paper prints it: a registered algorithm's, attack's or defense's ``label``
+    (``a/b``, one defended condition against two attacks, joins theirs), else the tables' own, else
+    the key."""
     from nasaudit.attacks import ATTACKS
+    from nasaudit.defenses import DEFENSES
     from nasaudit.nas import NAS
 
-    registry = {"algorithm": NAS, "attack": ATTACKS}.get(column)
+    registry = {"algorithm": NAS, "attack": ATTACKS, "defense": DEFENSES}.get(column)
     if registry is not None and isinstance(value, str):
         parts = value.split("/")
         if all(part in registry for part in parts):
