@@ -1,10 +1,11 @@
 """Per-epoch (or per-step) metrics of a job: JSON in its folder, and TensorBoard scalars on request.
 
 Every loop that records metrics as it goes (retraining, the P-DARTS search, RoBoT's queries, the OFA
-supernet, the GC crafting steps, TE-NAS's rounds and NSGANetV2's iterations) calls ``record``: it rewrites the job's JSON log when the loop keeps one, and, when
-``--tensorboard DIR`` was given (``enable``), adds the entry's numbers as scalars of the run
-``DIR/<job folder, relative to the working directory>``. ``enable`` puts DIR into ``NASAUDIT_TENSORBOARD``,
-so the grid's worker processes and Slurm tasks started from this process write there too.
+supernet, the GC crafting steps, TE-NAS's rounds and NSGANetV2's iterations) calls ``record``: it
+rewrites the job's JSON log when the loop keeps one, and, when ``--tensorboard DIR`` was given
+(``enable``), adds the entry's numbers as scalars of the run ``DIR/<job folder, relative to the working
+directory>``. ``enable`` puts DIR into ``NASAUDIT_TENSORBOARD``, so the grid's worker processes and
+Slurm tasks started from this process write there too.
 """
 
 from __future__ import annotations
