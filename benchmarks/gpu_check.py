@@ -37,6 +37,8 @@ from typing import Any
 import torch
 
 from nasaudit import verbosity
+from nasaudit.io import write_json
+from nasaudit.preflight.report import REPORT as PREFLIGHT_REPORT
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +52,14 @@ CONCURRENT_STEPS, CONCURRENT_WARMUP = 30, 5
 class Section:
     run: Callable[[Path, list[str]], dict[str, Any]]  # (report folder, benchmarks to run: [] all)
     limit_s: int  # wall-clock limit of its child process
-    partial: Callable[[Path], dict[str, Any] | None] | None = None  # what a section cut short left on disk
+    partial: str | None = None  # the JSON file (under the report folder) it rewrites as it goes
 
 
 SECTIONS: dict[str, Section] = {}
 
 
 def section(
-    name: str, limit_s: int, partial: Callable[[Path], dict[str, Any] | None] | None = None
+    name: str, limit_s: int, partial: str | None = None
 ) -> Callable[[Callable[..., dict[str, Any]]], Callable]:
     def register(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         SECTIONS[name] = Section(fn, limit_s, partial)
@@ -99,15 +101,15 @@ def environment(out: Path, only: list[str]) -> dict[str, Any]:
 PREFLIGHT_PROFILE = "paper"
 
 
-def _preflight_so_far(out: Path) -> dict[str, Any] | None:
-    """The preflight's own report, rewritten after every task: what a preflight cut short finished."""
-    from nasaudit.preflight.report import REPORT
+def so_far(name: str, out: Path) -> dict[str, Any] | None:
+    """What section ``name`` had saved when it was cut short (its ``partial`` file), or None."""
+    partial = SECTIONS[name].partial
+    path = out / partial if partial else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
-    path = out / "preflight" / PREFLIGHT_PROFILE / REPORT
-    return json.loads(path.read_text()) if path.is_file() else None
 
-
-@section("preflight", 300, partial=_preflight_so_far)
+# the preflight's own report, rewritten after every task
+@section("preflight", 300, partial=f"preflight/{PREFLIGHT_PROFILE}/{PREFLIGHT_REPORT}")
 def preflight(out: Path, only: list[str]) -> dict[str, Any]:
     from nasaudit.config import load_profile
     from nasaudit.preflight import run_preflight
@@ -121,13 +123,7 @@ def preflight(out: Path, only: list[str]) -> dict[str, Any]:
 BENCHMARKS_SO_FAR = "benchmarks.partial.json"
 
 
-def _benchmarks_so_far(out: Path) -> dict[str, Any] | None:
-    """The benchmarks that finished before the section was cut short (rewritten after each one)."""
-    path = out / BENCHMARKS_SO_FAR
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-@section("benchmarks", 150, partial=_benchmarks_so_far)
+@section("benchmarks", 150, partial=BENCHMARKS_SO_FAR)
 def benchmarks(out: Path, only: list[str]) -> dict[str, Any]:
     """Each benchmark (``only``: these; [] all) on its own: one that fails is reported with its error,
     the others still run; each result is saved as it finishes, so a section cut short keeps them.
@@ -159,7 +155,7 @@ def benchmarks(out: Path, only: list[str]) -> dict[str, Any]:
         except Exception as exc:  # reported per benchmark; the section goes on
             results[name] = {"ok": False, "error": _one_line(exc)}
         results[name]["seconds"] = time.perf_counter() - start
-        (out / BENCHMARKS_SO_FAR).write_text(json.dumps(results, indent=1, default=str))
+        write_json(out / BENCHMARKS_SO_FAR, results)  # atomic: a section killed now leaves the last one
         torch.cuda.empty_cache()
     return results
 
@@ -346,8 +342,8 @@ def run_all(out: Path, only: list[str], bench: list[str]) -> dict[str, Any]:
             entry = json.loads((out / f"{name}.json").read_text())
         except subprocess.TimeoutExpired:
             entry = {"ok": False, "error": f"did not finish within {sec.limit_s} s"}
-            if sec.partial is not None and (so_far := sec.partial(out)) is not None:
-                entry["partial"] = so_far
+            if (saved := so_far(name, out)) is not None:
+                entry["partial"] = saved
         except (OSError, ValueError) as exc:  # the child died without writing its result
             entry = {"ok": False, "error": f"the section's process died ({_one_line(exc)})"}
         entry["wall_s"] = time.perf_counter() - start

@@ -19,8 +19,11 @@ PRECISION_KEYS = (
 
 
 def _result(sections: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A section's result, or what it had saved when it was cut short (``partial``), or None."""
     entry = sections.get(name)
-    return entry["result"] if entry and entry.get("ok") else None
+    if not entry:
+        return None
+    return entry["result"] if entry.get("ok") else entry.get("partial")
 
 
 def headline(sections: dict[str, Any]) -> dict[str, Any]:
@@ -30,7 +33,7 @@ def headline(sections: dict[str, Any]) -> dict[str, Any]:
         head["gpu"] = (
             f"{env['gpu']} ({env['gpu_memory_gib']:.0f} GiB), torch {env['torch']}, CUDA {env['cuda']}"
         )
-    pre = _result(sections, "preflight") or sections.get("preflight", {}).get("partial")
+    pre = _result(sections, "preflight")
     if pre:
         tasks = pre.get("tasks", [])
         head["preflight"] = {
@@ -39,7 +42,7 @@ def headline(sections: dict[str, Any]) -> dict[str, Any]:
             "unfinished": pre.get("unfinished", 0),  # a preflight cut short: tasks it did not finish
             "running": sorted(pre.get("running", {}).values()),  # ... and those it was running then
         }
-    if bench := _result(sections, "benchmarks") or sections.get("benchmarks", {}).get("partial"):
+    if bench := _result(sections, "benchmarks"):
         head["ratios"] = {name: b["ratio"] for name, b in bench.items() if b.get("ok") and "ratio" in b}
         if "gc" in bench and bench["gc"].get("ok"):
             head["ratios"]["gc_step"] = bench["gc"]["step_ratio"]

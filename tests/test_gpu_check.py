@@ -72,19 +72,19 @@ def test_render_lists_every_section_with_its_status_and_failures() -> None:
 
 
 def test_a_preflight_cut_short_still_reports_what_it_finished_and_what_was_running(tmp_path) -> None:
-    from benchmarks.gpu_check import _preflight_so_far
+    from benchmarks.gpu_check import so_far
 
-    assert _preflight_so_far(tmp_path) is None  # nothing on disk: no partial result
-    so_far = {
+    assert so_far("preflight", tmp_path) is None  # nothing on disk: no partial result
+    expected = {
         "tasks": [{"kind": "poison/clf/cifar10", "ok": True}, {"kind": "search/robot/cifar10", "ok": True}],
         "unfinished": 39,
         "running": {"search.cifar10.tenas.none.p0.t0": "search/tenas/cifar10"},
     }
     folder = tmp_path / "preflight" / "paper"
     folder.mkdir(parents=True)
-    (folder / "report.json").write_text(json.dumps(so_far))
-    assert _preflight_so_far(tmp_path) == so_far
-    sections = {"preflight": {"ok": False, "error": "did not finish within 170 s", "partial": so_far}}
+    (folder / "report.json").write_text(json.dumps(expected))
+    assert so_far("preflight", tmp_path) == expected
+    sections = {"preflight": {"ok": False, "error": "did not finish within 170 s", "partial": expected}}
     head = headline(sections)
     assert head["preflight"] == {"ok": 2, "failed": [], "unfinished": 39, "running": ["search/tenas/cifar10"]}
     text = render({"started": "t0", "sections": sections, "headline": head})
@@ -118,13 +118,13 @@ def test_every_section_has_a_time_limit_and_together_they_stay_within_thirteen_m
 
 
 def test_benchmarks_cut_short_keep_the_ones_that_finished(tmp_path) -> None:
-    from benchmarks.gpu_check import BENCHMARKS_SO_FAR, SECTIONS
+    from benchmarks.gpu_check import BENCHMARKS_SO_FAR, so_far
 
-    assert SECTIONS["benchmarks"].partial(tmp_path) is None
-    so_far = {"retrain_fp32": {"ok": True, "ratio": 0.95}, "gc": {"ok": True, "step_ratio": 3.5}}
-    (tmp_path / BENCHMARKS_SO_FAR).write_text(json.dumps(so_far))
-    partial = SECTIONS["benchmarks"].partial(tmp_path)
-    assert partial == so_far
+    assert so_far("benchmarks", tmp_path) is None
+    saved = {"retrain_fp32": {"ok": True, "ratio": 0.95}, "gc": {"ok": True, "step_ratio": 3.5}}
+    (tmp_path / BENCHMARKS_SO_FAR).write_text(json.dumps(saved))
+    partial = so_far("benchmarks", tmp_path)
+    assert partial == saved
     head = headline({"benchmarks": {"ok": False, "error": "did not finish within 170 s", "partial": partial}})
     assert head["ratios"] == {"retrain_fp32": 0.95, "gc_step": 3.5}
 
