@@ -33,8 +33,8 @@ from nasaudit.preflight.worker import Setup
 FORMAT = "nasaudit-preflight/1"
 CPU_BATCHES, CUDA_BATCHES = 1, 2  # batches per loop: the fewest on a CPU; on a GPU a second, warm one
 # Items side by side on a GPU: its small networks leave it mostly idle, so workers overlap their launches
-# (on an H200 with 16 CPUs, 6 workers ran 39 of the paper's 53 items in 290 s; one ran 4 in 47 s, then
-# spent minutes in one TE-NAS search); each worker gets an equal share of the CPUs.
+# (on an H200 with 16 CPUs, 6 workers ran 39 of the paper's 53 items in 290 s; one worker ran 4 in 47 s
+# and did not finish the fifth in the minutes left); each worker gets an equal share of the CPUs.
 CUDA_WORKERS = 6
 OUT_OF_MEMORY = "out of memory"  # in torch's CUDA out-of-memory error: such an item is retried alone
 CPU_IMAGES = 8  # images per batch on a CPU, where the profile's batches take hours (docs/preflight.md)
