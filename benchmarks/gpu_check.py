@@ -6,7 +6,8 @@ every section, so a run cut short still leaves what it measured.
 
 - ``environment``: GPU, driver, torch, CUDA, cuDNN and the TF32 switches the fp32 stages run with.
 - ``preflight``: every kind of task of every table at the paper profile's sizes for a few steps on
-  synthetic CIFAR-shaped data (``nasaudit preflight``): ok/failed, seconds per step, peak memory.
+  synthetic CIFAR-shaped data (``nasaudit preflight``): seconds per step (timed first), ok/failed,
+  peak memory.
 - ``benchmarks``: ``make bench``'s GPU ratios against plain PyTorch (retraining step in fp32 and bf16,
   P-DARTS search step, κ_NTK batched vs per-sample, RoBoT pool scoring per stack size, GC step).
 - ``precision``: the paper's retraining network trained in fp32 and in bf16 on the same short fixed
@@ -14,8 +15,9 @@ every section, so a run cut short still leaves what it measured.
   profile retrains in fp32 (as run); this measurement is the only thing that may justify bf16.
 - ``concurrency``: 1, 2, 4, 8 retraining jobs on the one GPU at once: each job's peak memory, how many
   fit, and the total throughput (small DARTS networks do not fill a large GPU).
-- ``projection``: ``nasaudit plan``'s GPU-hours of Tables 1 and 5 timed on this GPU, and the
-  retraining share divided by the measured concurrency gain.
+- ``projection``: ``nasaudit plan``'s GPU-hours of Tables 1 and 5 from the step times the preflight
+  measured on this GPU (timed anew if it did not), and the retraining share divided by the measured
+  concurrency gain.
 
 Run: ``python -m benchmarks.gpu_check --out results/gpu-check`` (``make gpu-check``).
 """
@@ -109,7 +111,7 @@ def so_far(name: str, out: Path) -> dict[str, Any] | None:
 
 
 # the preflight's own report, rewritten after every task
-@section("preflight", 300, partial=f"preflight/{PREFLIGHT_PROFILE}/{PREFLIGHT_REPORT}")
+@section("preflight", 330, partial=f"preflight/{PREFLIGHT_PROFILE}/{PREFLIGHT_REPORT}")
 def preflight(out: Path, only: list[str]) -> dict[str, Any]:
     from nasaudit.config import load_profile
     from nasaudit.preflight import run_preflight
@@ -285,27 +287,52 @@ def concurrent_job(jobs: int) -> None:
     )
 
 
-@section("projection", 60)
+@section("projection", 30)
 def projection(out: Path, only: list[str]) -> dict[str, Any]:
-    """Plan's GPU-hours of Tables 1 and 5 timed on this GPU (no results counted as done)."""
+    """Plan's GPU-hours of Tables 1 and 5 (no results counted as done), from the step times this run's
+    preflight section measured on this GPU (``plan --timings``), else timed here."""
     import tempfile
 
     from nasaudit.config import load_profile
+    from nasaudit.errors import NasauditError
     from nasaudit.grid.jobs import Layout, build_grid, load_experiment
-    from nasaudit.grid.plan import estimate
+    from nasaudit.grid.plan import Timer, estimate
 
     profile = load_profile("paper")
+    timer = preflight_timer(out, profile)
     tables: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as empty:
         for name in ("table1", "table5"):
             grid = build_grid(load_experiment(name, profile), Layout.of(Path(empty), profile))
-            plan = estimate(grid, profile, None, CUDA)
+            try:
+                plan = estimate(grid, profile, None, timer=timer)
+            except NasauditError:  # the preflight did not time a network this table needs
+                timer = Timer(CUDA)
+                plan = estimate(grid, profile, None, timer=timer)
             hours = {
                 s.stage: {"tasks": s.tasks, "gpu_hours": s.seconds * plan.gpu_factor / 3600}
                 for s in plan.stages
             }
-            tables[name] = {"gpu_hours": plan.gpu_hours, "stages": hours}
+            timed = "by the preflight section" if type(timer) is not Timer else "here"
+            tables[name] = {"gpu_hours": plan.gpu_hours, "stages": hours, "timed": timed}
     return tables
+
+
+def preflight_timer(out: Path, profile: Any) -> Any:
+    """The step times the preflight section of this run measured (it times them before its items, so
+    one cut short has them too), or a ``Timer`` of this GPU if that section did not run this time."""
+    from nasaudit.errors import NasauditError
+    from nasaudit.grid.plan import Timer
+    from nasaudit.preflight.timings import MeasuredTimer
+
+    ran = json.loads((out / REPORT).read_text())["sections"]  # this run's (run_all writes it first)
+    path = out / str(SECTIONS["preflight"].partial)
+    if "preflight" in ran and path.is_file():
+        try:
+            return MeasuredTimer(path, profile)
+        except NasauditError:
+            pass
+    return Timer(CUDA)
 
 
 # --- driver ----------------------------------------------------------------------------------------
@@ -329,6 +356,7 @@ def run_section(name: str, out: Path, bench: list[str]) -> None:
 def run_all(out: Path, only: list[str], bench: list[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sections": {}}
+    write_report(out, report)  # a section reads which sections this run has run (the projection)
     for name, sec in SECTIONS.items():
         if only and name not in only:
             continue

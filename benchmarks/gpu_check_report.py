@@ -67,6 +67,7 @@ def headline(sections: dict[str, Any]) -> dict[str, Any]:
                 "one_job_per_gpu": table["gpu_hours"],
                 "retraining_shared": table["gpu_hours"]
                 - table["stages"].get("retrain", {}).get("gpu_hours", 0.0) * (1 - 1 / gain),
+                "timed": table.get("timed", "here"),  # step times: the preflight section's, or timed here
             }
             for name, table in proj.items()
         }
@@ -117,7 +118,8 @@ def render(report: dict[str, Any]) -> str:
     for name, hours in head.get("gpu_hours", {}).items():
         lines.append(
             f"- {name}: about {hours['one_job_per_gpu']:,.0f} GPU-hours one job per GPU, "
-            f"{hours['retraining_shared']:,.0f} with retraining jobs sharing a GPU"
+            f"{hours['retraining_shared']:,.0f} with retraining jobs sharing a GPU (step times timed "
+            f"{hours['timed']})"
         )
     for name, entry in sections.items():
         if entry.get("ok") and name != "environment":

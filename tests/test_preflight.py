@@ -278,6 +278,34 @@ def test_an_item_out_of_gpu_memory_beside_others_runs_again_alone(tmp_path, monk
     assert "[retry] search/robot/digits" in caplog.text
 
 
+class _TimedThenCutShort(_OutOfMemoryBesideOthers):
+    """A stand-in pool whose timing worker answers for every item and whose run is killed (as a GPU
+    check's section limit kills it) when its second item ends."""
+
+    def call(self, message: tuple[str, Any]) -> dict[str, Any]:
+        self.timed_before = len(self.log)  # items that had ended when the timings were asked for
+        projection = {"projected_hours": 2.5, "step": None, "projection": "made up"}
+        return {"gpu_factor": 1.0, "items": {item.id: projection for item in message[1]}}
+
+    def wait(self) -> list[tuple[Any, dict[str, Any]]]:
+        if len(self.log) == 1:
+            raise KeyboardInterrupt  # killed while the second item runs
+        return super().wait()
+
+
+def test_a_preflight_cut_short_keeps_the_step_times_of_what_it_finished(tmp_path, monkeypatch) -> None:
+    import nasaudit.preflight.run as run
+
+    pools: list[_TimedThenCutShort] = []
+    monkeypatch.setattr(run, "Pool", lambda *a: pools.append(_TimedThenCutShort(*a)) or pools[-1])
+    with pytest.raises(KeyboardInterrupt):
+        run_preflight(load_profile("smoke"), CPU, tmp_path, only=("poison/rlf", "poison/clf"), echo=False)
+    assert pools[0].timed_before == 0  # the networks were timed before any item ran
+    saved = json.loads((tmp_path / "smoke" / "report.json").read_text())
+    assert saved["gpu_factor"] == 1.0 and len(saved["tasks"]) == 1 and saved["running"]
+    assert saved["tasks"][0]["projected_hours"] == 2.5 and saved["tasks"][0]["projection"] == "made up"
+
+
 @pytest.mark.slow
 def test_the_whole_smoke_preflight_passes(tmp_path: Path) -> None:
     profile = load_profile("smoke")

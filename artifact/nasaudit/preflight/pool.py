@@ -77,8 +77,9 @@ class Pool:
         return done
 
     def call(self, message: tuple[str, Any]) -> dict[str, Any]:
-        """``message`` once no item runs (the timings), on the first slot's worker if it was kept (a
-        GPU's, whose CUDA is started), else a new one; waited for, then the worker is stopped."""
+        """``message`` while no item runs (the timings, before the first item) on the first slot's
+        worker, started for it; waited for, then the worker is stopped (the items start from a clean
+        process and allocator)."""
         slot = self.slots[0]
         assert self.busy == 0, "call() waits for the items"
         if slot.process is not None and not slot.process.is_alive():

@@ -1,4 +1,4 @@
-"""The preflight end to end: plan the items, run them in worker processes, time them, report.
+"""The preflight end to end: plan the items, time their networks, run them in worker processes, report.
 
 Files go under ``OUT/PROFILE/`` (``results/preflight/paper/`` by default), a folder marked as the
 preflight's (``synthetic.MARKER``) and emptied at the start of every run, so a stage never reuses
@@ -107,7 +107,7 @@ def run_preflight(
     alone: set[str] = set()  # ids retried without other items beside them (they ran out of GPU memory)
 
     def record(item: Item, outcome: dict[str, Any]) -> None:
-        results[item.id] = {**_describe(item, notes), **outcome}
+        results[item.id] = {**_describe(item, notes), **outcome, **projections.get(item.id, {})}
         report["running"].pop(item.id, None)
         report["tasks"].append(results[item.id])
         if echo:
@@ -119,6 +119,9 @@ def run_preflight(
         depth[item.id] = 1 + max((depth[d] for d in item.deps), default=-1)
     pending = sorted(items, key=lambda i: -depth[i.id])
     with Pool(setup, workers, fresh_process, threads) as pool:
+        # timed first, alone on the device (no item beside them), so a run cut short keeps every item's
+        # step time and projection, and `plan --timings` can read them from its report
+        projections = _timings(pool.call(("timings", items)), report, root, started, order)
         while pending or pool.busy:
             for item in [i for i in pending if all(d in results for d in i.deps)]:
                 failed = [d for d in item.deps if not results[d]["ok"]]
@@ -144,18 +147,24 @@ def run_preflight(
                             )
                     else:
                         record(item, outcome)
-        projections = pool.call(("timings", items))
-    if "items" in projections:
-        report["gpu_factor"] = projections["gpu_factor"]
-        for entry in report["tasks"]:
-            entry.update(projections["items"][entry["id"]])
-    else:  # the timing worker itself failed
-        report["projection_error"] = projections.get("error", "failed")
     reporting.write(report, root, started, order)
     if echo:
         print(reporting.render_summary(report))
         logger.info(f"preflight: report in {root / reporting.REPORT} and {root / reporting.MARKDOWN}")
     return report
+
+
+def _timings(
+    reply: dict[str, Any], report: dict[str, Any], root: Path, started: float, order: list[str]
+) -> dict[str, dict[str, Any]]:
+    """The timing worker's reply into the report: its GPU factor, or why there are no projections;
+    returns the projection of each item id (merged into the item's line when it is recorded)."""
+    if "items" in reply:
+        report["gpu_factor"] = reply["gpu_factor"]
+    else:  # the timing worker itself failed; the items still run
+        report["projection_error"] = reply.get("error", "failed")
+    reporting.write(report, root, started, order)
+    return reply.get("items", {})
 
 
 def _claim(out: Path, profile: Profile) -> Path:

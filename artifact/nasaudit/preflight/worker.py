@@ -4,8 +4,8 @@ The parent (``preflight.run``) starts a worker with ``multiprocessing``'s spawn 
 at a time; a crash or an out-of-memory kill of the worker costs only the item it was running. A
 worker measures each item from a clean slate: the peak resident set size is reset before the item
 (Linux ``clear_refs``), the CUDA allocator's peak too, and the synthetic data the item reads are
-generated before its clock starts. The last message asks for the timings of every item
-(``preflight.timings``).
+generated before its clock starts. The first message, before any item runs, asks for the timings
+of every item (``preflight.timings``).
 """
 
 from __future__ import annotations
