@@ -47,8 +47,9 @@ def headline(sections: dict[str, Any]) -> dict[str, Any]:
         if "gc" in bench and bench["gc"].get("ok"):
             head["ratios"]["gc_step"] = bench["gc"]["step_ratio"]
         robot = bench.get("robot_pool", {})
-        if robot.get("ok") and robot.get("stacks"):
-            stack, best = max(robot["stacks"].items(), key=lambda item: item[1]["arch_per_s"])
+        measured = {k: v for k, v in robot.get("stacks", {}).items() if "arch_per_s" in v}  # not skipped
+        if robot.get("ok") and measured:
+            stack, best = max(measured.items(), key=lambda item: item[1]["arch_per_s"])
             head["robot_pool"] = {
                 "best_stack": int(stack),
                 "arch_per_s": best["arch_per_s"],

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
 
 from nasaudit.attacks import AttackContext, run_attack
 from nasaudit.config import load_profile
@@ -24,12 +23,24 @@ from nasaudit.defenses import (
     save_defended,
 )
 from nasaudit.defenses import relabel as relabel_module
-from nasaudit.defenses.denoise import denoise, denoise_images, denoising_timestep, load_ddpm, unet_predictor
+from nasaudit.defenses.denoise import (
+    denoise,
+    denoise_images,
+    denoising_timestep,
+    import_diffusers,
+    load_ddpm,
+    unet_predictor,
+)
 from nasaudit.defenses.relabel import cluster_labels, feature_extractor, pretrained_features, relabel
 from nasaudit.defenses.sanitize import keep_lowest_loss, sanitize, surrogate_losses
 from nasaudit.errors import NasauditError
 from nasaudit.report.tables import DESIGNS, build_table
 from nasaudit.stats import Summary, welch_from_summary
+
+# through the package's import, as the defense and the preflight use it (safetensors.torch first)
+UNet2DModel, DDPMScheduler = (
+    getattr(import_diffusers("the tests"), n) for n in ("UNet2DModel", "DDPMScheduler")
+)
 
 
 @pytest.fixture

@@ -161,6 +161,80 @@ def test_the_projection_takes_the_step_times_of_this_runs_preflight_only(tmp_pat
     )
 
 
+def test_a_robot_stack_the_gpu_cannot_hold_is_skipped_and_the_others_still_measured(monkeypatch) -> None:
+    import numpy as np
+    from benchmarks import bench_robot
+
+    from nasaudit.errors import NasauditError
+
+    def fits(cfg, device) -> None:  # a GPU that holds two networks at once, as check_stack_fits says
+        if cfg.pool_stack > 2:
+            raise NasauditError(f"[robot] pool_stack = {cfg.pool_stack} ...: add --set robot.pool_stack=2")
+
+    scores = lambda pool, *args: np.ones((len(pool), 6))  # noqa: E731  (no network is scored)
+    monkeypatch.setattr(bench_robot, "check_stack_fits", fits)
+    monkeypatch.setattr(bench_robot, "score_pool", scores)
+    monkeypatch.setattr(bench_robot, "_one_by_one", scores)
+    result = bench_robot.run(torch.device("cpu"), 4, [1, 4, 2])
+    assert set(result["stacks"]) == {1, 4, 2} and result["stacks"][4] == {
+        "skipped": "[robot] pool_stack = 4 ...: add --set robot.pool_stack=2"
+    }
+    assert result["stacks"][2]["equal_to_loop"]  # measured after the skipped one
+    head = headline({"benchmarks": {"ok": True, "result": {"robot_pool": {"ok": True, **result}}}})
+    assert head["robot_pool"]["best_stack"] in (1, 2)
+
+
+def test_the_precision_section_trains_both_precisions_through_the_trainer(monkeypatch, tmp_path) -> None:
+    """Rehearsed on the CPU, one epoch of one batch of four images: the section's calls into the trainer
+    and its summary hold before a GPU's time is spent on them (the values mean nothing)."""
+    import benchmarks.gpu_check as gpu_check
+
+    from nasaudit.batch_cap import batch_cap
+
+    monkeypatch.setattr(gpu_check, "CUDA", torch.device("cpu"))
+    monkeypatch.setattr(gpu_check, "DIGITS_EPOCHS", 1)
+    monkeypatch.setattr(gpu_check, "DIGITS_SEEDS", (0,))
+    with batch_cap(1, 4):
+        result = gpu_check.precision(tmp_path, [])
+    assert set(result["runs"]) == {"fp32", "bf16"} and result["epochs"] == 1
+    for run in result["runs"].values():
+        assert len(run) == 1 and len(run[0]["train_loss"]) == 1 and run[0]["wall_s"] > 0
+    assert set(gpu_check.precision_summary(result["runs"])) <= set(result)
+
+
+def test_the_projection_plans_tables_1_and_5_from_a_preflights_times(monkeypatch, tmp_path) -> None:
+    """The projection section's path through ``plan --timings`` at the paper profile, with made-up
+    times recorded as a preflight records them (no network is timed)."""
+    import benchmarks.gpu_check as gpu_check
+
+    from nasaudit.config import load_profile
+    from nasaudit.grid.jobs import Layout, build_grid, load_experiment
+    from nasaudit.grid.plan import Timer, estimate
+    from nasaudit.preflight.timings import RecordingTimer
+
+    monkeypatch.setattr(Timer, "_once", lambda self, key, measure: 1e-3 * len(str(key)))
+    monkeypatch.setattr(gpu_check, "CUDA", torch.device("cpu"))
+    recording = RecordingTimer(torch.device("cpu"))
+    profile = load_profile("paper")
+    for name in ("table1", "table5"):
+        estimate(
+            build_grid(load_experiment(name, profile), Layout.of(tmp_path, profile)),
+            profile,
+            None,
+            timer=recording,
+        )
+    preflight = tmp_path / str(gpu_check.SECTIONS["preflight"].partial)
+    preflight.parent.mkdir(parents=True)
+    report = {"profile": "paper", "device": "cuda", "tasks": [{"networks": recording.calls}]}
+    preflight.write_text(json.dumps(report))
+    (tmp_path / gpu_check.REPORT).write_text(json.dumps({"sections": {"preflight": {"ok": True}}}))
+    tables = gpu_check.projection(tmp_path, [])
+    assert set(tables) == {"table1", "table5"}
+    for table in tables.values():
+        assert table["timed"] == "by the preflight section" and table["gpu_hours"] > 0
+        assert table["stages"]["retrain"]["tasks"] > 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_without_a_gpu_it_says_so_in_one_line_and_measures_nothing(tmp_path) -> None:
     out = tmp_path / "gpu-check"

@@ -419,7 +419,8 @@ def _fresh(out: Path) -> None:
 
 def machine() -> dict[str, Any]:
     """What decides a run's floating point: the PyTorch build, its CPU kernels and threads."""
-    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+    cpu = getattr(torch.backends, "cpu", None)  # torch >= 2.1; the images' torch 2.0 has no such module
+    capability = getattr(cpu, "get_cpu_capability", lambda: "unknown")()
     return {"torch": torch.__version__, "cpu_capability": capability, "threads": torch.get_num_threads()}
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -51,10 +52,16 @@ def unet_predictor(unet: nn.Module) -> NoisePredictor:
     return predict
 
 
+def import_diffusers(needed_for: str) -> ModuleType:
+    """diffusers, with ``safetensors.torch`` imported first: diffusers 0.31 (the images' pin, under torch
+    2.0) saves and loads weights through it without importing it."""
+    require("safetensors.torch", needed_for)
+    return require("diffusers", needed_for)
+
+
 def load_ddpm(source: str, device: torch.device) -> tuple[NoisePredictor, Tensor]:
     """The UNet (on ``device``, eval mode) and ᾱ of a diffusers DDPM given by hub id or folder."""
-    require("safetensors.torch", "the denoise defense")  # diffusers 0.31 (the images' pin) uses it unimported
-    diffusers = require("diffusers", "the denoise defense")
+    diffusers = import_diffusers("the denoise defense")
     try:
         unet = diffusers.UNet2DModel.from_pretrained(source)
         scheduler = diffusers.DDPMScheduler.from_pretrained(source)

@@ -47,15 +47,14 @@ def _denoise(profile: Profile, folder: Path, notes: dict[str, list[str]]) -> Pro
         local = snapshot_download(cfg.model, local_files_only=True)
         source, note = local, ""
     except Exception:  # not in the cache (or no hub client): the stand-in
-        from diffusers import DDPMScheduler, UNet2DModel
+        from nasaudit.defenses.denoise import DDPM_CIFAR10_UNET, import_diffusers
 
-        from nasaudit.defenses.denoise import DDPM_CIFAR10_UNET
-
+        diffusers = import_diffusers("the preflight's stand-in DDPM")
         source = str(folder / "ddpm")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            UNet2DModel(**DDPM_CIFAR10_UNET).save_pretrained(source)
-        DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(source)
+            diffusers.UNet2DModel(**DDPM_CIFAR10_UNET).save_pretrained(source)
+        diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(source)
         note = (
             f"DDPM {cfg.model!r} is not available offline: google/ddpm-cifar10-32's UNet with random "
             "weights stands in (same architecture and schedule)"
