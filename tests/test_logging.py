@@ -129,3 +129,13 @@ def test_portability_runs_take_the_parents_verbosity(tmp_path, monkeypatch, argv
     smoke.main(["--portability", *out, *argv])
     assert len(commands) == len(smoke.SETTINGS)
     assert all([part for part in c if part in ("-v", "-q")] == flags for c in commands)
+
+
+def test_torch_2_0_0s_repeated_typed_storage_warning_is_not_shown(recwarn) -> None:
+    """torch 2.0.0 (the P-DARTS image) warns at every torch.save from inside torch; other warnings stay."""
+    import warnings
+
+    verbosity.configure()
+    warnings.warn("TypedStorage is deprecated. It will be removed in the future", UserWarning, stacklevel=1)
+    warnings.warn("something else", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in recwarn] == ["something else"]
