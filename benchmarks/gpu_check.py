@@ -34,13 +34,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from nasaudit import verbosity
 from nasaudit.io import write_json
 from nasaudit.preflight.report import REPORT as PREFLIGHT_REPORT
+
+if TYPE_CHECKING:
+    from nasaudit.config import Profile
+    from nasaudit.grid.plan import Timer
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +322,7 @@ def projection(out: Path, only: list[str]) -> dict[str, Any]:
     return tables
 
 
-def preflight_timer(out: Path, profile: Any) -> Any:
+def preflight_timer(out: Path, profile: Profile) -> Timer:
     """The step times the preflight section of this run measured (it times them before its items, so
     one cut short has them too), or a ``Timer`` of this GPU if that section did not run this time."""
     from nasaudit.errors import NasauditError

@@ -2,8 +2,9 @@
 
 On a CPU several single-threaded workers run independent items side by side (one per core): on a
 shared machine two threads of one process wait on each other and slow down many times over, one
-thread per process does not. On a GPU one worker runs the items one after another and is kept
-between them (starting CUDA costs more than most items). A worker that dies (a segfault, the kernel's
+thread per process does not. On a GPU several workers share the GPU and the CPUs (its small
+networks leave it mostly idle), each kept between its items (starting CUDA costs more than most
+items). A worker that dies (a segfault, the kernel's
 out-of-memory killer) is reported in its item's line and replaced for the next item.
 """
 
