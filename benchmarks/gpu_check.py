@@ -143,7 +143,7 @@ def benchmarks(out: Path, only: list[str]) -> dict[str, Any]:
         "retrain_bf16": lambda: bench_train.run(CUDA, "bf16"),
         "kappa_ntk": lambda: bench_proxies.run(CUDA),
         "gc": lambda: bench_gc.run(CUDA),
-        "robot_pool": lambda: bench_robot.run(CUDA, 50, [1, 10, 25, 50]),
+        "robot_pool": lambda: bench_robot.run(CUDA, 50, [1, 10, 25, 50], loop_archs=10),
         "pdarts_stage1": lambda: bench_pdarts.run(CUDA, layers=5, ops=PRIMITIVES, batches=20, **pdarts),
         "pdarts_stage3": lambda: bench_pdarts.run(
             CUDA, layers=17, ops=bench_pdarts.STAGE3_OPS, batches=8, **pdarts

@@ -171,15 +171,23 @@ def test_a_robot_stack_the_gpu_cannot_hold_is_skipped_and_the_others_still_measu
         if cfg.pool_stack > 2:
             raise NasauditError(f"[robot] pool_stack = {cfg.pool_stack} ...: add --set robot.pool_stack=2")
 
-    scores = lambda pool, *args: np.ones((len(pool), 6))  # noqa: E731  (no network is scored)
+    scored: list[tuple[str, int]] = []  # (by what, how many architectures), no network is scored
+
+    def scorer(name: str):  # type: ignore[no-untyped-def]
+        return lambda pool, *args: scored.append((name, len(pool))) or np.ones((len(pool), 6))
+
     monkeypatch.setattr(bench_robot, "check_stack_fits", fits)
-    monkeypatch.setattr(bench_robot, "score_pool", scores)
-    monkeypatch.setattr(bench_robot, "_one_by_one", scores)
-    result = bench_robot.run(torch.device("cpu"), 4, [1, 4, 2])
+    monkeypatch.setattr(bench_robot, "score_pool", scorer("stack"))
+    monkeypatch.setattr(bench_robot, "_one_by_one", scorer("loop"))
+    result = bench_robot.run(torch.device("cpu"), 4, [1, 4, 2], loop_archs=2)
     assert set(result["stacks"]) == {1, 4, 2} and result["stacks"][4] == {
         "skipped": "[robot] pool_stack = 4 ...: add --set robot.pool_stack=2"
     }
     assert result["stacks"][2]["equal_to_loop"]  # measured after the skipped one
+    # the loop on 2 architectures, stack 1 on the loop's 2, stack 4 refused (after its warm-up), stack 2
+    # on 2; each timing follows a warm-up on one architecture
+    warm = ("stack", 1)
+    assert scored == [("loop", 1), ("loop", 2), warm, ("stack", 2), warm, warm, ("stack", 2)]
     head = headline({"benchmarks": {"ok": True, "result": {"robot_pool": {"ok": True, **result}}}})
     assert head["robot_pool"]["best_stack"] in (1, 2)
 
