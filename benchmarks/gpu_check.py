@@ -329,7 +329,8 @@ def preflight_timer(out: Path, profile: Profile) -> Timer:
     from nasaudit.grid.plan import Timer
     from nasaudit.preflight.timings import MeasuredTimer
 
-    ran = json.loads((out / REPORT).read_text())["sections"]  # this run's (run_all writes it first)
+    report = out / REPORT  # this run's: run_all writes it before the first section
+    ran = json.loads(report.read_text())["sections"] if report.is_file() else {}
     path = out / str(SECTIONS["preflight"].partial)
     if "preflight" in ran and path.is_file():
         try:

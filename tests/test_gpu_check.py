@@ -151,6 +151,7 @@ def test_the_projection_takes_the_step_times_of_this_runs_preflight_only(tmp_pat
     preflight = tmp_path / str(SECTIONS["preflight"].partial)
     preflight.parent.mkdir(parents=True)
     preflight.write_text(json.dumps({"profile": "paper", "device": "cuda", "tasks": [{"networks": [timed]}]}))
+    assert type(preflight_timer(tmp_path, profile)) is Timer  # a section run alone, outside a check
     (tmp_path / REPORT).write_text(json.dumps({"sections": {}}))  # a run of other sections only
     assert type(preflight_timer(tmp_path, profile)) is Timer  # an older run's preflight is not used
     (tmp_path / REPORT).write_text(json.dumps({"sections": {"preflight": {"ok": False}}}))  # cut short
