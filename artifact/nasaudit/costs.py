@@ -55,7 +55,7 @@ class Timer:
     ) -> float:
         """A training step (forward, backward, SGD update) in the stage's ``precision``; ``network``
         names what ``build`` returns."""
-        return self._timed(network, build, batch, shape, True, precision)
+        return self._timed(network, build, batch, shape=shape, train=True, precision=precision)
 
     def forward_per_image(
         self,
@@ -67,7 +67,7 @@ class Timer:
         precision: str = "fp32",
     ) -> float:
         """A forward pass without gradients, in eval mode (scoring, denoising, feature extraction)."""
-        return self._timed(network, build, batch, shape, False, precision)
+        return self._timed(network, build, batch, shape=shape, train=False, precision=precision)
 
     def kappa(self, network: str, build: Callable[[], nn.Module], batch: int) -> float:
         """Seconds of one κ_NTK of ``batch`` images (``ntk_cond``, batched as the search runs it), timed
@@ -85,10 +85,14 @@ class Timer:
         network: str,
         build: Callable[[], nn.Module],
         batch: int,
+        *,
         shape: tuple[int, ...],
         train: bool,
         precision: str,
     ) -> float:
+        """Seconds per image of a training step (``train``) or a forward pass: the one measurement both
+        public methods call, and what a timer that records or replays times overrides
+        (``preflight.timings``)."""
         probe = batch if self.device.type == "cuda" else min(batch, CPU_PROBE)
         seconds = self._probe(network, build, probe, shape, train, precision)
         while probe < batch and seconds * probe < CPU_MIN_SECONDS:

@@ -31,14 +31,10 @@ class RecordingTimer(Timer):
         super().__init__(device)
         self.calls: list[dict[str, Any]] = []
 
-    def per_image(self, network: str, build: Any, batch: int, **kwargs: Any) -> float:
-        seconds = super().per_image(network, build, batch, **kwargs)
-        self.calls.append({"network": network, "batch": batch, "kind": "train", "per_image_s": seconds})
-        return seconds
-
-    def forward_per_image(self, network: str, build: Any, batch: int, **kwargs: Any) -> float:
-        seconds = super().forward_per_image(network, build, batch, **kwargs)
-        self.calls.append({"network": network, "batch": batch, "kind": "forward", "per_image_s": seconds})
+    def _timed(self, network: str, build: Any, batch: int, *, train: bool, **kwargs: Any) -> float:
+        seconds = super()._timed(network, build, batch, train=train, **kwargs)
+        kind = "train" if train else "forward"
+        self.calls.append({"network": network, "batch": batch, "kind": kind, "per_image_s": seconds})
         return seconds
 
     def kappa(self, network: str, build: Any, batch: int) -> float:
@@ -68,11 +64,8 @@ class MeasuredTimer(Timer):
         self.path = path
         self.times = {(n["network"], n["batch"], n["kind"]): n["per_image_s"] for n in networks}
 
-    def per_image(self, network: str, build: Any, batch: int, **kwargs: Any) -> float:
-        return self._time(network, batch, "train")
-
-    def forward_per_image(self, network: str, build: Any, batch: int, **kwargs: Any) -> float:
-        return self._time(network, batch, "forward")
+    def _timed(self, network: str, build: Any, batch: int, *, train: bool, **kwargs: Any) -> float:
+        return self._time(network, batch, "train" if train else "forward")
 
     def kappa(self, network: str, build: Any, batch: int) -> float:
         return self._time(network, batch, "kappa") * batch
