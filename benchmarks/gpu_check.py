@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nasaudit import verbosity
-from nasaudit.io import write_json
+from nasaudit.io import write_bytes, write_json
 from nasaudit.preflight.report import REPORT as PREFLIGHT_REPORT
 
 if TYPE_CHECKING:
@@ -301,6 +301,7 @@ def projection(out: Path, only: list[str]) -> dict[str, Any]:
     from nasaudit.errors import NasauditError
     from nasaudit.grid.jobs import Layout, build_grid, load_experiment
     from nasaudit.grid.plan import Timer, estimate
+    from nasaudit.preflight.timings import MeasuredTimer
 
     profile = load_profile("paper")
     timer = preflight_timer(out, profile)
@@ -317,7 +318,7 @@ def projection(out: Path, only: list[str]) -> dict[str, Any]:
                 s.stage: {"tasks": s.tasks, "gpu_hours": s.seconds * plan.gpu_factor / 3600}
                 for s in plan.stages
             }
-            timed = "by the preflight section" if type(timer) is not Timer else "here"
+            timed = "by the preflight section" if isinstance(timer, MeasuredTimer) else "here"
             tables[name] = {"gpu_hours": plan.gpu_hours, "stages": hours, "timed": timed}
     return tables
 
@@ -355,7 +356,7 @@ def run_section(name: str, out: Path, bench: list[str]) -> None:
     except Exception as exc:  # the parent reports it; the other sections still run
         entry = {"ok": False, "error": _one_line(exc)}
     entry["seconds"] = time.perf_counter() - start
-    (out / f"{name}.json").write_text(json.dumps(entry, indent=1, default=str))
+    write_bytes(out / f"{name}.json", json.dumps(entry, indent=1, default=str).encode())
 
 
 def run_all(out: Path, only: list[str], bench: list[str]) -> dict[str, Any]:
@@ -389,8 +390,9 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     from benchmarks.gpu_check_report import headline, render
 
     report["headline"] = headline(report["sections"])
-    (out / REPORT).write_text(json.dumps(report, indent=1, default=str))
-    (out / "report.md").write_text(render(report))
+    # atomic, as every file here: the projection section reads the report while the check runs
+    write_bytes(out / REPORT, json.dumps(report, indent=1, default=str).encode())
+    write_bytes(out / "report.md", render(report).encode())
 
 
 def main() -> int:
